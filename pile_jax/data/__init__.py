@@ -1,0 +1,57 @@
+"""Data: collections, TREC files, ranking groups, the TFDS/ArrayRecord builder, the sampler.
+
+``tfds_builder`` imports tensorflow-datasets (slow); its names are loaded on first use.
+"""
+
+from pile_jax.data.collection import SHIPPED_COLLECTIONS, Collection, load_collection
+from pile_jax.data.errors import DataError
+from pile_jax.data.groups import (
+    POLICIES,
+    build_groups,
+    check_groups,
+    iter_group_examples,
+    num_groups,
+    select_candidates,
+    stack_group_examples,
+    take_groups,
+)
+from pile_jax.data.sampler import PAD_INDEX, BatchLoader, EpochSampler, stack_records
+from pile_jax.data.trec import (
+    candidates_from_run,
+    rank_order,
+    read_qrels,
+    read_run,
+    read_teacher_scores,
+    read_triples,
+    write_qrels,
+    write_run,
+    write_teacher_scores,
+    write_triples,
+)
+
+_TFDS_NAMES = (
+    "RankingGroups",
+    "RankingGroupsConfig",
+    "build_ranking_groups_dataset",
+    "load_ranking_groups",
+    "records_to_groups",
+    "teacher_names_of",
+)
+
+
+def __getattr__(name):
+    if name in _TFDS_NAMES:
+        from pile_jax.data import tfds_builder
+
+        return getattr(tfds_builder, name)
+    raise AttributeError(f"module 'pile_jax.data' has no attribute {name!r}")
+
+
+__all__ = [
+    "BatchLoader", "Collection", "DataError", "EpochSampler", "PAD_INDEX", "POLICIES",
+    "SHIPPED_COLLECTIONS", "build_groups", "candidates_from_run", "check_groups",
+    "iter_group_examples", "load_collection", "num_groups", "rank_order", "read_qrels", "read_run",
+    "read_teacher_scores", "read_triples", "select_candidates", "stack_group_examples",
+    "stack_records", "take_groups", "write_qrels", "write_run", "write_teacher_scores",
+    "write_triples", *_TFDS_NAMES,
+]

@@ -1,0 +1,186 @@
+"""Relevance-judged collections in the shared layout, and the shipped ones.
+
+Layout of a collection folder::
+
+    docs.jsonl     {"doc_id": "12", "title": "...", "text": "..."}   (title optional)
+    queries.jsonl  {"query_id": "1", "text": "..."}
+    qrels.tsv      qid 0 docid grade                                  (grade: integer >= 0)
+    splits.json    {"train": [qid, ...], "dev": [...], "test": [...]} (optional)
+
+``load_collection("cranfield")`` / ``load_collection("scifact")`` read the copies shipped in
+``pile_jax/resources/collections``; any other argument is a folder path.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.resources
+import json
+import os
+from pathlib import Path
+from typing import Mapping
+
+from pile_jax.data.errors import DataError
+from pile_jax.data.trec import read_qrels
+
+__all__ = ["Collection", "load_collection", "SHIPPED_COLLECTIONS", "DataError"]
+
+SHIPPED_COLLECTIONS = ("cranfield", "scifact")
+
+
+@dataclasses.dataclass
+class Collection:
+    """An in-memory collection.
+
+    docs: ``{doc_id: (title + " " + text).strip()}``; queries: ``{query_id: text}``;
+    qrels: ``{query_id: {doc_id: grade}}``; splits: ``{split_name: [query_id, ...]}``.
+    All ids are strings; dicts keep file order.
+    """
+
+    name: str
+    path: str
+    docs: dict[str, str]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    splits: dict[str, list[str]]
+
+    def split_qids(self, split: str) -> list[str]:
+        """Query ids of ``split`` (file order). ``"all"`` (unless the file defines it) = every query."""
+        if split in self.splits:
+            return list(self.splits[split])
+        if split == "all":
+            return list(self.queries)
+        raise ValueError(
+            f"collection {self.name!r} has no split {split!r}; splits: {sorted(self.splits)} (and 'all')"
+        )
+
+    def split_qrels(self, split: str) -> dict[str, dict[str, int]]:
+        """The qrels of the queries of ``split``."""
+        return {q: dict(self.qrels[q]) for q in self.split_qids(split) if q in self.qrels}
+
+    def __repr__(self) -> str:
+        n_qrels = sum(len(v) for v in self.qrels.values())
+        splits = {k: len(v) for k, v in self.splits.items()}
+        return (
+            f"Collection(name={self.name!r}, docs={len(self.docs)}, queries={len(self.queries)}, "
+            f"qrels={n_qrels}, splits={splits}, path={self.path!r})"
+        )
+
+
+def _id(value, path, lineno, field) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise DataError(path, lineno, f"field {field!r} must be a string, got {type(value).__name__}")
+    value = str(value)
+    if not value or any(c.isspace() for c in value):
+        raise DataError(path, lineno, f"field {field!r} {value!r} must be non-empty, without whitespace")
+    return value
+
+
+def _text(record, path, lineno, field, required=True) -> str:
+    if field not in record:
+        if required:
+            raise DataError(path, lineno, f"missing field {field!r}")
+        return ""
+    value = record[field]
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise DataError(path, lineno, f"field {field!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def _read_jsonl(path: Path, id_field: str, text_fields: tuple[str, ...], optional: tuple[str, ...]):
+    """``{id: text}`` from a JSON-lines file; text = the text fields joined by a space, stripped."""
+    out: dict[str, str] = {}
+    first: dict[str, int] = {}
+    if not path.is_file():
+        raise DataError(path, None, "file not found")
+    with open(path, encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(path, lineno, f"malformed JSON ({exc.msg}, column {exc.colno})") from None
+            if not isinstance(record, dict):
+                raise DataError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
+            if id_field not in record:
+                raise DataError(path, lineno, f"missing field {id_field!r}")
+            key = _id(record[id_field], path, lineno, id_field)
+            if key in first:
+                raise DataError(path, lineno, f"duplicate {id_field} {key!r} (first at line {first[key]})")
+            first[key] = lineno
+            parts = [_text(record, path, lineno, f, required=f not in optional) for f in text_fields]
+            out[key] = " ".join(parts).strip()
+    return out
+
+
+def _read_splits(path: Path, queries: Mapping[str, str]) -> dict[str, list[str]]:
+    if not path.is_file():
+        return {}
+    raw = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, exc.lineno, f"malformed JSON ({exc.msg}, column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise DataError(path, None, "expected a JSON object {split_name: [query_id, ...]}")
+    def line_of(split_name, qid):
+        # best effort: the first line holding '"qid"' after the split's key; None if not found
+        start = raw.find(json.dumps(split_name) + ":")
+        pos = raw.find(json.dumps(qid), max(start, 0))
+        return None if pos < 0 else raw.count("\n", 0, pos) + 1
+
+    splits: dict[str, list[str]] = {}
+    owner: dict[str, str] = {}
+    for name, qids in data.items():
+        if not isinstance(qids, list):
+            raise DataError(path, None, f"split {name!r} must be a list of query ids")
+        out = []
+        for qid in qids:
+            if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+                raise DataError(path, None, f"split {name!r}: query id {qid!r} is not a string")
+            qid = str(qid)
+            if qid not in queries:
+                raise DataError(
+                    path, line_of(name, qid), f"split {name!r} names unknown query id {qid!r}"
+                )
+            if qid in owner:
+                raise DataError(
+                    path, None, f"query id {qid!r} is in split {owner[qid]!r} and again in {name!r}"
+                )
+            owner[qid] = name
+            out.append(qid)
+        splits[name] = out
+    return splits
+
+
+def _resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
+    text = os.fspath(name_or_path)
+    if text in SHIPPED_COLLECTIONS and not os.path.isdir(text):
+        folder = importlib.resources.files("pile_jax.resources") / "collections" / text
+        return text, Path(str(folder))
+    path = Path(text)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{text!r} is neither a shipped collection {list(SHIPPED_COLLECTIONS)} nor a folder"
+        )
+    return path.resolve().name, path
+
+
+def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels.tsv") -> Collection:
+    """Load a collection: a shipped name (``"cranfield"``, ``"scifact"``) or a folder in the layout.
+
+    ``qrels_file`` picks another judgments file in the folder (e.g. ``"qrels_graded.tsv"``).
+    Raises :class:`DataError` (``"path:line: message"``) for malformed JSON lines, missing fields,
+    duplicate ids, malformed qrels (column count, non-integer or negative grade, duplicates),
+    qrels naming unknown queries/docs, and splits naming unknown or repeated queries.
+    """
+    name, folder = _resolve(name_or_path)
+    docs = _read_jsonl(folder / "docs.jsonl", "doc_id", ("title", "text"), optional=("title",))
+    queries = _read_jsonl(folder / "queries.jsonl", "query_id", ("text",), optional=())
+    collection = Collection(name=name, path=str(folder), docs=docs, queries=queries, qrels={}, splits={})
+    collection.qrels = read_qrels(folder / qrels_file, collection=collection, on_unknown="error")
+    collection.splits = _read_splits(folder / "splits.json", queries)
+    return collection

@@ -1,0 +1,370 @@
+"""TREC-style text files: qrels, runs, teacher score files and Hofstaetter triples.
+
+Every reader checks every line and raises :class:`DataError` with ``"path:line: message"``
+for a wrong column count, a non-numeric / non-integer field, a NaN or infinite score, or a
+duplicate entry. Blank lines are ignored everywhere.
+
+Id checking: readers take an optional ``collection`` (anything with ``.queries`` and ``.docs``
+mappings keyed by id, e.g. :class:`pile_jax.data.collection.Collection`). Unknown ids then
+either raise (``on_unknown="error"``, the default) or the line is dropped and counted
+(``on_unknown="skip"``). With ``return_skipped=True`` a reader returns ``(data, n_skipped)``.
+
+Tie-breaking: ranked lists are ordered by score descending, equal scores by doc id ascending
+(string order). trec_eval ignores the rank column and breaks ties by doc id *descending*, so the
+two orders differ only on exactly tied scores.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from pile_jax.data.errors import DataError, check_on_unknown
+
+__all__ = [
+    "DataError",
+    "read_qrels",
+    "read_run",
+    "write_run",
+    "write_qrels",
+    "read_teacher_scores",
+    "write_teacher_scores",
+    "read_triples",
+    "write_triples",
+    "candidates_from_run",
+    "rank_order",
+]
+
+PathLike = str | os.PathLike
+_INT_RE = re.compile(r"^[+-]?\d+$")
+
+
+def _lines(path: PathLike, sep: str | None = None) -> Iterator[tuple[int, list[str]]]:
+    """Yield ``(line_number, fields)`` for the non-blank lines of a UTF-8 text file."""
+    try:
+        handle = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise DataError(path, None, "file not found") from None
+    with handle:
+        lineno = 0
+        try:
+            for lineno, raw in enumerate(handle, 1):
+                line = raw.rstrip("\r\n")
+                if not line.strip():
+                    continue
+                yield lineno, (line.split(sep) if sep is not None else line.split())
+        except UnicodeDecodeError as exc:
+            raise DataError(path, lineno + 1, f"not valid UTF-8 ({exc.reason})") from None
+
+
+def _ncols(path: PathLike, lineno: int, fields: list[str], expected: int, what: str) -> None:
+    if len(fields) != expected:
+        raise DataError(
+            path, lineno, f"expected {expected} columns ({what}), found {len(fields)}"
+        )
+
+
+def _score(path: PathLike, lineno: int, text: str, column: str) -> float:
+    """Parse a finite float or raise DataError."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(path, lineno, f"{column} {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise DataError(path, lineno, f"{column} {text!r} is not finite (NaN/Inf not allowed)")
+    return value
+
+
+def _integer(path: PathLike, lineno: int, text: str, column: str) -> int:
+    if not _INT_RE.match(text):
+        raise DataError(path, lineno, f"{column} {text!r} is not an integer")
+    return int(text)
+
+
+class _IdCheck:
+    """Unknown-id policy for one reader call."""
+
+    def __init__(self, path: PathLike, collection, on_unknown: str):
+        check_on_unknown(on_unknown)
+        self.path = path
+        self.queries = None if collection is None else collection.queries
+        self.docs = None if collection is None else collection.docs
+        self.on_unknown = on_unknown
+        self.skipped = 0
+
+    def ok(self, lineno: int, qid: str, *docids: str) -> bool:
+        """True when the ids are known (or unchecked); False = skip this line."""
+        if self.queries is None:
+            return True
+        problem = None
+        if qid not in self.queries:
+            problem = f"unknown query id {qid!r}"
+        else:
+            for docid in docids:
+                if docid not in self.docs:
+                    problem = f"unknown doc id {docid!r} (query {qid!r})"
+                    break
+        if problem is None:
+            return True
+        if self.on_unknown == "error":
+            raise DataError(self.path, lineno, problem)
+        self.skipped += 1
+        return False
+
+
+def _ret(data, check: _IdCheck, return_skipped: bool):
+    return (data, check.skipped) if return_skipped else data
+
+
+# --------------------------------------------------------------------------------- qrels
+
+
+def read_qrels(
+    path: PathLike,
+    *,
+    collection=None,
+    on_unknown: str = "error",
+    allow_negative: bool = False,
+    return_skipped: bool = False,
+) -> dict[str, dict[str, int]]:
+    """Read TREC qrels ``qid iteration docid grade`` (whitespace separated).
+
+    Returns ``{qid: {docid: grade}}`` in file order. Grades must be integers, and >= 0 unless
+    ``allow_negative``. A repeated (qid, docid) pair is an error.
+    """
+    check = _IdCheck(path, collection, on_unknown)
+    qrels: dict[str, dict[str, int]] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for lineno, fields in _lines(path):
+        _ncols(path, lineno, fields, 4, "qid iteration docid grade")
+        qid, _, docid, grade_text = fields
+        grade = _integer(path, lineno, grade_text, "grade")
+        if grade < 0 and not allow_negative:
+            raise DataError(path, lineno, f"grade {grade} is negative")
+        if (qid, docid) in first_line:
+            raise DataError(
+                path, lineno,
+                f"duplicate judgment for query {qid!r} doc {docid!r} "
+                f"(first at line {first_line[(qid, docid)]})",
+            )
+        first_line[(qid, docid)] = lineno
+        if not check.ok(lineno, qid, docid):
+            continue
+        qrels.setdefault(qid, {})[docid] = grade
+    return _ret(qrels, check, return_skipped)
+
+
+def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> None:
+    """Write ``{qid: {docid: grade}}`` as ``qid 0 docid grade`` lines (dict order)."""
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, judged in qrels.items():
+            for docid, grade in judged.items():
+                _check_id(qid, "query id")
+                _check_id(docid, "doc id")
+                out.write(f"{qid} 0 {docid} {int(grade)}\n")
+
+
+# ---------------------------------------------------------------------------------- runs
+
+
+def rank_order(scores: Mapping[str, float]) -> list[tuple[str, float]]:
+    """``[(docid, score), ...]`` by score descending, ties by doc id ascending."""
+    return sorted(((d, float(s)) for d, s in scores.items()), key=lambda x: (-x[1], x[0]))
+
+
+def read_run(
+    path: PathLike,
+    *,
+    collection=None,
+    on_unknown: str = "error",
+    return_skipped: bool = False,
+) -> dict[str, list[tuple[str, float]]]:
+    """Read a TREC run ``qid Q0 docid rank score tag`` (whitespace separated).
+
+    Returns ``{qid: [(docid, score), ...]}``, each list sorted by score descending (ties by doc
+    id ascending); query order is first appearance in the file. The rank column must be an
+    integer but is otherwise ignored (as trec_eval does). A doc listed twice for one query is
+    an error.
+    """
+    check = _IdCheck(path, collection, on_unknown)
+    run: dict[str, dict[str, float]] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for lineno, fields in _lines(path):
+        _ncols(path, lineno, fields, 6, "qid Q0 docid rank score tag")
+        qid, _, docid, rank_text, score_text, _ = fields
+        _integer(path, lineno, rank_text, "rank")
+        score = _score(path, lineno, score_text, "score")
+        if (qid, docid) in first_line:
+            raise DataError(
+                path, lineno,
+                f"doc {docid!r} listed twice for query {qid!r} (first at line "
+                f"{first_line[(qid, docid)]})",
+            )
+        first_line[(qid, docid)] = lineno
+        if not check.ok(lineno, qid, docid):
+            continue
+        run.setdefault(qid, {})[docid] = score
+    return _ret({q: rank_order(s) for q, s in run.items()}, check, return_skipped)
+
+
+def _check_id(value: str, what: str) -> None:
+    if not isinstance(value, str) or not value or any(c.isspace() for c in value):
+        raise ValueError(f"{what} {value!r} must be a non-empty string without whitespace")
+
+
+def _as_score_dict(entries) -> Mapping[str, float]:
+    """Accept ``{docid: score}`` or ``[(docid, score), ...]``."""
+    if isinstance(entries, Mapping):
+        return entries
+    out: dict[str, float] = {}
+    for docid, score in entries:
+        if docid in out:
+            raise ValueError(f"doc id {docid!r} listed twice")
+        out[docid] = score
+    return out
+
+
+def write_run(
+    path: PathLike,
+    run: Mapping[str, Mapping[str, float] | Sequence[tuple[str, float]]],
+    tag: str = "pile_jax",
+) -> None:
+    """Write a TREC run: ``qid Q0 docid rank score tag``, ranks 1..n per query.
+
+    ``run`` is ``{qid: {docid: score}}`` (or ``{qid: [(docid, score), ...]}``). Docs are ranked by
+    score descending, ties by doc id ascending; queries in dict order. Scores are written with
+    ``repr(float)`` so :func:`read_run` gets the exact same floats back. Non-finite scores or ids
+    with whitespace raise ValueError.
+    """
+    _check_id(tag, "tag")
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, entries in run.items():
+            _check_id(qid, "query id")
+            for rank, (docid, score) in enumerate(rank_order(_as_score_dict(entries)), 1):
+                _check_id(docid, "doc id")
+                if not math.isfinite(score):
+                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+                out.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+
+
+def candidates_from_run(
+    run: Mapping[str, Sequence[tuple[str, float]] | Mapping[str, float]], depth: int | None = None
+) -> dict[str, list[str]]:
+    """First-stage candidate lists ``{qid: [docid, ...]}``: the top ``depth`` docs per query.
+
+    Lists given as ``[(docid, score), ...]`` are taken to be ranked already (as :func:`read_run`
+    returns them); ``{docid: score}`` dicts are ranked with :func:`rank_order`. ``depth=None``
+    keeps every doc.
+    """
+    if depth is not None and (not isinstance(depth, int) or depth <= 0):
+        raise ValueError(f"depth must be a positive int or None, got {depth!r}")
+    out = {}
+    for qid, entries in run.items():
+        ranked = rank_order(entries) if isinstance(entries, Mapping) else list(entries)
+        out[qid] = [d for d, _ in ranked[:depth]]
+    return out
+
+
+# ----------------------------------------------------------------------- teacher scores
+
+
+def read_teacher_scores(
+    path: PathLike,
+    *,
+    collection=None,
+    on_unknown: str = "error",
+    return_skipped: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Read a teacher score file: ``qid docid score`` per line (tabs or spaces).
+
+    Returns ``{qid: {docid: score}}`` in file order. Scores must be finite numbers; a repeated
+    (qid, docid) pair is an error.
+    """
+    check = _IdCheck(path, collection, on_unknown)
+    scores: dict[str, dict[str, float]] = {}
+    first_line: dict[tuple[str, str], int] = {}
+    for lineno, fields in _lines(path):
+        _ncols(path, lineno, fields, 3, "qid docid score")
+        qid, docid, score_text = fields
+        score = _score(path, lineno, score_text, "score")
+        if (qid, docid) in first_line:
+            raise DataError(
+                path, lineno,
+                f"duplicate score for query {qid!r} doc {docid!r} (first at line "
+                f"{first_line[(qid, docid)]})",
+            )
+        first_line[(qid, docid)] = lineno
+        if not check.ok(lineno, qid, docid):
+            continue
+        scores.setdefault(qid, {})[docid] = score
+    return _ret(scores, check, return_skipped)
+
+
+def write_teacher_scores(path: PathLike, scores: Mapping[str, Mapping[str, float]]) -> None:
+    """Write ``{qid: {docid: score}}`` as ``qid<TAB>docid<TAB>score`` lines (dict order).
+
+    Scores are written with ``repr(float)``: a round trip through :func:`read_teacher_scores`
+    is exact. Non-finite scores raise ValueError.
+    """
+    with open(path, "w", encoding="utf-8") as out:
+        for qid, per_doc in scores.items():
+            _check_id(qid, "query id")
+            for docid, score in per_doc.items():
+                _check_id(docid, "doc id")
+                score = float(score)
+                if not math.isfinite(score):
+                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+                out.write(f"{qid}\t{docid}\t{score!r}\n")
+
+
+# ------------------------------------------------------------------------------ triples
+
+
+def read_triples(
+    path: PathLike,
+    *,
+    collection=None,
+    on_unknown: str = "error",
+    return_skipped: bool = False,
+) -> dict[str, np.ndarray]:
+    """Read Hofstaetter-style teacher triples: ``pos_score<TAB>neg_score<TAB>qid<TAB>pos_id<TAB>neg_id``.
+
+    Returns ``{"pos_score": float32 [N], "neg_score": float32 [N], "query_id": str [N],
+    "pos_id": str [N], "neg_id": str [N]}`` in file order. Columns must be tab-separated.
+    """
+    check = _IdCheck(path, collection, on_unknown)
+    cols: dict[str, list] = {k: [] for k in ("pos_score", "neg_score", "query_id", "pos_id", "neg_id")}
+    for lineno, fields in _lines(path, sep="\t"):
+        _ncols(path, lineno, fields, 5, "pos_score neg_score qid pos_id neg_id, tab-separated")
+        pos_text, neg_text, qid, pos_id, neg_id = (f.strip() for f in fields)
+        pos = _score(path, lineno, pos_text, "pos_score")
+        neg = _score(path, lineno, neg_text, "neg_score")
+        for value, what in ((qid, "qid"), (pos_id, "pos_id"), (neg_id, "neg_id")):
+            if not value:
+                raise DataError(path, lineno, f"empty {what}")
+        if not check.ok(lineno, qid, pos_id, neg_id):
+            continue
+        for key, value in zip(cols, (pos, neg, qid, pos_id, neg_id)):
+            cols[key].append(value)
+    out = {
+        "pos_score": np.asarray(cols["pos_score"], dtype=np.float32),
+        "neg_score": np.asarray(cols["neg_score"], dtype=np.float32),
+    }
+    for key in ("query_id", "pos_id", "neg_id"):
+        out[key] = np.asarray(cols[key], dtype=np.str_) if cols[key] else np.zeros((0,), np.str_)
+    return _ret(out, check, return_skipped)
+
+
+def write_triples(path: PathLike, triples: Mapping[str, Iterable]) -> None:
+    """Write the dict :func:`read_triples` returns back as tab-separated lines."""
+    keys = ("pos_score", "neg_score", "query_id", "pos_id", "neg_id")
+    columns = [list(triples[k]) for k in keys]
+    if len({len(c) for c in columns}) != 1:
+        raise ValueError("triples columns have different lengths")
+    with open(path, "w", encoding="utf-8") as out:
+        for pos, neg, qid, pid, nid in zip(*columns):
+            out.write(f"{float(pos)!r}\t{float(neg)!r}\t{qid}\t{pid}\t{nid}\n")
