@@ -1,0 +1,127 @@
+"""Ready-made :class:`~pile_jax.train.loop.Ranker` s: what the train loop and the scorers run.
+
+- :func:`cross_encoder`: a (possibly truncated) pretrained BERT-family cross-encoder;
+- :func:`biencoder_cosine`: the zero-shot bi-encoder cosine (mean pooling, L2-normalised), the
+  way all-MiniLM-L6-v2 was trained (sentence-transformers' pooling config for that model);
+- :func:`student`: any student architecture of :mod:`pile_jax.models.students`.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Sequence
+
+import jax.numpy as jnp
+import numpy as np
+
+from pile_jax.train.loop import Ranker
+
+
+@functools.lru_cache(maxsize=16)
+def _cross_encoder_parts(path: str, num_layers, max_length: int, max_query_length: int, dtype: str, remat: bool):
+    """Model, tokenizer and the (identity-stable) score/featurize functions for one shape config.
+
+    Cached, so runs that differ only in seed or objective reuse the same functions and hence
+    JAX's compiled executables (compilation dominates short CPU runs)."""
+    from pile_jax.models import CrossEncoder, EncoderConfig, PairTokenizer
+
+    hf = json.loads((Path(path) / "config.json").read_text())
+    config = EncoderConfig.from_hf(hf, num_labels=1, dtype=dtype, remat=remat)
+    if num_layers is not None:
+        config = config.replace(num_layers=int(num_layers))
+    model = CrossEncoder(config)
+    tokenizer = PairTokenizer(path, max_length=max_length, max_query_length=max_query_length)
+
+    def score_fn(params, batch, *, rng=None, train=False):
+        ids = batch["input_ids"]
+        B, n, L = ids.shape
+        flat = lambda x: None if x is None else x.reshape(B * n, L)
+        rngs = {"dropout": rng} if (train and rng is not None) else {}
+        scores = model.apply({"params": params}, flat(ids), flat(batch["attention_mask"]),
+                             flat(batch.get("token_type_ids")), deterministic=not train, rngs=rngs)
+        return jnp.asarray(scores, jnp.float32).reshape(B, n)
+
+    def featurize(queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
+        B, n = len(docs), len(docs[0])
+        flat_q = [q for q, row in zip(queries, docs) for _ in row]
+        flat_d = [d for row in docs for d in row]
+        enc = tokenizer.encode(flat_q, flat_d)
+        return {k: np.asarray(v).reshape(B, n, -1) for k, v in enc.items()}
+
+    return config, model, tokenizer, score_fn, featurize
+
+
+def cross_encoder(
+    base: str,
+    *,
+    num_layers: int | None = None,
+    max_length: int = 256,
+    max_query_length: int = 64,
+    dtype: str = "float32",
+    seed: int = 0,
+    remat: bool = False,
+) -> Ranker:
+    """Cross-encoder from a Hugging Face folder (or "all-MiniLM-L6-v2"), first ``num_layers``
+    layers; a new score head is initialised (seeded) when the checkpoint has none."""
+    from pile_jax.models import load_pretrained, resolve_model_path
+
+    path = str(resolve_model_path(base))
+    config, model, tokenizer, score_fn, featurize = _cross_encoder_parts(
+        path, None if num_layers is None else int(num_layers), int(max_length), int(max_query_length), dtype, bool(remat))
+    _, params = load_pretrained(path, num_layers=num_layers, seed=seed)
+    return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind="cross_encoder",
+                  meta={"config": config, "path": path, "tokenizer": tokenizer, "model": model})
+
+
+def _bucket(length: int, buckets: Sequence[int]) -> int:
+    for b in buckets:
+        if b >= length:
+            return b
+    return buckets[-1]
+
+
+def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 128, 192, 256, 384, 512)) -> Ranker:
+    """Zero-shot bi-encoder: cosine of mean-pooled, L2-normalised token vectors (no training)."""
+    from transformers import AutoTokenizer
+
+    from pile_jax.models import Encoder, load_pretrained, resolve_model_path
+
+    path = resolve_model_path(base)
+    config, params = load_pretrained(path)
+    encoder = Encoder(config)
+    hf_tok = AutoTokenizer.from_pretrained(path)
+    buckets = tuple(b for b in buckets if b < max_length) + (max_length,)
+
+    def encode(enc_params, ids, mask):
+        out = encoder.apply({"params": enc_params}, ids, mask, jnp.zeros_like(ids), deterministic=True)
+        h = out.last_hidden_state.astype(jnp.float32)
+        m = mask[..., None].astype(jnp.float32)
+        v = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
+        return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+
+    def score_fn(params, batch, *, rng=None, train=False):
+        q = encode(params, batch["query_ids"], batch["query_mask"])                     # [B, H]
+        B, n, L = batch["doc_ids"].shape
+        d = encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L)).reshape(B, n, -1)
+        return jnp.einsum("bh,bnh->bn", q, d)
+
+    def tok(texts):
+        enc = hf_tok(list(texts), truncation=True, max_length=max_length, padding=False)
+        L = _bucket(max(len(x) for x in enc["input_ids"]), buckets)
+        ids = np.zeros((len(texts), L), np.int32)
+        mask = np.zeros((len(texts), L), np.int32)
+        for i, row in enumerate(enc["input_ids"]):
+            ids[i, : len(row)] = row
+            mask[i, : len(row)] = 1
+        return ids, mask
+
+    def featurize(queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
+        B, n = len(docs), len(docs[0])
+        qi, qm = tok(queries)
+        di, dm = tok([d for row in docs for d in row])
+        return {"query_ids": qi, "query_mask": qm,
+                "doc_ids": di.reshape(B, n, -1), "doc_mask": dm.reshape(B, n, -1)}
+
+    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=featurize, kind="biencoder_cosine", meta={"config": config, "path": path})

@@ -1,0 +1,69 @@
+"""Markdown table and PNG plot of an end-to-end run (``results.md``, ``results.png``)."""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping, Sequence
+
+import numpy as np
+
+COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR"))
+
+
+def _cell(stats: Mapping[str, float]) -> str:
+    if stats["n"] > 1:
+        return f"{stats['mean']:.4f} ± {stats['std']:.4f}"
+    return f"{stats['mean']:.4f}"
+
+
+def markdown_table(systems: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
+    """One row per system: mean ± std over seeds (std: sample std, ddof=1)."""
+    lines = ["| system | seeds | " + " | ".join(t for _, t in COLUMNS) + " |",
+             "|---|---|" + "---|" * len(COLUMNS)]
+    for name, stats in systems.items():
+        n = next(iter(stats.values()))["n"]
+        lines.append(f"| {name} | {n} | " + " | ".join(_cell(stats[m]) for m, _ in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], out: str) -> None:
+    """Writes ``results.md`` and ``results.png`` (training curves + NDCG@10 per system)."""
+    md = [f"# pile_jax run: {results['collection']} ({results['eval_split']}, {results['eval_queries']} queries)",
+          "", markdown_table(results["systems"]), "",
+          f"Teachers: {', '.join(results['teachers'])}; best single teacher on dev: {results['best_teacher']}.",
+          f"Student seeds: {results['seeds']}. Timings (s): {results['timings_s']}.",
+          "Metrics are trec_eval's (`ndcg_cut_10` with linear gains, `recip_rank`, `map`) plus PNR; "
+          "run files are in `runs/`."]
+    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    for name, runs in curves.items():
+        for i, curve in enumerate(runs):
+            if not curve:
+                continue
+            steps, losses = zip(*curve)
+            ax1.plot(steps, losses, color=f"C{list(curves).index(name) % 10}", alpha=0.8,
+                     label=name if i == 0 else None)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("training loss")
+    ax1.set_title("students: training loss")
+    if curves:
+        ax1.legend(fontsize=7)
+    names = list(results["systems"])
+    means = np.array([results["systems"][s]["ndcg_cut_10"]["mean"] for s in names])
+    stds = np.array([results["systems"][s]["ndcg_cut_10"]["std"] for s in names])
+    y = np.arange(len(names))
+    ax2.barh(y, means, xerr=stds, color=["C0" if s.startswith("student") else "C7" for s in names])
+    ax2.set_yticks(y, names, fontsize=7)
+    ax2.invert_yaxis()
+    ax2.set_xlabel("NDCG@10 (mean ± std over seeds)")
+    ax2.set_title(f"{results['collection']} {results['eval_split']}")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "results.png"), dpi=110)
+    plt.close(fig)

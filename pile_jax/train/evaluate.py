@@ -1,0 +1,109 @@
+"""Evaluation of re-ranked candidate lists with the core metrics, in trec_eval's definitions.
+
+``run_metrics(run, qrels)`` gives, per query, the numbers trec_eval prints for a run file:
+
+- ``ndcg_cut_10``: linear gains (the grade), log2 discount, ideal DCG from *all* judged documents
+  of the query (retrieved or not);
+- ``recip_rank``: 1 / rank of the first relevant (grade > 0) retrieved document, 0 if none;
+- ``map``: average precision, normalised by the number of relevant judged documents;
+- ``pnr``: pairs of retrieved documents with different labels (unjudged = 0), concordant over
+  discordant (the PILE paper's metric; see :func:`pile_jax.metrics.pnr`).
+
+They are computed with :mod:`pile_jax.metrics` on one padded list per query: the retrieved
+documents (ranked by score; ties broken by doc id descending, as trec_eval does), then filler
+items of grade 0 up to ``depth``, then the judged documents that were not retrieved, scored
+below everything.  With ``topn=depth`` the unretrieved judged documents only enter the ideal
+ranking, which is exactly trec_eval's definition.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Mapping
+
+import numpy as np
+
+from pile_jax import metrics as M
+
+TREC_METRICS = ("ndcg_cut_10", "recip_rank", "map")
+
+
+def _query_list(ranked: list[tuple[str, float]], judged: Mapping[str, int], depth: int):
+    retrieved = [d for d, _ in ranked][:depth]
+    seen = set(retrieved)
+    missing = sorted(d for d, g in judged.items() if g > 0 and d not in seen)
+    n = depth + len(missing)
+    # Scores encode the rank: retrieved first (descending), fillers, then missing judged docs.
+    scores = np.full(n, -3.0 * n, np.float64)
+    labels = np.zeros(n, np.float64)
+    retrieved_mask = np.zeros(n, bool)
+    for r, d in enumerate(retrieved):
+        scores[r] = float(n - r)
+        labels[r] = max(judged.get(d, 0), 0)
+        retrieved_mask[r] = True
+    for r in range(len(retrieved), depth):
+        scores[r] = -float(r)  # fillers: grade 0, above the missing judged docs
+    for k, d in enumerate(missing):
+        scores[depth + k] = -2.0 * n - k
+        labels[depth + k] = judged[d]
+    return scores, labels, retrieved_mask
+
+
+def rank_run(run_q: Mapping[str, float]) -> list[tuple[str, float]]:
+    """Documents of one query by score descending, ties by doc id descending (trec_eval)."""
+    return sorted(run_q.items(), key=lambda kv: (-kv[1], _neg_key(kv[0])))
+
+
+def _neg_key(doc_id: str):
+    # trec_eval sorts equal scores by docno in decreasing strcmp order.
+    return tuple(-b for b in doc_id.encode("utf-8")) + (1,)
+
+
+def run_metrics(
+    run: Mapping[str, Mapping[str, float]],
+    qrels: Mapping[str, Mapping[str, int]],
+    *,
+    qids: Iterable[str] | None = None,
+) -> dict[str, dict[str, float]]:
+    """Per-query trec_eval metrics (+ ``pnr``) of ``run`` against ``qrels``.
+
+    Queries are those of ``qids`` (default: every query of ``qrels`` that has a relevant
+    document).  A query with no retrieved documents scores 0 everywhere, as in trec_eval with
+    ``-c``.
+    """
+    qids = list(qids) if qids is not None else [q for q in qrels if any(g > 0 for g in qrels[q].values())]
+    if not qids:
+        return {}
+    ranked = {q: rank_run(run.get(q, {})) for q in qids}
+    depth = max(1, max(len(r) for r in ranked.values()))
+    lists = [_query_list(ranked[q], qrels.get(q, {}), depth) for q in qids]
+    width = max(len(s) for s, _, _ in lists)
+    S = np.full((len(qids), width), -1e9, np.float32)
+    Y = np.zeros((len(qids), width), np.float32)
+    W = np.zeros((len(qids), width), bool)
+    R = np.zeros((len(qids), width), bool)
+    for i, (s, y, r) in enumerate(lists):
+        S[i, : len(s)] = s
+        Y[i, : len(y)] = y
+        W[i, : len(s)] = True
+        R[i, : len(r)] = r
+    ndcg = np.asarray(M.ndcg(S, Y, where=W, topn=10, gain="linear"))
+    rr = np.asarray(M.mrr(S, Y, where=W, topn=depth))
+    ap = np.asarray(M.average_precision(S, Y, where=W, topn=depth))
+    pnr = np.asarray(M.pnr(S, Y, where=R))
+    return {
+        q: {"ndcg_cut_10": float(ndcg[i]), "recip_rank": float(rr[i]), "map": float(ap[i]), "pnr": float(pnr[i])}
+        for i, q in enumerate(qids)
+    }
+
+
+def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Mean over queries of each metric (PNR: mean over queries with a finite value)."""
+    if not per_query:
+        return {}
+    names = next(iter(per_query.values())).keys()
+    out = {}
+    for name in names:
+        vals = np.array([m[name] for m in per_query.values()], np.float64)
+        vals = vals[np.isfinite(vals)]
+        out[name] = float(vals.mean()) if vals.size else float("nan")
+    return out
