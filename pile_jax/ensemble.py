@@ -1,0 +1,630 @@
+"""Multi-teacher ensembles of ranking logits: PILE (three variants) and baselines.
+
+Inputs: ``teacher_scores`` ``[T, ..., n]`` (teacher axis **first**), ``labels`` ``[..., n]``
+(graded, higher = more relevant) and an optional boolean ``where`` ``[..., n]``. Every
+ensemble returns one target score per item, ``[..., n]``; **padded items get 0** and never
+influence valid ones (padded teacher scores may hold anything, NaN included).
+
+PILE -- Pairwise Iterative Logits Ensemble (L. Cai et al., "PILE: Pairwise Iterative Logits
+Ensemble for Multi-Teacher Labeled Distillation", EMNLP 2022 Industry Track, arXiv 2211.06059).
+The paper's method section is not available; the three variants below are **pile_jax's
+reconstructions** of PILE from its title and abstract (teacher logits, supervised by labels,
+pairwise, iterative), following the PILE specification (``shared/papers/pile.md``). Notation
+for one list: ``s[k, i]`` teacher ``k``'s logit of item ``i``, ``y`` labels, ``m`` mask,
+labelled pairs ``P = {(i, j): m_i & m_j & y_i > y_j}``, ``A_k(i, j) = 1[s[k,i] > s[k,j]]``
+(strict), start ``z⁰ = mean_k s[k]``:
+
+* ``"consensus"`` (default): per labelled pair with ``n_ij = Σ_k A_k(i,j) > 0`` the agreeing
+  teachers' mean logits ``u_ij`` (upper item) and ``l_ij`` (lower item); each Jacobi sweep moves
+  every item of a violated fixable pair (``z_i − z_j <= eps``) towards those values:
+  ``z_i += η · r_i / max(c_i, 1)``.
+* ``"responsibility"``: per item and teacher the pairwise label loss of the teacher's logit
+  against the current ensemble of the item's labelled partners; softmax responsibilities over
+  teachers (temperature τ); damped update towards the responsibility-weighted logit.
+* ``"regularised"``: K gradient steps on the convex objective
+  ``(1/M) Σ_k Σ_i m_i (z_i − s[k,i])² + λ Σ_P τ·softplus(−(z_i − z_j − γ)/τ)`` from the mean.
+
+All variants run a ``jax.lax.fori_loop`` over iterations; pairwise terms are built with
+``jax.vmap`` over ``i`` and ``j``; lists are processed with ``jax.vmap`` over the (flattened)
+leading axes. They give the same result eagerly, under ``jit``, ``vmap`` and ``pmap``.
+
+Input checks run eagerly (:mod:`pile_jax._validate`); under ``jit`` only shape checks run.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from pile_jax import _validate
+from pile_jax import metrics as _metrics
+
+Array = jax.Array
+
+__all__ = [
+    "pile",
+    "pile_diagnostics",
+    "mean",
+    "weighted_mean",
+    "max_ensemble",
+    "zscore_mean",
+    "rank_average",
+    "best_teacher_per_list",
+    "ENSEMBLES",
+    "ensemble",
+    "teacher_report",
+    "format_teacher_report",
+]
+
+PILE_VARIANTS = ("consensus", "responsibility", "regularised")
+RESPONSIBILITY_LOSSES = ("logistic", "hinge", "zero_one")
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool = True):
+  if check:
+    _validate.check_teacher_lists(teacher_scores, labels, where=where,
+                                  require_labels=require_labels)
+  s = jnp.asarray(teacher_scores)
+  if not jnp.issubdtype(s.dtype, jnp.floating):
+    s = s.astype(jnp.float32)
+  list_shape = s.shape[1:]
+  if where is None:
+    m = jnp.ones(list_shape, dtype=bool)
+  else:
+    m = jnp.broadcast_to(jnp.asarray(where, dtype=bool), list_shape)
+  s = jnp.where(m[None], s, 0.0)
+  y = None
+  if labels is not None:
+    y = jnp.asarray(labels).astype(s.dtype)
+    y = jnp.where(m, y, 0.0)
+  return s, y, m
+
+
+def _per_list(core: Callable, s: Array, y: Array, m: Array) -> Array:
+  """Applies ``core(s [T, n], y [n], m [n]) -> [n]`` to every list of ``[T, ..., n]`` inputs."""
+  t = s.shape[0]
+  list_shape = s.shape[1:]
+  n = list_shape[-1]
+  b = math.prod(list_shape[:-1])
+  s_b = jnp.moveaxis(s, 0, -2).reshape((b, t, n))
+  out = jax.vmap(core)(s_b, y.reshape((b, n)), m.reshape((b, n)))
+  return out.reshape(list_shape)
+
+
+def _pairwise(f: Callable, a: Any, b: Any) -> Any:
+  """``out[i, j] = f(a_i, b_j)`` for pytrees ``a``, ``b`` whose leaves have a leading item axis,
+  vectorised with ``jax.vmap`` (outer over ``i``, inner over ``j``)."""
+  return jax.vmap(lambda ai: jax.vmap(lambda bj: f(ai, bj))(b))(a)
+
+
+def _labelled_pairs(y: Array, m: Array) -> Array:
+  """``P[i, j] = m_i & m_j & (y_i > y_j)`` as ``[n, n]`` bool."""
+  return _pairwise(lambda a, b: a[1] & b[1] & (a[0] > b[0]), (y, m), (y, m))
+
+
+def _pair_stats(s: Array, P: Array):
+  """Per labelled pair: agreeing-teacher count ``n_ij`` and means ``u_ij``, ``l_ij``.
+
+  ``s`` is ``[M, n]``; returns ``[n, n]`` arrays (0 where ``n_ij = 0`` or not labelled).
+  """
+  cols = s.T  # [n, M]: all teachers' logits of one item
+
+  def stats(si, sj):
+    agree = si > sj  # [M]
+    cnt = jnp.sum(agree)
+    den = jnp.maximum(cnt, 1).astype(s.dtype)
+    u = jnp.sum(jnp.where(agree, si, 0.0)) / den
+    l = jnp.sum(jnp.where(agree, sj, 0.0)) / den
+    return cnt, u, l
+
+  cnt, u, l = _pairwise(stats, cols, cols)
+  cnt = jnp.where(P, cnt, 0)
+  return cnt, jnp.where(P, u, 0.0), jnp.where(P, l, 0.0)
+
+
+def _violated(z: Array, fixable: Array, eps) -> Array:
+  return fixable & _pairwise(lambda zi, zj: zi - zj <= eps, z, z)
+
+
+# ----------------------------------------------------------------------------------------------
+# PILE variants (one list)
+
+
+def _consensus_core(s, y, m, *, num_iters, damping, eps):
+  P = _labelled_pairs(y, m)
+  cnt, u, l = _pair_stats(s, P)
+  fixable = P & (cnt > 0)
+  z0 = jnp.mean(s, axis=0)
+
+  def sweep(_, z):
+    V = _violated(z, fixable, eps)
+    # Pairs where i is the upper item (row i) pull z_i to u_ij; pairs where i is the lower item
+    # (column i) pull z_i to l_ji.
+    r = jnp.sum(jnp.where(V, u - z[:, None], 0.0), axis=1) + jnp.sum(
+        jnp.where(V, l - z[None, :], 0.0), axis=0)
+    c = jnp.sum(V, axis=1) + jnp.sum(V, axis=0)
+    return z + damping * r / jnp.maximum(c, 1).astype(z.dtype)
+
+  z = jax.lax.fori_loop(0, num_iters, sweep, z0)
+  return jnp.where(m, z, 0.0)
+
+
+def _pair_loss_fn(loss: str) -> Callable[[Array], Array]:
+  if loss == "logistic":
+    return lambda d: jax.nn.relu(-d) + jnp.log1p(jnp.exp(-jnp.abs(d)))
+  if loss == "hinge":
+    return lambda d: jax.nn.relu(1.0 - d)
+  if loss == "zero_one":
+    return lambda d: (d <= 0).astype(d.dtype)
+  raise ValueError(f"loss: expected one of {list(RESPONSIBILITY_LOSSES)}; got {loss!r}")
+
+
+def _responsibility_core(s, y, m, *, num_iters, damping, temperature, loss):
+  ell = _pair_loss_fn(loss)
+  P = _labelled_pairs(y, m)
+  has_partner = jnp.any(P, axis=1) | jnp.any(P, axis=0)
+  z0 = jnp.mean(s, axis=0)
+  cols = s.T  # [n, M]
+
+  def step(_, z):
+    # term[i, j] (a [M] vector): loss of every teacher's logit of i against z_j, for pairs
+    # where i is the upper item (P[i, j]) and where i is the lower item (P[j, i]).
+    upper = _pairwise(lambda si, zj: ell(si - zj), cols, z)  # [n, n, M]
+    lower = _pairwise(lambda si, zj: ell(zj - si), cols, z)
+    Lki = (jnp.sum(jnp.where(P[:, :, None], upper, 0.0), axis=1)
+           + jnp.sum(jnp.where(P.T[:, :, None], lower, 0.0), axis=1))  # [n, M]
+    rho = jax.nn.softmax(-Lki / temperature, axis=-1)
+    target = jnp.sum(rho * cols, axis=-1)
+    return jnp.where(has_partner, (1.0 - damping) * z + damping * target, z)
+
+  z = jax.lax.fori_loop(0, num_iters, step, z0)
+  return jnp.where(m, z, 0.0)
+
+
+def _regularised_core(s, y, m, *, num_iters, temperature, lam, gamma):
+  P = _labelled_pairs(y, m)
+  z0 = jnp.mean(s, axis=0)
+  n_valid = jnp.maximum(jnp.sum(m), 1).astype(s.dtype)
+  step_size = 1.0 / (2.0 + lam * (n_valid - 1.0) / (2.0 * temperature))
+  mf = m.astype(s.dtype)
+
+  def step(_, z):
+    # d/dz_i of tau*softplus(-(z_i - z_j - gamma)/tau) = -sigmoid(-(z_i - z_j - gamma)/tau)
+    g = _pairwise(lambda zi, zj: jax.nn.sigmoid(-(zi - zj - gamma) / temperature), z, z)
+    g = jnp.where(P, g, 0.0)
+    grad = 2.0 * mf * (z - z0) + lam * (jnp.sum(g, axis=0) - jnp.sum(g, axis=1))
+    return z - step_size * grad
+
+  z = jax.lax.fori_loop(0, num_iters, step, z0)
+  return jnp.where(m, z, 0.0)
+
+
+def _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
+  _validate.check_choice("variant", variant, PILE_VARIANTS)
+  if _validate.is_concrete(num_iters):
+    if isinstance(num_iters, bool) or int(np.asarray(num_iters)) != np.asarray(num_iters) or num_iters < 0:
+      raise ValueError(f"num_iters: expected an int >= 0; got {num_iters!r}")
+  if _validate.is_concrete(damping) and not 0.0 < float(damping) <= 1.0:
+    raise ValueError(f"damping: expected a value in (0, 1]; got {damping!r}")
+  _validate.check_positive("temperature", temperature)
+  _validate.check_nonnegative("lam", lam)
+  if _validate.is_concrete(eps) and not np.isfinite(eps):
+    raise ValueError(f"eps: expected a finite value; got {eps!r}")
+  if _validate.is_concrete(gamma) and not np.isfinite(gamma):
+    raise ValueError(f"gamma: expected a finite value; got {gamma!r}")
+  _validate.check_choice("loss", loss, RESPONSIBILITY_LOSSES)
+
+
+def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
+  if variant == "consensus":
+    return functools.partial(_consensus_core, num_iters=num_iters, damping=damping, eps=eps)
+  if variant == "responsibility":
+    return functools.partial(_responsibility_core, num_iters=num_iters, damping=damping,
+                             temperature=temperature, loss=loss)
+  return functools.partial(_regularised_core, num_iters=num_iters, temperature=temperature,
+                           lam=lam, gamma=gamma)
+
+
+def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
+         variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
+         temperature: float = 1.0, eps: float = 0.0, lam: float = 1.0, gamma: float = 1.0,
+         loss: str = "logistic") -> Array:
+  r"""PILE: Pairwise Iterative Logits Ensemble -- **pile_jax's reconstruction** of Cai et al.,
+  EMNLP 2022 Industry Track (arXiv 2211.06059); see the module docstring and
+  ``shared/papers/pile.md``. The paper's own algorithm is not public; these are our formulations.
+
+  For one list (``s[k, i]`` teacher logits, ``P`` labelled pairs ``y_i > y_j`` of valid items,
+  ``A_k(i,j) = 1[s[k,i] > s[k,j]]``), every variant starts at ``z⁰ = mean_k s[k]`` and runs
+  ``num_iters`` iterations of a ``lax.fori_loop``:
+
+  ``variant="consensus"`` (default) -- label-consistent pairwise consensus:
+
+  .. math::
+     n_{ij} = \sum_k A_k(i,j),\quad u_{ij} = \tfrac{1}{n_{ij}}\sum_k A_k(i,j)\,s_{ki},\quad
+     l_{ij} = \tfrac{1}{n_{ij}}\sum_k A_k(i,j)\,s_{kj}
+
+     V = \{(i,j)\in P: n_{ij} > 0,\ z_i - z_j \le \varepsilon\},\quad
+     r_i = \sum_{(i,j)\in V}(u_{ij} - z_i) + \sum_{(j,i)\in V}(l_{ji} - z_i)
+
+     z_i \leftarrow z_i + \eta\, r_i / \max(c_i, 1)
+
+  (``c_i`` = pairs of ``V`` containing ``i``; ``η = damping``; ``ε = eps``). Pairs that no
+  teacher orders correctly (``n_ij = 0``) are left alone. For ``η <= 1`` each update is a
+  convex combination, so ``min_k s[k,i] <= z_i <= max_k s[k,i]``; ``M = 1`` returns the
+  teacher; if the mean violates no fixable pair, the mean is returned.
+
+  ``variant="responsibility"`` -- per-candidate teacher selection by pairwise label loss:
+
+  .. math::
+     L_{ki} = \sum_{j:(i,j)\in P} \ell(s_{ki} - z_j) + \sum_{j:(j,i)\in P} \ell(z_j - s_{ki}),
+     \quad \rho_{ki} = \mathrm{softmax}_k(-L_{ki}/\tau)
+
+     z_i \leftarrow (1-\eta)\,z_i + \eta \sum_k \rho_{ki}\, s_{ki}
+
+  for items with a labelled partner (others keep the mean). ``loss`` picks ℓ:
+  ``"logistic"`` ``log(1+e^{-d})``, ``"hinge"`` ``max(0, 1-d)``, ``"zero_one"`` ``1[d <= 0]``.
+  ``τ = temperature``; τ → ∞ gives the mean, τ → 0 the label-best teacher per item.
+
+  ``variant="regularised"`` -- convex label-regularised logit ensemble:
+
+  .. math::
+     z^* = \arg\min_z \tfrac{1}{M}\sum_k\sum_i m_i (z_i - s_{ki})^2
+           + \lambda \sum_{(i,j)\in P} \tau\,\mathrm{softplus}\!\big(-(z_i - z_j - \gamma)/\tau\big)
+
+  by ``num_iters`` gradient steps of size ``1 / (2 + λ (n_v − 1) / (2τ))`` (``n_v`` = valid items
+  of the list; a safe step for this objective) from the mean. ``λ = lam = 0`` gives the mean.
+  ``damping`` and ``eps`` are not used by this variant; ``lam``/``gamma`` only by it.
+
+  Args:
+    teacher_scores: ``[T, ..., n]`` teacher logits (teacher axis first).
+    labels: ``[..., n]`` graded labels.
+    where: optional boolean mask ``[..., n]``.
+    variant: ``"consensus"``, ``"responsibility"`` or ``"regularised"``.
+    num_iters: K >= 0, a Python int (static under ``jit``: one compilation per value);
+      ``K = 0`` returns the mean of the teachers.
+    damping: step η in (0, 1] (consensus, responsibility).
+    temperature: τ > 0 (responsibility, regularised).
+    eps: violation threshold ε (consensus).
+    lam, gamma: penalty weight λ >= 0 and margin γ (regularised).
+    loss: pairwise loss of the responsibility variant.
+
+  Returns:
+    ``[..., n]`` ensemble logits; 0 at padded items.
+  """
+  _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  return _pile_impl(teacher_scores, labels, where, damping, temperature, eps, lam, gamma, variant=variant,
+                    num_iters=int(num_iters), loss=loss)
+
+
+@functools.partial(jax.jit, static_argnames=("variant", "num_iters", "loss"))
+def _pile_impl(teacher_scores, labels, where, damping, temperature, eps, lam, gamma, *,
+               variant, num_iters, loss):
+  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
+  # Jitted once per (shapes, variant, num_iters, loss); the numeric options are traced, so
+  # eager calls with new values do not recompile. Inside an outer jit this is simply inlined.
+  core = _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
+  return _per_list(core, s, y, m)
+
+
+def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
+                     **pile_options) -> dict:
+  """Diagnostics of a PILE run (spec step 4), per list.
+
+  Returns a dict of arrays:
+
+  * ``"ensemble"`` ``[..., n]``: the PILE output (``pile(..., **pile_options)``);
+  * ``"labelled_pairs"`` ``[...]``: ``|P|``;
+  * ``"unfixable_pairs"`` ``[...]``: labelled pairs no teacher orders correctly (``n_ij = 0``);
+  * ``"violated_before"`` / ``"violated_after"`` ``[...]``: ``|V|`` (fixable labelled pairs with
+    ``z_i − z_j <= eps``) for the mean ``z⁰`` and for the output;
+  * ``"teacher_pair_accuracy"`` ``[T, ...]``: fraction of ``P`` each teacher orders strictly
+    correctly (``A_k``; ties count as wrong), 0 for lists without labelled pairs;
+  * ``"mean_pair_accuracy"`` / ``"ensemble_pair_accuracy"`` ``[...]``: same for ``z⁰`` / output.
+  """
+  eps = pile_options.get("eps", 0.0)
+  z = pile(teacher_scores, labels, where=where, **pile_options)
+  res = _diagnostics_impl(teacher_scores, labels, where, z, eps)
+  res["ensemble"] = z
+  return res
+
+
+@jax.jit
+def _diagnostics_impl(teacher_scores, labels, where, z, eps):
+  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
+  z0 = jnp.where(m, jnp.mean(s, axis=0), 0.0)
+
+  def core(s_l, y_l, m_l, z0_l, z_l):
+    P = _labelled_pairs(y_l, m_l)
+    cnt, _, _ = _pair_stats(s_l, P)
+    fixable = P & (cnt > 0)
+    n_p = jnp.sum(P)
+    den = jnp.maximum(n_p, 1).astype(s_l.dtype)
+
+    def acc(x):
+      return jnp.sum(P & _pairwise(lambda a, b: a > b, x, x)).astype(s_l.dtype) / den
+
+    return {
+        "labelled_pairs": n_p,
+        "unfixable_pairs": jnp.sum(P & (cnt == 0)),
+        "violated_before": jnp.sum(_violated(z0_l, fixable, eps)),
+        "violated_after": jnp.sum(_violated(z_l, fixable, eps)),
+        "teacher_pair_accuracy": jax.vmap(acc)(s_l),
+        "mean_pair_accuracy": acc(z0_l),
+        "ensemble_pair_accuracy": acc(z_l),
+    }
+
+  t = s.shape[0]
+  list_shape = s.shape[1:]
+  n = list_shape[-1]
+  lead = list_shape[:-1]
+  b = math.prod(lead)
+  out = jax.vmap(core)(jnp.moveaxis(s, 0, -2).reshape((b, t, n)), y.reshape((b, n)),
+                       m.reshape((b, n)), z0.reshape((b, n)), z.reshape((b, n)))
+  res = {k: v.reshape(lead) for k, v in out.items() if k != "teacher_pair_accuracy"}
+  res["teacher_pair_accuracy"] = jnp.moveaxis(out["teacher_pair_accuracy"], -1, 0).reshape(
+      (t,) + lead)
+  return res
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+
+
+def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
+         where: Optional[Array] = None) -> Array:
+  r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items)."""
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  return _mean(teacher_scores, labels, where)
+
+
+@jax.jit
+def _mean(teacher_scores, labels, where):
+  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  return jnp.where(m, jnp.mean(s, axis=0), 0.0)
+
+
+def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
+                  where: Optional[Array] = None, weights: Sequence[float]) -> Array:
+  r"""Fixed-weight ensemble :math:`z_i = \sum_k w_k s_{ki} / \sum_k w_k`.
+
+  ``weights`` ``[T]`` must be non-negative with a positive sum (normalised here).
+  """
+  _validate.check_teacher_lists(teacher_scores, labels, where=where)
+  t = np.shape(teacher_scores)[0]
+  if np.shape(weights) != (t,):
+    raise ValueError(f"weights: expected shape ({t},) (one per teacher); got {np.shape(weights)}")
+  if _validate.is_concrete(weights):
+    wn = np.asarray(weights, dtype=np.float64)
+    if not np.all(np.isfinite(wn)) or (wn < 0).any() or wn.sum() <= 0:
+      raise ValueError(f"weights: expected finite non-negative values with a positive sum; got {wn.tolist()}")
+  return _weighted_mean(teacher_scores, labels, where, weights)
+
+
+@jax.jit
+def _weighted_mean(teacher_scores, labels, where, weights):
+  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  w = jnp.asarray(weights, dtype=s.dtype)
+  w = w / jnp.sum(w)
+  z = jnp.tensordot(w, s, axes=(0, 0))
+  return jnp.where(m, z, 0.0)
+
+
+def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
+                 where: Optional[Array] = None) -> Array:
+  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``)."""
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  return _max_ensemble(teacher_scores, labels, where)
+
+
+@jax.jit
+def _max_ensemble(teacher_scores, labels, where):
+  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  return jnp.where(m, jnp.max(s, axis=0), 0.0)
+
+
+def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
+                where: Optional[Array] = None) -> Array:
+  r"""Mean of per-list standardised logits.
+
+  .. math:: z_i = \frac{1}{M}\sum_k \frac{s_{ki} - \mu_k}{\sigma_k}
+
+  with :math:`\mu_k`, :math:`\sigma_k` the mean and population standard deviation of teacher
+  ``k``'s logits over the *valid* items of the list; :math:`\sigma_k = 0` (constant teacher or
+  one valid item) is replaced by 1 (the teacher is only centred).
+  """
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  return _zscore_mean(teacher_scores, labels, where)
+
+
+@jax.jit
+def _zscore_mean(teacher_scores, labels, where):
+  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  mf = m.astype(s.dtype)[None]
+  cnt = jnp.maximum(jnp.sum(mf, axis=-1, keepdims=True), 1.0)
+  mu = jnp.sum(s * mf, axis=-1, keepdims=True) / cnt
+  var = jnp.sum(jnp.square(s - mu) * mf, axis=-1, keepdims=True) / cnt
+  sd = jnp.sqrt(var)
+  sd = jnp.where(sd > 0, sd, 1.0)
+  z = jnp.mean((s - mu) / sd, axis=0)
+  return jnp.where(m, z, 0.0)
+
+
+def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
+                 where: Optional[Array] = None) -> Array:
+  r"""Average of per-teacher rank scores (Borda count).
+
+  Each teacher ranks the valid items (1 = highest logit; **tied logits share their average
+  rank**, so the result is permutation-equivariant); the item score is
+
+  .. math:: z_i = \frac{1}{M}\sum_k \frac{n_v - \mathrm{rank}_k(i)}{\max(n_v - 1, 1)} \in [0, 1]
+
+  (1 for an item every teacher puts first, 0 for one every teacher puts last).
+  """
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  return _rank_average(teacher_scores, labels, where)
+
+
+@jax.jit
+def _rank_average(teacher_scores, labels, where):
+  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  valid_j = m[None, ..., None, :]
+  si = s[..., :, None]
+  sj = s[..., None, :]
+  higher = jnp.sum((sj > si) & valid_j, axis=-1).astype(s.dtype)
+  tied = jnp.sum((sj == si) & valid_j, axis=-1).astype(s.dtype) - 1.0  # minus self
+  rank = 1.0 + higher + 0.5 * tied
+  n_v = jnp.sum(m, axis=-1, keepdims=True).astype(s.dtype)
+  score = (n_v - rank) / jnp.maximum(n_v - 1.0, 1.0)
+  return jnp.where(m, jnp.mean(score, axis=0), 0.0)
+
+
+def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
+                          where: Optional[Array] = None) -> Array:
+  """The logits of the teacher with the highest PNR (:func:`pile_jax.metrics.pnr`) on each list.
+
+  Ties (including lists without labelled pairs, where every PNR is 0) go to the lowest teacher
+  index. Uses the labels of the list it scores: an oracle/upper-bound baseline.
+  """
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  return _best_teacher_per_list(teacher_scores, labels, where)
+
+
+@jax.jit
+def _best_teacher_per_list(teacher_scores, labels, where):
+  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
+  p = _metrics.pnr(s, jnp.broadcast_to(y, s.shape), where=jnp.broadcast_to(m, s.shape))  # [T, ...]
+  best = jnp.argmax(p, axis=0)  # first maximum
+  t = s.shape[0]
+  sel = jnp.arange(t).reshape((t,) + (1,) * best.ndim) == best[None]  # [T, ...]
+  z = jnp.sum(jnp.where(sel[..., None], s, 0.0), axis=0)
+  return jnp.where(m, z, 0.0)
+
+
+ENSEMBLES: dict[str, Callable[..., Array]] = {
+    "mean": mean,
+    "weighted_mean": weighted_mean,
+    "max": max_ensemble,
+    "zscore_mean": zscore_mean,
+    "rank_average": rank_average,
+    "best_teacher_per_list": best_teacher_per_list,
+    "pile": pile,
+    "pile_consensus": functools.partial(pile, variant="consensus"),
+    "pile_responsibility": functools.partial(pile, variant="responsibility"),
+    "pile_regularised": functools.partial(pile, variant="regularised"),
+}
+
+_NEEDS_LABELS = {"best_teacher_per_list", "pile", "pile_consensus", "pile_responsibility",
+                 "pile_regularised"}
+#: Ensembles supervised by the labels: training targets, never systems on labelled test data.
+LABEL_ENSEMBLES = frozenset(_NEEDS_LABELS)
+
+
+def ensemble(name: str, teacher_scores: Array, labels: Optional[Array] = None, *,
+             where: Optional[Array] = None, **options) -> Array:
+  """Runs the ensemble registered as ``name`` (see :data:`ENSEMBLES`) with ``options``."""
+  if name not in ENSEMBLES:
+    raise ValueError(f"name: unknown ensemble {name!r}; expected one of {sorted(ENSEMBLES)}")
+  if name in _NEEDS_LABELS and labels is None:
+    raise ValueError(f"labels: ensemble {name!r} needs graded labels [..., n]; got None")
+  return ENSEMBLES[name](teacher_scores, labels, where=where, **options)
+
+
+# ----------------------------------------------------------------------------------------------
+# report
+
+
+def _entry(scores, labels, where, evaluated, topn):
+  per_list = {
+      "pnr": np.asarray(_metrics.pnr(scores, labels, where=where), dtype=np.float64),
+      "pair_accuracy": np.asarray(_metrics.pair_accuracy(scores, labels, where=where),
+                                  dtype=np.float64),
+      "ndcg": np.asarray(_metrics.ndcg(scores, labels, where=where, topn=topn), dtype=np.float64),
+  }
+  k = max(int(evaluated.sum()), 1)
+  overall = {name: float(v[evaluated].sum() / k) for name, v in per_list.items()}
+  return {**overall, "per_list": per_list}
+
+
+def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
+                   teacher_names: Optional[Sequence[str]] = None,
+                   ensembles: Sequence[Union[str, tuple]] = ("mean", "pile"),
+                   topn: int = 10) -> dict:
+  """PNR, pair accuracy and NDCG@topn of every teacher and of the requested ensembles.
+
+  ``ensembles`` items are registry names or ``(display_name, registry_name, options_dict)``.
+
+  Returns a dict::
+
+      {"topn": int, "num_lists": int, "num_evaluated_lists": int,
+       "teachers":  {name: {"pnr", "pair_accuracy", "ndcg": float, "per_list": {...}}},
+       "ensembles": {name: {... same ..., "vs_mean": {"better", "worse", "tied": int}}}}
+
+  Overall values are means over the lists with >= 1 labelled pair (``num_evaluated_lists``);
+  ``per_list`` holds NumPy arrays ``[...]`` for every list. ``vs_mean`` counts evaluated lists
+  where the ensemble's PNR is above / below / equal to the mean ensemble's.
+  """
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  ts = jnp.asarray(teacher_scores)
+  y = jnp.asarray(labels)
+  t = ts.shape[0]
+  list_shape = ts.shape[1:]
+  m = (jnp.ones(list_shape, bool) if where is None
+       else jnp.broadcast_to(jnp.asarray(where, dtype=bool), list_shape))
+  names = list(teacher_names) if teacher_names is not None else [f"teacher_{k}" for k in range(t)]
+  if len(names) != t:
+    raise ValueError(f"teacher_names: expected {t} names (one per teacher); got {len(names)}")
+  evaluated = np.asarray(_metrics.num_labelled_pairs(y, where=m)) > 0
+  report = {
+      "topn": topn,
+      "num_lists": int(np.prod(list_shape[:-1], dtype=np.int64)),
+      "num_evaluated_lists": int(evaluated.sum()),
+      "teachers": {},
+      "ensembles": {},
+  }
+  for k, name in enumerate(names):
+    report["teachers"][name] = _entry(ts[k], y, m, evaluated, topn)
+  mean_pnr = np.asarray(_metrics.pnr(mean(ts, where=m), y, where=m))
+  for item in ensembles:
+    if isinstance(item, str):
+      display, reg, opts = item, item, {}
+    else:
+      display, reg, opts = item
+    z = ensemble(reg, ts, y, where=m, **dict(opts))
+    entry = _entry(z, y, m, evaluated, topn)
+    p = entry["per_list"]["pnr"]
+    entry["vs_mean"] = {
+        "better": int(((p > mean_pnr) & evaluated).sum()),
+        "worse": int(((p < mean_pnr) & evaluated).sum()),
+        "tied": int(((p == mean_pnr) & evaluated).sum()),
+    }
+    report["ensembles"][display] = entry
+  return report
+
+
+def format_teacher_report(report: dict) -> str:
+  """Markdown table of a :func:`teacher_report` result."""
+  k = report["topn"]
+  lines = [
+      f"Lists evaluated (>= 1 labelled pair): {report['num_evaluated_lists']} of "
+      f"{report['num_lists']}",
+      "",
+      f"| name | kind | PNR | pair acc. | NDCG@{k} | PNR vs mean (better/worse/tied) |",
+      "|---|---|---:|---:|---:|---|",
+  ]
+  for kind in ("teachers", "ensembles"):
+    for name, e in report[kind].items():
+      vs = e.get("vs_mean")
+      vs_s = f"{vs['better']}/{vs['worse']}/{vs['tied']}" if vs else ""
+      lines.append(f"| {name} | {kind[:-1]} | {e['pnr']:.4f} | {e['pair_accuracy']:.4f} | "
+                   f"{e['ndcg']:.4f} | {vs_s} |")
+  return "\n".join(lines)

@@ -1,0 +1,406 @@
+"""Per-list ranking metrics (NDCG, MRR, AP, recall, precision, PNR), masked and batched.
+
+Every metric takes ``scores`` and ``labels`` of shape ``[..., n]`` (any leading batch axes), an
+optional boolean ``where`` mask ``[..., n]`` (True = real item; padded items are ignored
+completely, whatever values they hold) and returns **one value per list**, shape ``[...]``.
+Callers average (e.g. over the lists that have a relevant item).
+
+Conventions (the same for every metric):
+
+* **Ranking and ties.** Items are sorted by score, descending; equal scores are broken by the
+  original index, ascending (a stable sort). The ranking is therefore deterministic and
+  reproducible, but *not* invariant to permuting tied items. Padded items are never ranked.
+  (trec_eval breaks score ties by docno instead: compare with it on tie-free scores.)
+* **Relevance** for the binary metrics (MRR, AP, recall, precision) is
+  ``label > relevance_threshold`` (default ``0``: any positive grade is relevant; for integer
+  grades this is the same as trec_eval's and Rax's ``label >= 1``).
+* **Cut-off** ``topn``: only the first ``topn`` ranked (valid) items count; ``None`` = all.
+* Lists with nothing to measure (no valid item, no relevant item, ideal DCG 0, no labelled pair)
+  get the value ``0`` -- never NaN.
+
+Compatibility:
+
+* ``ndcg(gain="linear", topn=10)`` equals trec_eval's ``ndcg_cut_10`` when the list holds every
+  judged document of the query; ``average_precision`` equals trec_eval's ``map`` (denominator:
+  the number of relevant items in the list) and ``mrr`` equals ``recip_rank`` under the same
+  condition. ``ndcg`` (exp2 gain), ``mrr``, ``average_precision``, ``recall`` and ``precision``
+  equal Rax's ``*_metric`` functions with ``reduce_fn=None`` on lists with at least one valid
+  item.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from pile_jax import _validate
+
+Array = jax.Array
+
+__all__ = [
+    "ndcg",
+    "dcg",
+    "mrr",
+    "average_precision",
+    "recall",
+    "precision",
+    "pnr",
+    "pair_accuracy",
+    "num_labelled_pairs",
+    "ranks",
+    "METRICS",
+    "get_metric",
+]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _prepare(scores, labels, where, *, check: bool = True):
+  if check:
+    _validate.check_lists(scores, labels, where=where)
+  scores = jnp.asarray(scores)
+  labels = jnp.asarray(labels)
+  dtype = jnp.result_type(scores.dtype, labels.dtype, jnp.float32)
+  if not jnp.issubdtype(dtype, jnp.floating):
+    dtype = jnp.float32
+  scores = scores.astype(dtype)
+  labels = labels.astype(dtype)
+  if where is None:
+    where = jnp.ones(scores.shape, dtype=bool)
+  else:
+    where = jnp.broadcast_to(jnp.asarray(where, dtype=bool), scores.shape)
+  # Padded entries may hold anything (NaN, -inf): neutralise them once, here.
+  scores = jnp.where(where, scores, 0.0)
+  labels = jnp.where(where, labels, 0.0)
+  return scores, labels, where
+
+
+def _check_topn(topn):
+  if topn is None:
+    return
+  if isinstance(topn, bool) or not isinstance(topn, (int,)) or topn < 1:
+    raise ValueError(f"topn: expected None or an int >= 1; got {topn!r}")
+
+
+def _sort_order(scores: Array, where: Array) -> Array:
+  """Indices that sort each list: valid items first, score descending, index ascending."""
+  n = scores.shape[-1]
+  iota = jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32), scores.shape)
+  invalid = jnp.logical_not(where).astype(jnp.int32)
+  neg = jnp.where(where, -scores + 0.0, 0.0)  # "+ 0.0" maps -0.0 to 0.0 (equal keys).
+  *_, order = jax.lax.sort((invalid, neg, iota), dimension=scores.ndim - 1, num_keys=3)
+  return order
+
+
+def ranks(scores: Array, *, where: Optional[Array] = None) -> Array:
+  """1-based ranks ``[..., n]`` (score descending, ties by index ascending).
+
+  Padded items get ranks after all valid items. Not differentiable (integer output).
+  """
+  scores = jnp.asarray(scores)
+  if where is None:
+    where = jnp.ones(scores.shape, dtype=bool)
+  where = jnp.broadcast_to(jnp.asarray(where, dtype=bool), scores.shape)
+  order = _sort_order(jnp.where(where, scores, 0.0), where)
+  # ranks[order[k]] = k + 1  <=>  ranks = argsort(order) + 1 (order is a permutation).
+  return jnp.argsort(order, axis=-1).astype(jnp.int32) + 1
+
+
+def _sorted_by_score(scores, labels, where):
+  order = _sort_order(scores, where)
+  labels_sorted = jnp.take_along_axis(labels, order, axis=-1)
+  where_sorted = jnp.take_along_axis(where, order, axis=-1)
+  return labels_sorted, where_sorted
+
+
+def _positions(shape, dtype):
+  n = shape[-1]
+  return jnp.broadcast_to(jnp.arange(1, n + 1, dtype=dtype), shape)
+
+
+def _cutoff(shape, topn, dtype):
+  pos = _positions(shape, dtype)
+  if topn is None:
+    return jnp.ones(shape, dtype=bool)
+  return pos <= topn
+
+
+def _safe_div(num, den):
+  ok = den > 0
+  return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
+
+
+def _gain(labels, gain):
+  if gain == "exp2":
+    return jnp.exp2(labels) - 1.0
+  if gain == "linear":
+    return labels
+  raise ValueError(f"gain: expected 'exp2' or 'linear'; got {gain!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# graded metrics
+
+
+def dcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
+        topn: Optional[int] = None, gain: str = "exp2") -> Array:
+  r"""Discounted cumulative gain per list.
+
+  .. math:: \mathrm{DCG@k} = \sum_{r=1}^{\min(k, n)} \frac{g(y_{\pi(r)})}{\log_2(r + 1)}
+
+  with :math:`\pi` the score ranking (ties by index) and :math:`g(y) = 2^y - 1` (``"exp2"``,
+  Burges et al. 2005) or :math:`g(y) = y` (``"linear"``, trec_eval).
+  """
+  _check_topn(topn)
+  _gain(0.0, gain)
+  _validate.check_lists(scores, labels, where=where)
+  return _dcg(scores, labels, where, topn=topn, gain=gain)
+
+
+@functools.partial(jax.jit, static_argnames=("topn", "gain"))
+def _dcg(scores, labels, where, *, topn, gain):
+  scores, labels, where = _prepare(scores, labels, where, check=False)
+  g = jnp.where(where, _gain(labels, gain), 0.0)
+  g_sorted, w_sorted = _sorted_by_score(scores, g, where)
+  return _dcg_sorted(g_sorted, w_sorted, topn)
+
+
+def _dcg_sorted(g_sorted, w_sorted, topn):
+  pos = _positions(g_sorted.shape, g_sorted.dtype)
+  disc = 1.0 / jnp.log2(pos + 1.0)
+  keep = w_sorted & _cutoff(g_sorted.shape, topn, g_sorted.dtype)
+  return jnp.sum(jnp.where(keep, g_sorted * disc, 0.0), axis=-1)
+
+
+def ndcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
+         topn: Optional[int] = None, gain: str = "exp2") -> Array:
+  r"""Normalised DCG per list (Järvelin & Kekäläinen 2002).
+
+  .. math:: \mathrm{NDCG@k} = \mathrm{DCG@k}(s, y) / \mathrm{DCG@k}(y, y)
+
+  The ideal DCG sorts the valid items by gain. Lists whose ideal DCG is 0 (no item with
+  positive gain, or no valid item) get 0. ``gain="linear"`` with ``topn=10`` is trec_eval's
+  ``ndcg_cut_10`` (given the full judged set); ``gain="exp2"`` matches ``rax.ndcg_metric``.
+
+  Returns:
+    ``[...]`` per-list NDCG in ``[0, 1]`` for non-negative labels.
+  """
+  _check_topn(topn)
+  _gain(0.0, gain)
+  _validate.check_lists(scores, labels, where=where)
+  return _ndcg(scores, labels, where, topn=topn, gain=gain)
+
+
+@functools.partial(jax.jit, static_argnames=("topn", "gain"))
+def _ndcg(scores, labels, where, *, topn, gain):
+  scores, labels, where = _prepare(scores, labels, where, check=False)
+  g = jnp.where(where, _gain(labels, gain), 0.0)
+  g_sorted, w_sorted = _sorted_by_score(scores, g, where)
+  actual = _dcg_sorted(g_sorted, w_sorted, topn)
+  ig_sorted, iw_sorted = _sorted_by_score(g, g, where)
+  ideal = _dcg_sorted(ig_sorted, iw_sorted, topn)
+  return _safe_div(actual, ideal)
+
+
+# ----------------------------------------------------------------------------------------------
+# binary metrics
+
+
+def _binary_setup(scores, labels, where, topn, relevance_threshold):
+  scores, labels, where = _prepare(scores, labels, where, check=False)
+  rel = (where & (labels > relevance_threshold)).astype(scores.dtype)
+  rel_sorted, w_sorted = _sorted_by_score(scores, rel, where)
+  cut = _cutoff(rel.shape, topn, scores.dtype) & w_sorted
+  pos = _positions(rel.shape, scores.dtype)
+  n_rel = jnp.sum(rel, axis=-1)
+  return rel_sorted, cut, pos, n_rel, where
+
+
+def mrr(scores: Array, labels: Array, *, where: Optional[Array] = None,
+        topn: Optional[int] = None, relevance_threshold: float = 0.0) -> Array:
+  r"""Reciprocal rank of the first relevant item (within the top ``topn``), else 0.
+
+  .. math:: \mathrm{RR@k} = \max_{r \le k} \frac{\mathbb{1}[y_{\pi(r)} > \theta]}{r}
+
+  Equals trec_eval ``recip_rank`` (no cut-off) and ``rax.mrr_metric``.
+  """
+  _check_topn(topn)
+  _validate.check_lists(scores, labels, where=where)
+  return _mrr(scores, labels, where, relevance_threshold, topn=topn)
+
+
+@functools.partial(jax.jit, static_argnames=("topn",))
+def _mrr(scores, labels, where, relevance_threshold, *, topn):
+  rel_sorted, cut, pos, _, _ = _binary_setup(scores, labels, where, topn, relevance_threshold)
+  return jnp.max(jnp.where(cut, rel_sorted / pos, 0.0), axis=-1, initial=0.0)
+
+
+def average_precision(scores: Array, labels: Array, *, where: Optional[Array] = None,
+                      topn: Optional[int] = None, relevance_threshold: float = 0.0) -> Array:
+  r"""Average precision per list.
+
+  .. math::
+     \mathrm{AP@k} = \frac{1}{R} \sum_{r \le k} \mathbb{1}[\mathrm{rel}_{\pi(r)}]\,
+     \frac{\#\{\text{relevant in top } r\}}{r}
+
+  where :math:`R` is the number of relevant *valid items in the list* (not capped by ``k``;
+  trec_eval's ``map`` when every judged relevant document is in the list; ``rax.ap_metric``).
+  Lists with ``R = 0`` get 0.
+  """
+  _check_topn(topn)
+  _validate.check_lists(scores, labels, where=where)
+  return _average_precision(scores, labels, where, relevance_threshold, topn=topn)
+
+
+@functools.partial(jax.jit, static_argnames=("topn",))
+def _average_precision(scores, labels, where, relevance_threshold, *, topn):
+  rel_sorted, cut, pos, n_rel, _ = _binary_setup(scores, labels, where, topn,
+                                                 relevance_threshold)
+  prec = jnp.cumsum(rel_sorted, axis=-1) / pos
+  return _safe_div(jnp.sum(jnp.where(cut, rel_sorted * prec, 0.0), axis=-1), n_rel)
+
+
+def recall(scores: Array, labels: Array, *, where: Optional[Array] = None,
+           topn: Optional[int] = None, relevance_threshold: float = 0.0) -> Array:
+  r"""Recall@k: relevant items in the top ``k`` / relevant valid items (0 when there are none).
+
+  Matches ``rax.recall_metric``.
+  """
+  _check_topn(topn)
+  _validate.check_lists(scores, labels, where=where)
+  return _recall(scores, labels, where, relevance_threshold, topn=topn)
+
+
+@functools.partial(jax.jit, static_argnames=("topn",))
+def _recall(scores, labels, where, relevance_threshold, *, topn):
+  rel_sorted, cut, _, n_rel, _ = _binary_setup(scores, labels, where, topn, relevance_threshold)
+  return _safe_div(jnp.sum(jnp.where(cut, rel_sorted, 0.0), axis=-1), n_rel)
+
+
+def precision(scores: Array, labels: Array, *, where: Optional[Array] = None,
+              topn: Optional[int] = None, relevance_threshold: float = 0.0) -> Array:
+  r"""Precision@k: relevant items in the top ``k`` / ``min(k, #valid items)``.
+
+  The denominator is the number of items actually ranked in the top ``k`` (Rax's
+  ``precision_metric`` convention; trec_eval's ``P_k`` divides by ``k`` and differs on lists
+  shorter than ``k``). Lists without valid items get 0.
+  """
+  _check_topn(topn)
+  _validate.check_lists(scores, labels, where=where)
+  return _precision(scores, labels, where, relevance_threshold, topn=topn)
+
+
+@functools.partial(jax.jit, static_argnames=("topn",))
+def _precision(scores, labels, where, relevance_threshold, *, topn):
+  rel_sorted, cut, _, _, where = _binary_setup(scores, labels, where, topn, relevance_threshold)
+  n_ret = jnp.sum(cut, axis=-1).astype(rel_sorted.dtype)
+  return _safe_div(jnp.sum(jnp.where(cut, rel_sorted, 0.0), axis=-1), n_ret)
+
+
+# ----------------------------------------------------------------------------------------------
+# pair metrics
+
+
+def _pair_counts(scores, labels, where):
+  """(concordant, discordant, tied, labelled) counts over pairs with y_i > y_j, per list."""
+  si, sj = scores[..., :, None], scores[..., None, :]
+  labelled = where[..., :, None] & where[..., None, :] & (labels[..., :, None] > labels[..., None, :])
+  f = scores.dtype
+  conc = jnp.sum(labelled & (si > sj), axis=(-2, -1)).astype(f)
+  disc = jnp.sum(labelled & (si < sj), axis=(-2, -1)).astype(f)
+  tied = jnp.sum(labelled & (si == sj), axis=(-2, -1)).astype(f)
+  total = jnp.sum(labelled, axis=(-2, -1)).astype(f)
+  return conc, disc, tied, total
+
+
+def pnr(scores: Array, labels: Array, *, where: Optional[Array] = None) -> Array:
+  r"""Positive-negative ratio per list (concordant / discordant labelled pairs).
+
+  Over the pairs of valid items with different labels (``y_i > y_j``), with :math:`C`, :math:`D`,
+  :math:`T` the numbers of concordant (``s_i > s_j``), discordant (``s_i < s_j``) and
+  score-tied pairs:
+
+  .. math:: \mathrm{PNR} = \frac{C + T/2}{\max(D + T/2,\ 1)}
+
+  * **Ties** count half concordant, half discordant.
+  * **Zero (or < 1) discordant mass**: the denominator is clipped at 1, so a perfect ranking
+    gets the finite value :math:`C` (as if one pair were discordant) -- never +inf.
+  * **No labelled pair** (all labels equal, fewer than two valid items): 0. Use
+    :func:`pair_accuracy` or count labelled pairs to exclude such lists when averaging.
+  """
+  _validate.check_lists(scores, labels, where=where)
+  return _pnr(scores, labels, where)
+
+
+@jax.jit
+def _pnr(scores, labels, where):
+  scores, labels, where = _prepare(scores, labels, where, check=False)
+  conc, disc, tied, _ = _pair_counts(scores, labels, where)
+  return (conc + 0.5 * tied) / jnp.maximum(disc + 0.5 * tied, 1.0)
+
+
+def pair_accuracy(scores: Array, labels: Array, *, where: Optional[Array] = None) -> Array:
+  r"""Fraction of labelled pairs (``y_i > y_j``) ordered correctly, ties counting 1/2.
+
+  .. math:: \mathrm{acc} = \frac{C + T/2}{C + D + T}
+
+  Lists with no labelled pair get 0. A monotone transform of PNR
+  (:math:`\mathrm{PNR} = \mathrm{acc}/(1-\mathrm{acc})` when no clipping applies).
+  """
+  _validate.check_lists(scores, labels, where=where)
+  return _pair_accuracy(scores, labels, where)
+
+
+@jax.jit
+def _pair_accuracy(scores, labels, where):
+  scores, labels, where = _prepare(scores, labels, where, check=False)
+  conc, _, tied, total = _pair_counts(scores, labels, where)
+  return _safe_div(conc + 0.5 * tied, total)
+
+
+@jax.jit
+def num_labelled_pairs(labels: Array, *, where: Optional[Array] = None) -> Array:
+  """Number of pairs of valid items with ``y_i > y_j`` per list ``[...]`` (int32)."""
+  labels = jnp.asarray(labels)
+  if where is None:
+    where = jnp.ones(labels.shape, dtype=bool)
+  where = jnp.broadcast_to(jnp.asarray(where, dtype=bool), labels.shape)
+  labels = jnp.where(where, labels, 0)
+  labelled = where[..., :, None] & where[..., None, :] & (labels[..., :, None] > labels[..., None, :])
+  return jnp.sum(labelled, axis=(-2, -1)).astype(jnp.int32)
+
+
+METRICS: dict[str, Callable[..., Array]] = {
+    "ndcg": ndcg,
+    "dcg": dcg,
+    "mrr": mrr,
+    "average_precision": average_precision,
+    "map": average_precision,
+    "recall": recall,
+    "precision": precision,
+    "pnr": pnr,
+    "pair_accuracy": pair_accuracy,
+}
+
+
+def get_metric(name: str) -> Callable[..., Array]:
+  """Metric by name; ``"name@k"`` binds ``topn=k`` (e.g. ``"ndcg@10"``, ``"mrr@10"``)."""
+  base, _, k = name.partition("@")
+  if base not in METRICS:
+    raise ValueError(f"name: unknown metric {name!r}; expected one of {sorted(METRICS)}")
+  fn = METRICS[base]
+  if k:
+    if base in ("pnr", "pair_accuracy"):
+      raise ValueError(f"name: metric {base!r} takes no cut-off; got {name!r}")
+    try:
+      topn = int(k)
+    except ValueError:
+      raise ValueError(f"name: cut-off must be an integer; got {name!r}") from None
+    _check_topn(topn)
+    return functools.partial(fn, topn=topn)
+  return fn

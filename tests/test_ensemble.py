@@ -1,0 +1,388 @@
+"""Tests for pile_jax.ensemble: PILE (three variants) against a plain-NumPy loop implementation
+of the spec (papers/pile.md), its properties, the baselines, the report, and jit/vmap/pmap."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from pile_jax import ensemble as E
+from pile_jax import metrics as M
+
+T, B, N = 3, 5, 7
+
+
+def make_case(seed=0, t=T, garbage=True):
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 4, size=(B, N)).astype(np.float64)
+  s = 0.5 * y[None] + rng.normal(0, 1.5, size=(t, B, N))
+  m = np.ones((B, N), bool)
+  m[1, 5:] = False
+  m[2, [0, 3]] = False
+  y[3] = 2.0  # no labelled pair
+  m[4] = False
+  m[4, 2] = True  # single valid item
+  if garbage:
+    s = np.where(m[None], s, 1e3)
+    y = np.where(m, y, 9.0)
+  return s, y, m
+
+
+# ----------------------------------------------------------------------------------------------
+# plain-NumPy loop implementation of the spec (one list at a time)
+
+
+def _ell(loss, d):
+  if loss == "logistic":
+    return math.log1p(math.exp(-d)) if d > -30 else -d
+  if loss == "hinge":
+    return max(0.0, 1.0 - d)
+  return 1.0 if d <= 0 else 0.0
+
+
+def ref_pile_list(s, y, m, variant, K=10, eta=0.5, tau=1.0, eps=0.0, lam=1.0, gamma=1.0,
+                  loss="logistic"):
+  M_, n = s.shape
+  idx = [i for i in range(n) if m[i]]
+  P = [(i, j) for i in idx for j in idx if y[i] > y[j]]
+  z = {i: sum(s[k, i] for k in range(M_)) / M_ for i in idx}
+  zmean = dict(z)
+  if variant == "consensus":
+    info = {}
+    for (i, j) in P:
+      agree = [k for k in range(M_) if s[k, i] > s[k, j]]
+      if agree:
+        info[(i, j)] = (sum(s[k, i] for k in agree) / len(agree),
+                        sum(s[k, j] for k in agree) / len(agree))
+    for _ in range(K):
+      V = [(i, j) for (i, j) in info if z[i] - z[j] <= eps]
+      new = {}
+      for i in idx:
+        r, c = 0.0, 0
+        for (a, b) in V:
+          if a == i:
+            r += info[(a, b)][0] - z[i]
+            c += 1
+          if b == i:
+            r += info[(a, b)][1] - z[i]
+            c += 1
+        new[i] = z[i] + eta * r / max(c, 1)
+      z = new
+  elif variant == "responsibility":
+    for _ in range(K):
+      new = {}
+      for i in idx:
+        partners = [(a, b) for (a, b) in P if i in (a, b)]
+        if not partners:
+          new[i] = z[i]
+          continue
+        Lk = []
+        for k in range(M_):
+          tot = 0.0
+          for (a, b) in partners:
+            tot += _ell(loss, s[k, i] - z[b]) if a == i else _ell(loss, z[a] - s[k, i])
+          Lk.append(tot)
+        logits = [-v / tau for v in Lk]
+        mx = max(logits)
+        ws = [math.exp(v - mx) for v in logits]
+        target = sum(w * s[k, i] for k, w in enumerate(ws)) / sum(ws)
+        new[i] = (1 - eta) * z[i] + eta * target
+      z = new
+  else:
+    step = 1.0 / (2.0 + lam * (max(len(idx), 1) - 1) / (2 * tau))
+    for _ in range(K):
+      grad = {i: 2.0 * (z[i] - zmean[i]) for i in idx}
+      for (i, j) in P:
+        g = 1.0 / (1.0 + math.exp((z[i] - z[j] - gamma) / tau))  # sigmoid(-(d - gamma)/tau)
+        grad[i] -= lam * g
+        grad[j] += lam * g
+      z = {i: z[i] - step * grad[i] for i in idx}
+  out = np.zeros(n)
+  for i in idx:
+    out[i] = z[i]
+  return out
+
+
+def ref_pile(s, y, m, variant, **kw):
+  return np.stack([ref_pile_list(s[:, b], y[b], m[b], variant, **kw) for b in range(s.shape[1])])
+
+
+VARIANT_OPTS = [
+    ("consensus", {}),
+    ("consensus", {"damping": 1.0, "eps": 0.3, "num_iters": 7}),
+    ("responsibility", {}),
+    ("responsibility", {"loss": "hinge", "temperature": 0.5}),
+    ("responsibility", {"loss": "zero_one", "temperature": 2.0}),
+    ("regularised", {}),
+    ("regularised", {"lam": 0.3, "gamma": 0.0, "temperature": 0.5}),
+]
+
+_REF_KW = {"damping": "eta", "temperature": "tau", "num_iters": "K"}
+
+
+@pytest.mark.parametrize("variant,opts", VARIANT_OPTS)
+def test_pile_matches_numpy_loop_reference(variant, opts):
+  s, y, m = make_case(1)
+  with jax.enable_x64(True):
+    got = np.asarray(E.pile(jnp.asarray(s), jnp.asarray(y), where=m, variant=variant, **opts))
+  want = ref_pile(s, y, m, variant, **{_REF_KW.get(k, k): v for k, v in opts.items()})
+  np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+  # float32 default agrees to float32 precision
+  got32 = np.asarray(E.pile(s.astype(np.float32), y, where=m, variant=variant, **opts))
+  assert got32.dtype == np.float32
+  np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# properties
+
+
+@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+def test_k0_is_mean_and_m1_and_padding(variant):
+  s, y, m = make_case(2)
+  mean = np.where(m, s.mean(0), 0.0)
+  np.testing.assert_allclose(E.pile(s, y, where=m, variant=variant, num_iters=0), mean,
+                             rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(E.mean(s, where=m), mean, rtol=1e-6, atol=1e-6)
+  if variant != "regularised":  # M = 1 returns the teacher
+    np.testing.assert_allclose(E.pile(s[:1], y, where=m, variant=variant),
+                               np.where(m, s[0], 0.0), rtol=1e-6, atol=1e-6)
+  else:  # lam = 0 returns the mean
+    np.testing.assert_allclose(E.pile(s, y, where=m, variant=variant, lam=0.0), mean,
+                               rtol=1e-6, atol=1e-6)
+  # padding: garbage (even NaN) in padded slots changes nothing; padded outputs are 0
+  z = np.asarray(E.pile(s, y, where=m, variant=variant))
+  s2 = np.where(m[None], s, np.nan)
+  y2 = np.where(m, y, -5.0)
+  np.testing.assert_array_equal(E.pile(s2, y2, where=m, variant=variant), z)
+  assert np.all(z[~m] == 0.0) and np.all(np.isfinite(z))
+  # appending padded items to the list changes nothing
+  pad = 3
+  s3 = np.concatenate([s, np.full((T, B, pad), 7.0)], -1)
+  y3 = np.concatenate([y, np.full((B, pad), 4.0)], -1)
+  m3 = np.concatenate([m, np.zeros((B, pad), bool)], -1)
+  np.testing.assert_allclose(np.asarray(E.pile(s3, y3, where=m3, variant=variant))[..., :N], z,
+                             rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+def test_permutation_equivariance_and_teacher_invariance(variant):
+  s, y, m = make_case(3)
+  z = np.asarray(E.pile(s, y, where=m, variant=variant))
+  perm = np.random.default_rng(0).permutation(N)
+  zp = np.asarray(E.pile(s[..., perm], y[:, perm], where=m[:, perm], variant=variant))
+  np.testing.assert_allclose(zp, z[:, perm], rtol=1e-5, atol=1e-5)
+  zt = np.asarray(E.pile(s[::-1], y, where=m, variant=variant))
+  np.testing.assert_allclose(zt, z, rtol=1e-5, atol=1e-5)
+
+
+def test_convex_range_and_label_consistent_teachers():
+  s, y, m = make_case(4)
+  for variant, opts in [("consensus", {}), ("consensus", {"damping": 1.0}), ("responsibility", {})]:
+    z = np.asarray(E.pile(s, y, where=m, variant=variant, **opts))
+    lo, hi = s.min(0), s.max(0)
+    assert np.all((z >= lo - 1e-5) | ~m) and np.all((z <= hi + 1e-5) | ~m), variant
+  # teachers that all order every labelled pair correctly: the mean violates nothing -> mean
+  rng = np.random.default_rng(5)
+  y1 = rng.permutation(N).astype(float)[None].repeat(B, 0)
+  s1 = 2.0 * y1[None] + rng.normal(0, 0.1, size=(T, B, N))
+  np.testing.assert_allclose(E.pile(s1, y1), s1.mean(0), rtol=1e-6)
+
+
+def test_contradicting_pair_is_repaired():
+  # item 0 is more relevant; teacher 0 agrees strongly, teachers 1-2 disagree: the mean is wrong
+  s = np.array([[[2.0, 0.0]], [[0.0, 1.5]], [[0.0, 1.5]]])
+  y = np.array([[1.0, 0.0]])
+  mean = s.mean(0)
+  assert mean[0, 0] < mean[0, 1]
+  d = E.pile_diagnostics(s, y, num_iters=20)
+  z = np.asarray(d["ensemble"])
+  assert z[0, 0] > z[0, 1]  # repaired
+  assert int(d["violated_before"][0]) == 1 and int(d["violated_after"][0]) == 0
+  assert int(d["unfixable_pairs"][0]) == 0 and int(d["labelled_pairs"][0]) == 1
+  np.testing.assert_allclose(d["teacher_pair_accuracy"][:, 0], [1.0, 0.0, 0.0])
+  assert float(d["mean_pair_accuracy"][0]) == 0.0 and float(d["ensemble_pair_accuracy"][0]) == 1.0
+  # a pair no teacher orders correctly is left alone (n_ij = 0)
+  s_bad = np.array([[[0.0, 1.0]], [[0.0, 2.0]]])
+  np.testing.assert_allclose(E.pile(s_bad, y), s_bad.mean(0))
+  assert int(E.pile_diagnostics(s_bad, y)["unfixable_pairs"][0]) == 1
+
+
+def test_diagnostics_match_loops():
+  s, y, m = make_case(6)
+  d = E.pile_diagnostics(s, y, where=m)
+  z0 = s.mean(0)
+  z = np.asarray(d["ensemble"])
+  assert d["teacher_pair_accuracy"].shape == (T, B)
+  for b in range(B):
+    idx = [i for i in range(N) if m[b, i]]
+    P = [(i, j) for i in idx for j in idx if y[b, i] > y[b, j]]
+    fix = [(i, j) for (i, j) in P if any(s[k, b, i] > s[k, b, j] for k in range(T))]
+    assert int(d["labelled_pairs"][b]) == len(P)
+    assert int(d["unfixable_pairs"][b]) == len(P) - len(fix)
+    assert int(d["violated_before"][b]) == sum(z0[b, i] - z0[b, j] <= 0 for i, j in fix)
+    assert int(d["violated_after"][b]) == sum(z[b, i] - z[b, j] <= 0 for i, j in fix)
+    for k in range(T):
+      acc = sum(s[k, b, i] > s[k, b, j] for i, j in P) / max(len(P), 1)
+      assert abs(float(d["teacher_pair_accuracy"][k, b]) - acc) < 1e-6
+
+
+def synthetic(num_queries=500, teachers=4, n=12, seed=0):
+  """The spec's generator: labels 0-4, s = 0.5 y + N(0, 1.5^2)."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 5, size=(num_queries, n)).astype(np.float32)
+  s = (0.5 * y[None] + rng.normal(0, 1.5, size=(teachers, num_queries, n))).astype(np.float32)
+  return s, y
+
+
+def test_default_beats_mean_on_synthetic_generator():
+  s, y = synthetic()
+  rep = E.teacher_report(s, y, ensembles=("mean", "pile"))
+  vs = rep["ensembles"]["pile"]["vs_mean"]
+  assert rep["num_evaluated_lists"] == 500
+  assert vs["better"] >= 450 and vs["worse"] <= 25, vs
+  assert rep["ensembles"]["pile"]["pnr"] > rep["ensembles"]["mean"]["pnr"]
+  assert rep["ensembles"]["pile"]["ndcg"] > rep["ensembles"]["mean"]["ndcg"]
+  for name in rep["teachers"]:
+    assert rep["ensembles"]["mean"]["pair_accuracy"] > rep["teachers"][name]["pair_accuracy"]
+
+
+def test_eager_jit_vmap_pmap_agree():
+  s, y = synthetic(num_queries=8, teachers=3, n=6, seed=1)
+  m = np.ones(y.shape, bool)
+  m[1, 4:] = False
+
+  def f(t, yy, mm):  # all three variants at once: one compilation per transformation
+    return jnp.stack([E.pile(t, yy, where=mm, variant=v) for v in E.PILE_VARIANTS])
+
+  eager = np.stack([np.asarray(E.pile(s, y, where=m, variant=v)) for v in E.PILE_VARIANTS])
+  np.testing.assert_allclose(jax.jit(f)(s, y, m), eager, rtol=1e-5, atol=1e-6)
+  per_query = jax.vmap(f, in_axes=(1, 0, 0), out_axes=1)(s, y, m)  # one list per call
+  np.testing.assert_allclose(per_query, eager, rtol=1e-5, atol=1e-6)
+  if jax.device_count() < 4:
+    pytest.skip("pmap part needs 4 devices (tests/conftest.py sets XLA_FLAGS)")
+  out = jax.pmap(f, in_axes=(1, 0, 0))(s.reshape(3, 4, 2, 6), y.reshape(4, 2, 6), m.reshape(4, 2, 6))
+  out = np.moveaxis(np.asarray(out), 0, 1).reshape(3, 8, 6)  # [dev, V, 2, n] -> [V, 8, n]
+  np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------------------------
+# baselines
+
+
+def test_baselines_match_loops():
+  s, y, m = make_case(7, garbage=False)
+  s[0, 0, 1] = s[0, 0, 2]  # a tied pair for rank_average
+  w = np.array([1.0, 2.0, 5.0])
+  z_w = np.asarray(E.weighted_mean(s, where=m, weights=w))
+  z_max = np.asarray(E.ensemble("max", s, where=m))
+  z_z = np.asarray(E.zscore_mean(s, where=m))
+  z_r = np.asarray(E.rank_average(s, where=m))
+  z_b = np.asarray(E.best_teacher_per_list(s, y, where=m))
+  for b in range(B):
+    idx = [i for i in range(N) if m[b, i]]
+    nv = len(idx)
+    pnrs = []
+    for k in range(T):
+      c = d = t = 0
+      for i in idx:
+        for j in idx:
+          if y[b, i] > y[b, j]:
+            c += s[k, b, i] > s[k, b, j]
+            d += s[k, b, i] < s[k, b, j]
+            t += s[k, b, i] == s[k, b, j]
+      pnrs.append((c + t / 2) / max(d + t / 2, 1))
+    best = int(np.argmax(pnrs))  # first maximum
+    for i in range(N):
+      if not m[b, i]:
+        for z in (z_w, z_max, z_z, z_r, z_b):
+          assert z[b, i] == 0.0
+        continue
+      assert abs(z_w[b, i] - sum(w[k] * s[k, b, i] for k in range(T)) / w.sum()) < 1e-5
+      assert abs(z_max[b, i] - max(s[k, b, i] for k in range(T))) < 1e-6
+      zs, rs = 0.0, 0.0
+      for k in range(T):
+        vals = [s[k, b, j] for j in idx]
+        mu = sum(vals) / nv
+        sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / nv) or 1.0
+        zs += (s[k, b, i] - mu) / sd / T
+        higher = sum(s[k, b, j] > s[k, b, i] for j in idx)
+        tied = sum(s[k, b, j] == s[k, b, i] for j in idx) - 1
+        rank = 1 + higher + 0.5 * tied
+        rs += (nv - rank) / max(nv - 1, 1) / T
+      assert abs(z_z[b, i] - zs) < 1e-5
+      assert abs(z_r[b, i] - rs) < 1e-5
+      assert abs(z_b[b, i] - s[best, b, i]) < 1e-6
+  # list 3 has no labelled pair: every PNR is 0 -> teacher 0
+  np.testing.assert_allclose(z_b[3], np.where(m[3], s[0, 3], 0.0), rtol=1e-6)
+
+
+def test_registry_and_dispatcher():
+  s, y, m = make_case(8)
+  for name in E.ENSEMBLES:
+    opts = {"weights": [1.0, 1.0, 1.0]} if name == "weighted_mean" else {}
+    z = np.asarray(E.ensemble(name, s, y, where=m, **opts))
+    assert z.shape == (B, N) and np.all(np.isfinite(z)) and np.all(z[~m] == 0.0), name
+  np.testing.assert_allclose(E.ensemble("weighted_mean", s, where=m, weights=[1, 1, 1]),
+                             E.mean(s, where=m), rtol=1e-6)
+  with pytest.raises(ValueError, match="^name: "):
+    E.ensemble("median", s)
+  with pytest.raises(ValueError, match="^labels: "):
+    E.ensemble("pile", s)
+
+
+def test_teacher_report_and_format():
+  s, y, m = make_case(9)
+  rep = E.teacher_report(s, y, where=m, teacher_names=["a", "b", "c"],
+                         ensembles=("mean", "pile", ("pile_reg", "pile", {"variant": "regularised"})),
+                         topn=5)
+  assert list(rep["teachers"]) == ["a", "b", "c"]
+  assert list(rep["ensembles"]) == ["mean", "pile", "pile_reg"]
+  # lists 3 (equal labels) and 4 (single item) have no labelled pair
+  assert rep["num_lists"] == B and rep["num_evaluated_lists"] == 3
+  ev = np.array([True, True, True, False, False])
+  want = np.asarray(M.pnr(s[1], y, where=m))[ev].mean()
+  assert abs(rep["teachers"]["b"]["pnr"] - want) < 1e-6
+  want = np.asarray(M.ndcg(s[1], y, where=m, topn=5))[ev].mean()
+  assert abs(rep["teachers"]["b"]["ndcg"] - want) < 1e-6
+  assert rep["ensembles"]["mean"]["vs_mean"] == {"better": 0, "worse": 0, "tied": 3}
+  assert rep["teachers"]["a"]["per_list"]["pnr"].shape == (B,)
+  text = E.format_teacher_report(rep)
+  assert "| name | kind | PNR |" in text and "NDCG@5" in text
+  assert "| pile_reg | ensemble |" in text and "| c | teacher |" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# bad input
+
+
+def test_bad_inputs():
+  s, y, m = make_case(10)
+  with pytest.raises(ValueError, match=r"^teacher_scores: expected shape \[T, \.\.\., n\].*got \(5, 3, 7\).*teacher axis"):
+    E.pile(np.swapaxes(s, 0, 1), y)  # [B, T, n] instead of [T, B, n]
+  with pytest.raises(ValueError, match="^teacher_scores: "):
+    E.pile(s, y[:, :4])
+  with pytest.raises(ValueError, match="^teacher_scores: "):
+    E.mean(s[0, 0])
+  bad = s.copy()
+  bad[1, 0, 0] = np.inf
+  with pytest.raises(ValueError, match="^teacher_scores: .*Inf"):
+    E.pile(bad, y)
+  bad_y = y.copy()
+  bad_y[0, 0] = np.nan
+  with pytest.raises(ValueError, match="^labels: .*NaN"):
+    E.pile(s, bad_y)
+  with pytest.raises(ValueError, match="^where: "):
+    E.pile(s, y, where=m.astype(np.float32))
+  with pytest.raises(ValueError, match="^variant: "):
+    E.pile(s, y, variant="magic")
+  with pytest.raises(ValueError, match="^damping: "):
+    E.pile(s, y, damping=1.5)
+  with pytest.raises(ValueError, match="^num_iters: "):
+    E.pile(s, y, num_iters=-1)
+  with pytest.raises(ValueError, match="^weights: "):
+    E.weighted_mean(s, weights=[1.0, 2.0])
+  with pytest.raises(ValueError, match="^teacher_names: "):
+    E.teacher_report(s, y, teacher_names=["a"])
