@@ -1,0 +1,119 @@
+"""PairTokenizer (vs the HF tokenizer), bucketed batching, and Reranker vs PyTorch / sentence-transformers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from pile_jax.models import PairTokenizer, Reranker, bucketed_batches, resolve_model_path  # noqa: E402
+
+MINILM = resolve_model_path("minilm")
+LONG_QUERY = " ".join(f"word{i} question" for i in range(60))  # far more than 16 tokens
+LONG_DOC = " ".join("the quick brown fox jumps over the lazy dog" for _ in range(40))
+PAIRS = [
+    ("what is a cat", "A cat is a small domesticated carnivorous mammal."),
+    ("what is a cat", "Paris is the capital of France."),
+    ("capital of france", "Paris is the capital and most populous city of France."),
+    ("capital of france", LONG_DOC),
+    ("how do vaccines work", "Vaccines train the immune system to recognise a pathogen."),
+    ("how do vaccines work", "short"),
+    ("boiling point of water", "Water boils at 100 degrees Celsius at sea level, used to calibrate thermometers."),
+    ("boiling point of water", "The mitochondria is the powerhouse of the cell."),
+    (LONG_QUERY, "A document for a very long query."),
+]
+
+
+@pytest.fixture(scope="module")
+def hf_tok():
+    return transformers.AutoTokenizer.from_pretrained(str(MINILM))
+
+
+@pytest.fixture(scope="module")
+def reranker():
+    return Reranker.from_pretrained("all-MiniLM-L6-v2", num_layers=2, max_length=64, max_query_length=16)
+
+
+@pytest.fixture(scope="module")
+def exported(reranker, tmp_path_factory):
+    return reranker.save_pretrained(tmp_path_factory.mktemp("reranker") / "model")
+
+
+def reference_ids(hf_tok, query, doc, max_length, max_query_length):
+    q = hf_tok(query, add_special_tokens=False)["input_ids"][:max_query_length]
+    d = hf_tok(doc, add_special_tokens=False)["input_ids"][:max_length - 3 - len(q)]
+    ids = [hf_tok.cls_token_id, *q, hf_tok.sep_token_id, *d, hf_tok.sep_token_id]
+    return ids, [0] * (len(q) + 2) + [1] * (len(d) + 1)
+
+
+def test_pair_tokenizer_matches_hf_tokenizer(hf_tok):
+    tok = PairTokenizer(MINILM, max_length=64, max_query_length=16)
+    assert tok.num_special == 3 and tok.buckets == (32, 64)
+    queries, docs = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
+    enc = tok.encode(queries, docs)
+    assert set(enc) == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(v.dtype == np.int32 and v.shape == (len(PAIRS), 64) for v in enc.values())
+    for row, (q, d) in enumerate(PAIRS):
+        n = int(enc["attention_mask"][row].sum())
+        assert n <= 64
+        ids, types = enc["input_ids"][row, :n].tolist(), enc["token_type_ids"][row, :n].tolist()
+        assert (ids, types) == reference_ids(hf_tok, q, d, 64, 16)
+        assert np.all(enc["input_ids"][row, n:] == hf_tok.pad_token_id) and np.all(enc["attention_mask"][row, n:] == 0)
+        if q is not LONG_QUERY:  # the HF tokenizer's own pair truncation agrees when the query fits its budget
+            ref = hf_tok(q, d, truncation="only_second", max_length=64)
+            assert ids == ref["input_ids"] and types == ref["token_type_ids"]
+    # the long document fills the budget exactly; the long query keeps 16 tokens
+    assert int(enc["attention_mask"][3].sum()) == 64
+    assert enc["token_type_ids"][8].tolist().index(1) == 16 + 2
+    # short calls pad to the smallest bucket that fits
+    short = tok.encode(["what is a cat"], ["a small mammal"])
+    assert short["input_ids"].shape == (1, 32)
+    assert short["input_ids"][0, :int(short["attention_mask"].sum())].tolist() == hf_tok(
+        "what is a cat", "a small mammal")["input_ids"]
+    with pytest.raises(ValueError, match="differ"):
+        tok.encode(["a", "b"], ["c"])
+
+
+def test_bucketed_batches_cover_every_index_once():
+    lengths = [5, 40, 7, 33, 12, 60, 2]
+    batches = bucketed_batches(lengths, 3)
+    assert [len(b) for b in batches] == [3, 3, 1]
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(lengths)))
+    assert [lengths[i] for i in flat] == sorted(lengths)
+    with pytest.raises(ValueError):
+        bucketed_batches(lengths, 0)
+
+
+def test_reranker_predict_matches_pytorch_and_export_loads_cleanly(reranker, exported, hf_tok):
+    scores = reranker.predict(PAIRS, batch_size=4)
+    assert scores.dtype == np.float32 and scores.shape == (len(PAIRS),)
+    model, info = transformers.AutoModelForSequenceClassification.from_pretrained(exported, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    model.eval()
+    short = [i for i, (q, _) in enumerate(PAIRS) if q is not LONG_QUERY]
+    batch = hf_tok([PAIRS[i][0] for i in short], [PAIRS[i][1] for i in short], truncation="only_second",
+                   max_length=64, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**batch).logits[:, 0].numpy()
+    np.testing.assert_allclose(scores[short], ref, atol=1e-5, rtol=0)
+    # input order is kept whatever the batching
+    np.testing.assert_allclose(reranker.predict(PAIRS[::-1], batch_size=4), scores[::-1], atol=1e-5, rtol=0)
+    single = reranker.predict(PAIRS[0], batch_size=4)
+    assert single.shape == () and abs(float(single) - scores[0]) <= 1e-5
+    assert reranker.predict([]).shape == (0,)
+    ranked = reranker.rank("what is a cat", [PAIRS[1][1], PAIRS[0][1]], return_documents=True, batch_size=4)
+    assert [r["score"] for r in ranked] == sorted((r["score"] for r in ranked), reverse=True)
+    assert {r["corpus_id"] for r in ranked} == {0, 1}
+    assert reranker._score._cache_size() <= 2  # one compilation per bucket used (32, 64)
+
+
+def test_sentence_transformers_cross_encoder_scores_the_export_identically(reranker, exported):
+    st = pytest.importorskip("sentence_transformers")
+    ce = st.CrossEncoder(str(exported), device="cpu", max_length=64)
+    short = [p for p in PAIRS if p[0] is not LONG_QUERY]
+    ours = reranker.predict(short, batch_size=4)
+    theirs = ce.predict(short, batch_size=8)
+    np.testing.assert_allclose(np.asarray(theirs, np.float32), ours, atol=1e-5, rtol=0)
