@@ -86,7 +86,32 @@ class TrainConfig:
             from pile_jax.config import ConfigError
 
             raise ConfigError(f"train: unknown key(s) {unknown} (known: {sorted(known)})")
-        return cls(**cfg)
+        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        out = {}
+        for key, value in cfg.items():
+            kind = types[key]
+            try:
+                if value is None:
+                    if "None" not in kind:
+                        raise ValueError("must not be null")
+                    out[key] = None
+                elif kind.startswith("int | float") or kind.startswith("float"):
+                    out[key] = float(value)  # YAML reads 1e-4 (no dot) as a string
+                elif kind.startswith("int"):
+                    out[key] = int(value) if float(value) == int(float(value)) else _bad(value)
+                elif kind == "bool":
+                    out[key] = value if isinstance(value, bool) else _bad(value)
+                else:
+                    out[key] = str(value)
+            except (TypeError, ValueError) as e:
+                from pile_jax.config import ConfigError
+
+                raise ConfigError(f"train.{key}: expected {kind}, got {value!r} ({e})") from e
+        return cls(**out)
+
+
+def _bad(value):
+    raise ValueError(f"invalid value {value!r}")
 
 
 @dataclasses.dataclass
@@ -363,7 +388,8 @@ def train(
         if ckpt:
             ckpt.close()
     final = _host(host_state().params)
-    if workdir:
+    if workdir and jax.process_index() == 0:
+        _save_params(os.path.join(workdir, "final_params.npz"), final)
         with open(os.path.join(workdir, "history.json"), "w") as f:
             json.dump(history, f, indent=1)
     return TrainResult(params=best_params if best_params is not None else final, final_params=final,

@@ -1,0 +1,91 @@
+"""End to end: `pile-jax run --quick` on real Cranfield with real MiniLM weights.
+
+Runs the CLI in a subprocess (one CPU device, as a user would), then checks the artifacts and
+that the reported metrics equal (a) the core metrics recomputed from the written TREC run files
+and (b) trec_eval's own code (pytrec_eval) on the same files.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+pytrec_eval = pytest.importorskip("pytrec_eval")
+
+
+def _clean_env(tmp_path):
+    env = dict(os.environ)
+    env.pop("XLA_FLAGS", None)  # conftest forces 4 CPU devices; a user's run has one
+    env["PILE_JAX_CACHE"] = str(tmp_path / "xla_cache")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    out = tmp / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pile_jax.cli", "run", os.path.join(ROOT, "configs", "cranfield_pile.yaml"),
+         "--quick", "--out", str(out)],
+        cwd=ROOT, env=_clean_env(tmp), capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_artifacts_exist_and_are_consistent(quick_run):
+    out, stdout = quick_run
+    results = json.loads((out / "results.json").read_text())
+    for name in ("results.md", "results.png", "log.txt"):
+        assert (out / name).stat().st_size > 0
+    assert "| system |" in stdout  # the table is printed
+    # every teacher wrote a score file covering the candidates
+    for t in results["teachers"]:
+        lines = (out / "teachers" / f"{t}.tsv").read_text().splitlines()
+        assert len(lines) > 0 and all(len(l.split()) == 3 for l in lines)
+    # one run file per (system, seed), six TREC columns
+    systems = results["systems"]
+    assert {"bm25", "student_hard_labels", "student_pile_margin_mse", "ensemble_mean"} <= set(systems)
+    assert "ensemble_pile" not in systems  # label-supervised: a training target, not a test system
+    for fname in results["runs"]:
+        rows = (out / "runs" / fname).read_text().splitlines()
+        assert rows and all(len(r.split()) == 6 and r.split()[1] == "Q0" for r in rows)
+    for system, stats in systems.items():
+        files = [f for f in results["runs"] if f.startswith(system + "__seed")]
+        assert len(files) == stats["ndcg_cut_10"]["n"]
+        vals = [results["runs"][f]["ndcg_cut_10"] for f in files]
+        assert stats["ndcg_cut_10"]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
+    assert systems["student_hard_labels"]["ndcg_cut_10"]["n"] == len(results["seeds"]) >= 2
+
+
+def test_reported_metrics_match_core_metrics_and_trec_eval(quick_run):
+    out, _ = quick_run
+    from pile_jax.data import load_collection, read_run
+    from pile_jax.train.evaluate import mean_metrics, run_metrics
+
+    results = json.loads((out / "results.json").read_text())
+    coll = load_collection("cranfield")
+    qids = coll.split_qids("test")[: results["config"]["data"]["max_queries_per_split"]]
+    assert results["eval_queries"] == len(qids)
+    qrels = {q: coll.qrels[q] for q in qids}
+    evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10", "recip_rank", "map"})
+    for fname, reported in results["runs"].items():
+        run = {q: dict(v) for q, v in read_run(str(out / "runs" / fname)).items()}
+        ours = mean_metrics(run_metrics(run, coll.qrels, qids=qids))
+        for m in ("ndcg_cut_10", "recip_rank", "map", "pnr"):
+            assert ours[m] == pytest.approx(reported[m], abs=1e-6), (fname, m)
+        ref = evaluator.evaluate({q: run.get(q, {}) for q in qids})
+        for m in ("ndcg_cut_10", "recip_rank", "map"):
+            trec = np.mean([ref[q][m] if q in ref else 0.0 for q in qids])
+            assert reported[m] == pytest.approx(trec, abs=1e-5), (fname, m)
+
+
+def test_students_learn(quick_run):
+    out, _ = quick_run
+    hist = json.loads((out / "students" / "hard_labels__seed0" / "history.json").read_text())
+    losses = [h["loss"] for h in hist if "loss" in h]
+    assert len(losses) >= 2 and np.isfinite(losses).all()
