@@ -75,6 +75,15 @@ def ensemble_specs(methods: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, 
     return out
 
 
+def _train_group_args(cfg: Mapping[str, Any]) -> dict:
+    """Training groups: ``train_groups.size`` items per query (default: the depth), chosen by
+    ``train_groups.policy`` (``top`` | ``positives_top`` | ``positives_sampled``)."""
+    depth = int(C.require(cfg, "first_stage.depth"))
+    tg = cfg.get("train_groups") or {}
+    return {"group_size": int(tg.get("size", depth)), "policy": tg.get("policy", "top"),
+            "seed": int(tg.get("seed", 0))}
+
+
 def teacher_stats(groups: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Per-teacher mean and std of the scores over the valid items of ``groups``."""
     ts, mask = groups["teacher_scores"], groups["mask"]
@@ -110,8 +119,8 @@ def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, train_qids, dev
     others = [q for q in score_qids if q not in fold_of]
     for k in range(folds):
         fit_qids = [q for q in train_qids if fold_of[q] != k] if folds > 1 else list(train_qids)
-        groups, stats = build_groups(coll, candidates, {}, group_size=int(cfg["first_stage"]["depth"]),
-                                     qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"))
+        groups, stats = build_groups(coll, candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
+                                     **_train_group_args(cfg))
         ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                        num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
                                        max_length=int(model_cfg.get("max_length", 128)),
@@ -126,15 +135,19 @@ def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, train_qids, dev
                        queries=coll.queries, docs=coll.docs, config=train_cfg,
                        workdir=os.path.join(out_dir, f"{spec['name']}_fold{k}"), log=log)
         held = [q for q in train_qids if fold_of[q] == k] if folds > 1 else []
-        part = score_candidates(ranker, result.params, {q: candidates[q] for q in held + others},
+        # dev/test queries: scored by every fold model (averaged), or only by the first one
+        # (`eval_scored_by: first`, half the scoring cost on a CPU).
+        eval_models = folds if spec.get("eval_scored_by", "all") == "all" else 1
+        scored_others = others if k < eval_models else []
+        part = score_candidates(ranker, result.params, {q: candidates[q] for q in held + scored_others},
                                 coll.queries, coll.docs, batch_size=int(cfg.get("score_batch_size", 64)),
                                 progress=f"score {spec['name']} fold {k + 1}")
         for q in held:
             scores[q] = part[q]
-        for q in others:
+        for q in scored_others:
             acc = scores.setdefault(q, {d: 0.0 for d in candidates[q]})
             for d, s in part[q].items():
-                acc[d] += s / folds
+                acc[d] += s / eval_models
     return scores
 
 
@@ -223,8 +236,9 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     unjudged = C.get(cfg, "data.unjudged", "zero")
     groups, stats = {}, {}
     for s in ("train", "dev", "test"):
-        groups[s], stats[s] = build_groups(coll, candidates, teachers, group_size=depth, qids=splits[s],
-                                           unjudged=unjudged, require_label_pair=(s == "train"))
+        size_args = _train_group_args(cfg) if s == "train" else {"group_size": depth}
+        groups[s], stats[s] = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=unjudged,
+                                           require_label_pair=(s == "train"), **size_args)
     standardize = C.get(cfg, "ensembles.standardize", "global")
     if standardize not in ("global", "none"):
         raise C.ConfigError(f"{cfg.get('_source')}: ensembles.standardize must be global or none")
@@ -232,7 +246,8 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     if standardize == "global":
         groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
     builder = build_ranking_groups_dataset({"train": groups["train"]}, os.path.join(out, "tfds"),
-                                           name=f"{coll.name}_d{depth}_t{len(teacher_names)}", overwrite=True)
+                                           name=f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}",
+                                           overwrite=True)
     train_source = builder.as_data_source()["train"]
     log(f"ranking groups: " + ", ".join(f"{s} {len(g['query_id'])}" for s, g in groups.items())
         + f"; train skipped (no label pair) {stats['train'].get('skipped_no_label_pair', 0)}; "
@@ -275,8 +290,9 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
             if uj == unjudged:
                 g = groups[s]
             else:
-                g = build_groups(coll, candidates, teachers, group_size=depth, qids=splits[s], unjudged=uj,
-                                 require_label_pair=(s == "train"))[0]
+                size_args = _train_group_args(cfg) if s == "train" else {"group_size": depth}
+                g = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=uj,
+                                 require_label_pair=(s == "train"), **size_args)[0]
                 g = standardise(g, mu, sd) if standardize == "global" else g
             ts = np.transpose(g["teacher_scores"], (1, 0, 2))
             report_sections[f"{s} (unjudged={uj})"] = E.teacher_report(
@@ -323,7 +339,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
             tcfg["seed"] = seed
             result = train(ranker, source=train_source, objective=obj, queries=coll.queries, docs=coll.docs,
                            config=tcfg, workdir=os.path.join(out, "students", f"{run_name}__seed{seed}"),
-                           evaluate=dev_eval, log=log)
+                           evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
             run_ = score_candidates(ranker, result.params, {q: candidates[q] for q in eval_qids},
                                     coll.queries, coll.docs, batch_size=bs)
