@@ -9,7 +9,7 @@ PILE -- Pairwise Iterative Logits Ensemble (L. Cai et al., "PILE: Pairwise Itera
 Ensemble for Multi-Teacher Labeled Distillation", EMNLP 2022 Industry Track, arXiv 2211.06059).
 The paper's method section is not available; the three variants below are **pile_jax's
 reconstructions** of PILE from its title and abstract (teacher logits, supervised by labels,
-pairwise, iterative), following the PILE specification (``shared/papers/pile.md``). Notation
+pairwise, iterative), following the PILE specification (``docs/pile.md``). Notation
 for one list: ``s[k, i]`` teacher ``k``'s logit of item ``i``, ``y`` labels, ``m`` mask,
 labelled pairs ``P = {(i, j): m_i & m_j & y_i > y_j}``, ``A_k(i, j) = 1[s[k,i] > s[k,j]]``
 (strict), start ``z⁰ = mean_k s[k]``:
@@ -240,7 +240,7 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
          loss: str = "logistic") -> Array:
   r"""PILE: Pairwise Iterative Logits Ensemble -- **pile_jax's reconstruction** of Cai et al.,
   EMNLP 2022 Industry Track (arXiv 2211.06059); see the module docstring and
-  ``shared/papers/pile.md``. The paper's own algorithm is not public; these are our formulations.
+  ``docs/pile.md``. The paper's own algorithm is not public; these are our formulations.
 
   For one list (``s[k, i]`` teacher logits, ``P`` labelled pairs ``y_i > y_j`` of valid items,
   ``A_k(i,j) = 1[s[k,i] > s[k,j]]``), every variant starts at ``z⁰ = mean_k s[k]`` and runs
