@@ -101,7 +101,8 @@ def standardise(groups: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
     return dict(groups, teacher_scores=(ts * groups["mask"][:, None, :]).astype(np.float32))
 
 
-def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, train_qids, dev_qids, score_qids, out_dir, log):
+def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, train_qids, dev_qids, score_qids,
+                                 out_dir, log):
     """Cross-fitted fine-tuning: fold k's model scores fold k's train queries; every fold model
     scores the other queries and their logits are averaged."""
     from pile_jax import rankers
@@ -119,7 +120,7 @@ def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, train_qids, dev
     others = [q for q in score_qids if q not in fold_of]
     for k in range(folds):
         fit_qids = [q for q in train_qids if fold_of[q] != k] if folds > 1 else list(train_qids)
-        groups, stats = build_groups(coll, candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
+        groups, stats = build_groups(coll, fit_candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
                                      **_train_group_args(cfg))
         ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                        num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
@@ -168,6 +169,7 @@ def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, l
                                 progress=f"score {spec['name']}")
     if kind == "cross_encoder":
         return _train_cross_encoder_teacher(spec, cfg=cfg, coll=coll, candidates=candidates,
+                                            fit_candidates=cfg.get("_fit_candidates", candidates),
                                             train_qids=splits["train"], dev_qids=splits["dev"],
                                             score_qids=score_qids, out_dir=out_dir, log=log)
     raise C.ConfigError(f"{cfg.get('_source', 'config')}: teachers: unknown kind {kind!r} "
@@ -206,6 +208,14 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
     bm25_run = bm25_search(coll.docs, {q: coll.queries[q] for q in all_qids}, depth=depth)
     candidates = {q: list(bm25_run[q]) for q in all_qids}
+    # Train queries only ever enter training as their training group: teachers score just those
+    # candidates there (dev/test queries: all `depth` candidates, for evaluation).
+    members, _ = build_groups(coll, candidates, {}, qids=splits["train"],
+                              unjudged=C.get(cfg, "data.unjudged", "zero"), require_label_pair=False,
+                              **_train_group_args(cfg))
+    scored = dict(candidates)
+    for qid, row, mask in zip(members["query_id"], members["doc_ids"], members["mask"]):
+        scored[qid] = [str(d) for d, m in zip(row, mask) if m]
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     phase("bm25", t0)
@@ -222,7 +232,8 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
             log(f"teacher {spec['name']}: reusing {path}")
             continue
         t1 = time.perf_counter()
-        scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=candidates, bm25_run=bm25_run,
+        scores = _teacher_scores(spec, cfg={**cfg, "_fit_candidates": candidates}, coll=coll, candidates=scored,
+                                 bm25_run=bm25_run,
                                  splits=splits, out_dir=os.path.join(out, "teacher_models"), log=log)
         write_teacher_scores(path, scores)
         teachers[spec["name"]] = scores
