@@ -1,0 +1,177 @@
+"""Checkpoints: orbax ``CheckpointManager`` holding the train state + a JSON ``extra`` dict.
+
+``extra`` carries what the loop needs to resume exactly: the sampler's ``state_dict()``, the
+config, counters. Saves are periodic (``save_interval_steps``) with ``force=True`` for final
+and preemption saves; the newest ``max_to_keep`` are kept. Async saving is safe here because
+the state is copied to host memory before ``save`` returns (donated device buffers may be
+reused by the next step right away).
+
+Preemption (TPU VMs get SIGTERM): :func:`install_sigterm_handler` returns a
+:class:`PreemptionFlag`; the loop checks ``checkpointer.should_stop(flag)`` every step and, when
+True, saves with ``force=True``, calls ``wait()`` and exits.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Any, Callable, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+__all__ = ["Checkpointer", "PreemptionFlag", "install_sigterm_handler", "to_jsonable"]
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert numpy/jax scalars and arrays (nested in dicts/lists) to plain JSON values."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (np.ndarray, jax.Array)):
+        return to_jsonable(np.asarray(obj).tolist())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    raise TypeError(f"checkpoint extra: value of type {type(obj).__name__} is not JSON-able")
+
+
+def _to_host(tree: Any) -> Any:
+    """numpy copy of every leaf (pmap-replicated leaves must be unreplicated first)."""
+    def get(x):
+        if isinstance(x, jax.Array):
+            if not x.is_fully_addressable and not x.is_fully_replicated:
+                raise ValueError("checkpoint: state leaf is sharded across hosts; only "
+                                 "replicated/host-local state is supported")
+            x = x.addressable_data(0) if not x.is_fully_addressable else x
+        return np.array(x)  # copy
+    return jax.tree_util.tree_map(get, tree)
+
+
+class Checkpointer:
+    """Keep-N periodic checkpoints of ``(state, extra)`` under ``directory``."""
+
+    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
+                 save_interval_steps: int = 1000, async_save: bool = True):
+        self.directory = os.path.abspath(os.fspath(directory))
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, save_interval_steps=max(int(save_interval_steps), 1),
+            enable_async_checkpointing=async_save, create=True)
+        self._manager = ocp.CheckpointManager(
+            self.directory, options=options, item_names=("state", "extra"))
+
+    # -- queries
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def should_save(self, step: int) -> bool:
+        """True when ``step`` is a periodic save step (and not saved yet)."""
+        return self._manager.should_save(int(step))
+
+    def should_stop(self, flag: "PreemptionFlag | None" = None) -> bool:
+        """True when a SIGTERM was received here (``flag``) or orbax saw a preemption.
+
+        Multi-host: the local flag is combined over hosts (every host must call this at the
+        same step, as it is a collective), so all hosts save the same step and stop together.
+        """
+        local = bool(flag is not None and flag.requested)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+            local = bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
+        return local
+
+    # -- save / restore
+    def save(self, step: int, state: Any, extra: Mapping[str, Any] | None = None, *,
+             force: bool = False) -> bool:
+        """Save unless ``step`` is off-interval (``force=True`` always saves). Returns saved?"""
+        step = int(step)
+        if not force and not self._manager.should_save(step):
+            return False
+        if step in self._manager.all_steps():
+            return False
+        args = ocp.args.Composite(
+            state=ocp.args.StandardSave(_to_host(state)),
+            extra=ocp.args.JsonSave(to_jsonable(dict(extra or {}))))
+        return bool(self._manager.save(step, args=args, force=True))
+
+    def restore(self, step: int, template_state: Any) -> tuple[Any, dict[str, Any]]:
+        """Restore ``(state, extra)`` at ``step`` into the structure/dtypes of ``template_state``."""
+        self.wait()
+        abstract = jax.tree_util.tree_map(_abstract, template_state)
+        out = self._manager.restore(int(step), args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), extra=ocp.args.JsonRestore()))
+        return out["state"], dict(out["extra"] or {})
+
+    def restore_latest(self, template_state: Any) -> tuple[Any, dict[str, Any]] | None:
+        """``restore(latest_step)``, or None when there is no checkpoint."""
+        self.wait()
+        self._manager.reload()
+        step = self._manager.latest_step()
+        if step is None:
+            return None
+        return self.restore(step, template_state)
+
+    def wait(self) -> None:
+        """Block until async saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _abstract(x):
+    """Restore target: a template jax.Array's shape/dtype/sharding (numpy -> default device)."""
+    if isinstance(x, jax.Array):
+        return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+    x = np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
+
+
+class PreemptionFlag:
+    """Set by SIGTERM; ``requested`` is polled by the loop. ``uninstall()`` restores handlers."""
+
+    def __init__(self):
+        self._event = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self._event.is_set()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def install_sigterm_handler(callback: Callable[[int], None] | None = None,
+                            signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionFlag:
+    """On SIGTERM set the returned flag (and call ``callback(signum)``, keep it light: it runs
+    inside the signal handler). The loop saves and exits when it sees the flag. Main thread only."""
+    flag = PreemptionFlag()
+
+    def handler(signum, frame):
+        flag.set()
+        if callback is not None:
+            callback(signum)
+
+    for sig in signals:
+        flag._previous[sig] = signal.signal(sig, handler)
+    return flag
