@@ -125,3 +125,71 @@ def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 1
                 "doc_ids": di.reshape(B, n, -1), "doc_mask": dm.reshape(B, n, -1)}
 
     return Ranker(params=params["encoder"], score_fn=score_fn, featurize=featurize, kind="biencoder_cosine", meta={"config": config, "path": path})
+
+
+_STUDENT_PARTS: dict = {}
+
+
+def _student_parts(kind: str, path: str, num_layers, max_length: int, max_query_length: int, max_doc_length: int,
+                   dtype, remat, opts: tuple, seed: int):
+    """``(module, score_fn, featurize, input_kind, params or None)`` of one student shape config.
+
+    Cached (module, score function, featuriser), so seeds and objectives reuse the compiled
+    train/score steps (see :func:`_cross_encoder_parts`); on a cache miss the params built for
+    ``seed`` come back too (the checkpoint is read once)."""
+    from pile_jax.models.students import build_student, make_featurizer
+
+    key = (kind, path, num_layers, max_length, max_query_length, max_doc_length, dtype, remat, opts)
+    if key in _STUDENT_PARTS:
+        return (*_STUDENT_PARTS[key], None)
+    module, params, score_fn, input_kind = build_student(kind, path, seed=seed, num_layers=num_layers, dtype=dtype,
+                                                         remat=remat, **dict(opts))
+    featurize = make_featurizer(input_kind, path, max_query_length=max_query_length,
+                                max_doc_length=max_doc_length, max_length=max_length)
+    _STUDENT_PARTS[key] = (module, score_fn, featurize, input_kind)
+    return module, score_fn, featurize, input_kind, params
+
+
+def _hashable(value):
+    if isinstance(value, (list, tuple)):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def student(
+    kind: str,
+    base: str = "all-MiniLM-L6-v2",
+    *,
+    num_layers: int | None = None,
+    max_length: int = 256,
+    max_query_length: int = 30,
+    max_doc_length: int = 200,
+    dtype: str | None = None,
+    remat: bool | None = None,
+    seed: int = 0,
+    **opts,
+) -> Ranker:
+    """A student of :mod:`pile_jax.models.students` (``kind`` in ``cross_encoder``, ``bert_dot``,
+    ``colbert``, ``prett``, ``tk``) from a Hugging Face folder (or "all-MiniLM-L6-v2"): the first
+    ``num_layers`` encoder layers are loaded, new parts (heads, compressors, TK's Transformer)
+    are initialised from ``seed``. ``max_length`` bounds cross-encoder pairs; the two-tower kinds
+    use ``max_query_length`` / ``max_doc_length``. ``opts`` are :func:`build_student`'s per-kind
+    options (e.g. ``split_layer`` for prett, ``compress_dim`` for colbert, ``tk_layers`` for tk).
+
+    The module, score function and featuriser are cached per shape config, so rankers that differ
+    only in ``seed`` share JAX's compiled steps. ``meta``: ``module``, ``input_kind``, ``path``.
+    """
+    from pile_jax.models import resolve_model_path
+    from pile_jax.models.students import build_student
+
+    path = str(resolve_model_path(base))
+    nl = None if num_layers is None else int(num_layers)
+    key_opts = _hashable(dict(opts))
+    module, score_fn, featurize, input_kind, params = _student_parts(
+        kind, path, nl, int(max_length), int(max_query_length), int(max_doc_length), dtype, remat, key_opts, int(seed))
+    if params is None:
+        _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat, **opts)
+    return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind=kind,
+                  meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl})

@@ -326,6 +326,9 @@ def train(
         history.append({"step": step, "eval": metrics})
         value = metrics.get(cfg.select_metric)
         log(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if writer:
+            for k, v in metrics.items():
+                writer.add_scalar(f"dev/{k}", v, step)
         if value is not None and (best["metric"] is None or value > best["metric"]):
             best.update(step=step, metric=float(value))
             best_params = _host(host_state().params)
