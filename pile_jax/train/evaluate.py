@@ -11,7 +11,7 @@
 
 They are computed with :mod:`pile_jax.metrics` on one padded list per query: the retrieved
 documents (ranked by score; ties broken by doc id descending, as trec_eval does), then filler
-items of grade 0 up to ``depth``, then the judged documents that were not retrieved, scored
+items of grade 0 up to ``max(depth, 10)``, then the judged documents that were not retrieved, scored
 below everything.  With ``topn=depth`` the unretrieved judged documents only enter the ideal
 ranking, which is exactly trec_eval's definition.
 """
@@ -74,7 +74,8 @@ def run_metrics(
     if not qids:
         return {}
     ranked = {q: rank_run(run.get(q, {})) for q in qids}
-    depth = max(1, max(len(r) for r in ranked.values()))
+    # Fillers reach at least rank 10, so unretrieved judged documents never enter DCG@10.
+    depth = max(10, max(len(r) for r in ranked.values()))
     lists = [_query_list(ranked[q], qrels.get(q, {}), depth) for q in qids]
     width = max(len(s) for s, _, _ in lists)
     S = np.full((len(qids), width), -1e9, np.float32)
