@@ -1,0 +1,586 @@
+"""``pile-jax study``: a grid of (student architecture, objective) cells over seeds.
+
+Two studies ship as configs:
+
+* ``configs/study_uniform.yaml``: the uniform-architecture loss study (kd_papers.md B4, a
+  reconstruction of Qin et al. 2023): a 2-layer MiniLM cross-encoder student and a fine-tuned
+  6-layer MiniLM cross-encoder teacher; {hard-label pairwise on/off} x {soft family} x
+  {intermediate-layer terms on/off}.
+* ``configs/study_margin_mse.yaml``: Margin-MSE per student architecture (kd_papers.md A,
+  Hofstaetter et al. 2020): cross_encoder, bert_dot, colbert, prett, tk, each with a single
+  teacher (T1), the mean ensemble of the teachers (T2) and the no-KD baseline.
+
+What happens (data and teachers as in :mod:`pile_jax.pipeline`):
+
+1. BM25 candidates (``first_stage.depth``) for the train/dev/test queries of the collection.
+2. Teacher score files ``<out>/teachers/<name>.tsv``: reused from ``teachers_from`` (a pipeline or
+   study output folder, or a folder of score files) or from ``<out>/teachers``, else computed
+   with the pipeline's ``_teacher_scores`` (cross-fitted fine-tuned MiniLM cross-encoders).
+3. Ranking groups per split with every teacher's score (``ensembles.standardize``: ``none`` keeps
+   the raw logits, as both papers do; ``global`` = the pipeline's per-teacher z-scores).
+4. Cells = ``study.students`` x the product of the levels of ``study.factors``. A cell's
+   objective is the deep merge of its levels (the :class:`~pile_jax.train.objective.Objective`
+   schema) plus two study keys: ``teacher`` (``best`` = the best cross-encoder teacher on dev
+   NDCG@10, a teacher name, or ``mean`` = the mean ensemble of all teachers; default
+   ``study.teacher``) and ``intermediate`` (intermediate-layer terms: ``{hidden, attention,
+   embedding}`` weights, ``layer_map``, ``attention_loss``; cross-encoder students only).
+   The intermediate-layer teacher is the fine-tuned fold-0 model of the layer teacher
+   (``<dir>/teacher_models/<name>_fold0/final_params.npz``, the 6-layer MiniLM CrossEncoder);
+   when no such model exists it is fine-tuned here (one fold on all train queries, the
+   pipeline's code path) and ``study.json`` says which was used.
+5. Every cell x seed is trained with :func:`pile_jax.train.loop.train` on the train groups
+   (TFDS ArrayRecord or in memory, ``study.train_source``), evaluated on the test split
+   (trec_eval metrics), and written as a TREC run ``runs/<cell>__seed<k>.trec``.
+6. Latency: scoring time of one query with ``study.latency.candidates`` BM25 candidates per
+   student architecture (median over ``queries`` queries of the median of ``repeats`` calls,
+   after a warm-up call per query, ``jax.block_until_ready``), on whatever device JAX uses.
+7. ``study.json``, ``study.md`` (NDCG@10 / MRR mean +- std per cell over seeds, latency),
+   ``study.png`` (NDCG@10 per cell; effectiveness vs latency).
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from pile_jax.pipeline import _jsonable
+
+from pile_jax import config as C
+
+METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+STUDY_KEYS = ("teacher", "intermediate")
+
+
+# ------------------------------------------------------------------------------------ cells
+def expand_cells(study: Mapping[str, Any]) -> list[dict]:
+    """``study.students`` x product of ``study.factors`` levels -> cells.
+
+    Each cell: ``{"name", "slug", "student" (name), "student_spec", "levels" {factor: level},
+    "objective" (merged levels, study keys included)}``. ``study.cells`` (optional list of names)
+    keeps only those cells, in that order.
+    """
+    students = study.get("students") or {}
+    if not students:
+        raise C.ConfigError("study.students: at least one student is required")
+    factors = study.get("factors") or {}
+    for fname, levels in factors.items():
+        if not isinstance(levels, Mapping) or not levels:
+            raise C.ConfigError(f"study.factors.{fname}: must map level name -> objective fragment")
+    cells = []
+    names = list(factors)
+    for sname, sspec in students.items():
+        if not isinstance(sspec, Mapping) or "kind" not in sspec:
+            raise C.ConfigError(f"study.students.{sname}: needs a 'kind'")
+        for combo in itertools.product(*[list(factors[f]) for f in names]):
+            obj: dict = {}
+            for f, level in zip(names, combo):
+                obj = C.deep_merge(obj, factors[f][level] or {})
+            levels = {f: _level_name(l) for f, l in zip(names, combo)}
+            name = sname + ("/" + ",".join(f"{f}={l}" for f, l in levels.items()) if levels else "")
+            cells.append({"name": name, "slug": slugify(name), "student": sname, "student_spec": dict(sspec),
+                          "levels": levels, "objective": obj})
+    keep = study.get("cells")
+    if keep:
+        by_name = {c["name"]: c for c in cells}
+        missing = [k for k in keep if k not in by_name]
+        if missing:
+            raise C.ConfigError(f"study.cells: unknown cell(s) {missing} (known: {list(by_name)})")
+        cells = [by_name[k] for k in keep]
+    for c in cells:
+        if not (c["objective"].get("label_losses") or c["objective"].get("distill_losses")
+                or c["objective"].get("intermediate")):
+            raise C.ConfigError(f"study cell {c['name']}: no loss terms")
+        if c["objective"].get("intermediate") and c["student_spec"]["kind"] != "cross_encoder":
+            raise C.ConfigError(f"study cell {c['name']}: intermediate-layer terms need a cross_encoder student")
+    return cells
+
+
+def _level_name(level) -> str:
+    # YAML 1.1 reads unquoted on/off/yes/no keys as booleans
+    return {True: "on", False: "off"}.get(level, str(level)) if isinstance(level, bool) else str(level)
+
+
+def slugify(name: str) -> str:
+    s = name.replace("/", "__").replace(",", "_").replace("=", "-")
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", s)
+
+
+def resolve_objective(obj: Mapping[str, Any], *, teacher_names: list[str], best_teacher: str,
+                      default_teacher: str = "best") -> tuple[dict, dict | None, str | None]:
+    """Cell objective -> ``(Objective config, intermediate spec or None, teacher used or None)``."""
+    obj = copy.deepcopy(dict(obj))
+    teacher = obj.pop("teacher", None)
+    inter = obj.pop("intermediate", None)
+    used = None
+    if obj.get("distill_losses"):
+        teacher = teacher or default_teacher
+        if teacher == "best":
+            teacher = best_teacher
+        if teacher in teacher_names:
+            obj["target"] = "teacher"
+            obj["teacher_index"] = teacher_names.index(teacher)
+            used = teacher
+        else:  # an ensemble of all teachers: "mean", "pile", ... (pile_jax.ensemble names)
+            obj.setdefault("target", "ensemble")
+            obj["ensemble"] = C.deep_merge({"name": teacher}, obj.get("ensemble") or {}) \
+                if isinstance(obj.get("ensemble"), Mapping) else {"name": teacher}
+            used = f"{teacher}({'+'.join(teacher_names)})"
+    if inter:
+        inter = dict(inter)
+        obj.setdefault("aux_losses", {})["intermediate"] = float(inter.pop("weight", 1.0))
+    return obj, inter, used
+
+
+# ---------------------------------------------------------------------------------- teachers
+def _find_teacher_file(name: str, dirs: list[str]) -> str | None:
+    for d in dirs:
+        for p in (os.path.join(d, "teachers", f"{name}.tsv"), os.path.join(d, f"{name}.tsv")):
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def _find_teacher_model(name: str, dirs: list[str]) -> str | None:
+    for d in dirs:
+        for base in (os.path.join(d, "teacher_models"), os.path.join(os.path.dirname(os.path.abspath(d)), "teacher_models"), d):
+            p = os.path.join(base, f"{name}_fold0", "final_params.npz")
+            if os.path.isfile(p):
+                return p
+    return None
+
+
+def load_teachers(cfg, *, coll, candidates, bm25_run, splits, out, log) -> tuple[dict, dict]:
+    """``({name: {qid: {doc: score}}}, {name: provenance})`` for every ``teachers`` spec."""
+    from pile_jax.data import read_teacher_scores, write_teacher_scores
+    from pile_jax.pipeline import _teacher_scores
+
+    src = cfg.get("teachers_from")
+    search = ([src] if src else []) + [out]
+    tdir = os.path.join(out, "teachers")
+    os.makedirs(tdir, exist_ok=True)
+    teachers, prov = {}, {}
+    qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+    for spec in C.require(cfg, "teachers"):
+        name = spec["name"]
+        path = _find_teacher_file(name, search)
+        if path:
+            scores = read_teacher_scores(path)
+            missing = sum(1 for q in qids for d in candidates[q] if d not in scores.get(q, {}))
+            if missing:
+                raise C.ConfigError(f"{cfg.get('_source', 'config')}: teacher file {path} lacks {missing} of the "
+                                    f"study's candidates (different first_stage.depth or queries?)")
+            log(f"teacher {name}: reusing {path}")
+            prov[name] = {"kind": spec.get("kind"), "source": os.path.abspath(path)}
+            if os.path.abspath(path) != os.path.abspath(os.path.join(tdir, f"{name}.tsv")):
+                write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
+        else:
+            t0 = time.perf_counter()
+            scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=candidates, bm25_run=bm25_run,
+                                     splits=splits, out_dir=os.path.join(out, "teacher_models"), log=log)
+            write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
+            log(f"teacher {name} ({spec['kind']}): computed in {time.perf_counter() - t0:.1f}s")
+            prov[name] = {"kind": spec.get("kind"), "source": "computed",
+                          "seconds": round(time.perf_counter() - t0, 1)}
+        teachers[name] = scores
+    return teachers, prov
+
+
+def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tuple[Any, Any, dict]:
+    """``(CrossEncoder module, params, provenance)`` of a fine-tuned cross-encoder teacher for
+    the intermediate-layer terms (fold-0 model if present, else fine-tuned here on all train
+    queries with the pipeline's code path)."""
+    from pile_jax.models import CrossEncoder, load_pretrained
+    from pile_jax.pipeline import _train_cross_encoder_teacher
+    from pile_jax.train.loop import _load_params
+
+    if spec.get("kind") != "cross_encoder":
+        raise C.ConfigError(f"study.layer_teacher: {spec['name']!r} is not a cross_encoder teacher")
+    model_cfg = dict(cfg.get("model", {}))
+    model_cfg.update(spec.get("model", {}))
+    num_layers = spec.get("num_layers", model_cfg.get("num_layers"))
+    src = cfg.get("teachers_from")
+    path = _find_teacher_model(spec["name"], ([src] if src else []) + [out])
+    how = "fold-0 model of the cross-fitted teacher (trained on the other fold's train queries)"
+    if path is None:
+        log(f"layer teacher {spec['name']}: no fine-tuned fold model found; fine-tuning one on all train queries")
+        one = dict(spec, folds=1)
+        _train_cross_encoder_teacher(one, cfg=cfg, coll=coll, candidates=candidates, train_qids=splits["train"],
+                                     dev_qids=splits["dev"], score_qids=[],
+                                     out_dir=os.path.join(out, "layer_teacher_models"), log=log)
+        path = os.path.join(out, "layer_teacher_models", f"{spec['name']}_fold0", "final_params.npz")
+        how = "fine-tuned here on all train queries (pipeline code path, 1 fold)"
+    config, template = load_pretrained(model_cfg.get("base", "all-MiniLM-L6-v2"), num_layers=num_layers,
+                                       dtype=model_cfg.get("dtype", "float32"))
+    params = _load_params(path, template)
+    log(f"layer teacher {spec['name']}: {config.num_layers}-layer CrossEncoder from {path}")
+    return CrossEncoder(config), params, {"name": spec["name"], "params": os.path.abspath(path),
+                                          "num_layers": config.num_layers, "how": how}
+
+
+# ---------------------------------------------------------------------------------- students
+_INTER_FNS: dict = {}
+
+
+def make_student(cell, *, cfg, seed: int, layer_teacher=None):
+    """``(train ranker, eval ranker, to_eval_params)`` for a cell and seed."""
+    from pile_jax import layer_distill as LD
+    from pile_jax import rankers
+    from pile_jax.train.loop import Ranker
+
+    import jax
+
+    spec = dict(cell["student_spec"])
+    kind = spec.pop("kind")
+    model_cfg = dict(cfg.get("model", {}))
+    base = spec.pop("base", model_cfg.get("base", "all-MiniLM-L6-v2"))
+    kw = {k: spec.pop(k, model_cfg.get(k, d)) for k, d in
+          (("max_length", 128), ("max_query_length", 32), ("max_doc_length", 96))}
+    dtype = spec.pop("dtype", model_cfg.get("dtype"))
+    num_layers = spec.pop("num_layers", None)
+    ranker = rankers.student(kind, base, num_layers=num_layers, dtype=dtype, seed=seed, **kw, **spec)
+    inter = cell["objective"].get("intermediate")
+    if not inter:
+        return ranker, ranker, lambda p: p
+    t_module, t_params, _ = layer_teacher
+    inter = {k: v for k, v in dict(inter).items() if k != "weight"}
+    weights = {k: float(inter[k]) for k in ("hidden", "attention", "embedding") if k in inter}
+    key = (ranker.score_fn, id(t_params), tuple(sorted(weights.items())), str(inter.get("layer_map", "uniform")),
+           inter.get("attention_loss", "kl"))
+    if key not in _INTER_FNS:
+        _INTER_FNS[key] = LD.make_intermediate_score_fn(
+            ranker.meta["module"], t_module, t_params, layer_map=inter.get("layer_map", "uniform"),
+            weights=weights, attention_loss=inter.get("attention_loss", "kl"))
+    s_cfg, t_cfg = ranker.meta["module"].config, t_module.config
+    proj = LD.init_projections(jax.random.PRNGKey(1000 + seed), s_cfg.hidden_size, t_cfg.hidden_size,
+                               student_embedding_dim=s_cfg.embedding_size, teacher_embedding_dim=t_cfg.embedding_size)
+    train_ranker = Ranker(params={"student": ranker.params, "projections": proj}, score_fn=_INTER_FNS[key],
+                          featurize=ranker.featurize, kind=kind, meta=ranker.meta)
+    return train_ranker, ranker, lambda p: p["student"]
+
+
+# ----------------------------------------------------------------------------------- latency
+def measure_latency(ranker, params, queries: list[str], docs: list[list[str]], *, repeats: int = 3) -> dict:
+    """Scoring time of one query with its candidate list, ms: per query a warm-up call (compiles
+    the shape), then the median of ``repeats`` timed calls (``jax.block_until_ready``); the
+    summary is the median over queries. Featurisation (tokenisation) is timed apart."""
+    import jax
+
+    from pile_jax.train.loop import cached_scorer
+
+    scorer = cached_scorer(ranker.score_fn)
+    model_ms, feat_ms = [], []
+    for q, ds in zip(queries, docs):
+        t0 = time.perf_counter()
+        feats = ranker.featurize([q], [ds])
+        feat_ms.append((time.perf_counter() - t0) * 1e3)
+        feats["mask"] = np.ones((1, len(ds)), bool)
+        jax.block_until_ready(scorer(params, feats))
+        times = []
+        for _ in range(max(1, repeats)):
+            t0 = time.perf_counter()
+            jax.block_until_ready(scorer(params, feats))
+            times.append((time.perf_counter() - t0) * 1e3)
+        model_ms.append(statistics.median(times))
+    return {"ms_per_query": float(statistics.median(model_ms)), "ms_per_query_all": [round(x, 3) for x in model_ms],
+            "featurize_ms": float(statistics.median(feat_ms)), "queries": len(queries),
+            "candidates": len(docs[0]) if docs else 0, "repeats": int(repeats)}
+
+
+def device_description() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    if d.platform == "cpu":
+        return f"{d.platform} ({os.cpu_count()} cores visible, {platform.processor() or platform.machine()})"
+    return f"{d.platform} ({getattr(d, 'device_kind', '?')}) x{jax.device_count()}"
+
+
+# ------------------------------------------------------------------------------------- study
+def _summary(vals: list[float]) -> dict:
+    a = np.asarray(vals, np.float64)
+    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a)),
+            "values": [float(x) for x in a]}
+
+
+def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | None = None) -> dict:
+    """Runs the study of ``cfg`` (module docstring); returns the ``study.json`` content."""
+    from pile_jax.bm25 import bm25_search
+    from pile_jax.data import build_groups, iter_group_examples, load_collection, write_run
+    from pile_jax.pipeline import Log, _subset, _train_group_args, standardise, teacher_stats
+    from pile_jax.train.evaluate import mean_metrics, run_metrics
+    from pile_jax.train.loop import score_candidates, train
+
+    t_start = time.perf_counter()
+    os.makedirs(out, exist_ok=True)
+    log = log or Log(os.path.join(out, "log.txt"))
+    study = dict(C.require(cfg, "study"))
+    cells = expand_cells(study)
+    seeds = [int(s) for s in study.get("seeds", [0])]
+    timings: dict[str, float] = {}
+
+    def phase(name, t0):
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"{name}: {timings[name]}s")
+
+    # ---- data, first stage
+    t0 = time.perf_counter()
+    coll = load_collection(C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
+    splits = {s: coll.split_qids(s) for s in ("train", "dev", "test")}
+    limit = C.get(cfg, "data.max_queries_per_split")
+    if limit:
+        splits = {s: q[: int(limit)] for s, q in splits.items()}
+    depth = int(C.require(cfg, "first_stage.depth"))
+    all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+    bm25_run = bm25_search(coll.docs, {q: coll.queries[q] for q in all_qids}, depth=depth)
+    candidates = {q: list(bm25_run[q]) for q in all_qids}
+    log(f"study {study.get('name', '')}: {coll.name}, " + ", ".join(f"{s} {len(q)}" for s, q in splits.items())
+        + f" queries, depth {depth}; {len(cells)} cells x {len(seeds)} seeds")
+    phase("bm25", t0)
+
+    # ---- teachers
+    t0 = time.perf_counter()
+    teachers, teacher_prov = load_teachers(cfg, coll=coll, candidates=candidates, bm25_run=bm25_run, splits=splits,
+                                           out=out, log=log)
+    teacher_names = list(teachers)
+    qrels = coll.qrels
+    dev_teacher = {n: mean_metrics(run_metrics(_subset(teachers[n], splits["dev"]), qrels, qids=splits["dev"]))
+                   for n in teacher_names}
+    specs = {s["name"]: s for s in cfg["teachers"]}
+    ce = [n for n in teacher_names if specs[n].get("kind") == "cross_encoder"] or teacher_names
+    best_teacher = max(ce, key=lambda n: dev_teacher[n]["ndcg_cut_10"])
+    log(f"best cross-encoder teacher on dev: {best_teacher} (ndcg_cut_10 {dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
+    layer_teacher, layer_prov = None, None
+    if any(c["objective"].get("intermediate") for c in cells):
+        lt = study.get("layer_teacher", "best")
+        lt = best_teacher if lt == "best" else lt
+        if lt not in specs:
+            raise C.ConfigError(f"study.layer_teacher: unknown teacher {lt!r}")
+        module, params, layer_prov = load_layer_teacher(specs[lt], cfg=cfg, coll=coll, candidates=candidates,
+                                                        splits=splits, out=out, log=log)
+        layer_teacher = (module, params, layer_prov)
+    phase("teachers", t0)
+
+    # ---- groups
+    t0 = time.perf_counter()
+    unjudged = C.get(cfg, "data.unjudged", "zero")
+    groups, gstats = {}, {}
+    for s in ("train",):
+        groups[s], gstats[s] = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=unjudged,
+                                            require_label_pair=True, **_train_group_args(cfg))
+    standardize = C.get(cfg, "ensembles.standardize", "none")
+    if standardize not in ("global", "none"):
+        raise C.ConfigError(f"{cfg.get('_source')}: ensembles.standardize must be global or none")
+    if standardize == "global":
+        mu, sd = teacher_stats(groups["train"])
+        groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
+    source_kind = study.get("train_source", "memory")
+    if source_kind == "tfds":
+        from pile_jax.data import build_ranking_groups_dataset
+
+        builder = build_ranking_groups_dataset(
+            {"train": groups["train"]}, os.path.join(out, "tfds"),
+            name=f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}", overwrite=True)
+        train_source = builder.as_data_source()["train"]
+    elif source_kind == "memory":
+        train_source = list(iter_group_examples(groups["train"]))
+    else:
+        raise C.ConfigError("study.train_source must be tfds or memory")
+    log(f"train groups: {len(groups['train']['query_id'])} x {groups['train']['labels'].shape[1]} items "
+        f"({source_kind}); teachers {teacher_names}; standardize={standardize}")
+    phase("groups", t0)
+
+    # ---- the grid
+    t0 = time.perf_counter()
+    runs_dir = os.path.join(out, "runs")
+    os.makedirs(runs_dir, exist_ok=True)
+    eval_qids = splits[C.get(cfg, "eval.split", "test")]
+    eval_cands = {q: candidates[q] for q in eval_qids}
+    bs = int(cfg.get("score_batch_size", 64))
+    tcfg_base = dict(study.get("train", {}))
+    runs: dict[str, dict] = {}
+    cell_out: dict[str, dict] = {}
+    curves: dict[str, list] = {}
+    trained_params: dict[str, Any] = {}
+    for cell in cells:
+        obj, inter, used = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best_teacher,
+                                             default_teacher=study.get("teacher", "best"))
+        files, secs = [], []
+        for seed in seeds:
+            t1 = time.perf_counter()
+            train_ranker, eval_ranker, to_eval = make_student(cell, cfg=cfg, seed=seed, layer_teacher=layer_teacher)
+            tcfg = dict(tcfg_base, seed=seed)
+            result = train(train_ranker, source=train_source, objective=obj, queries=coll.queries, docs=coll.docs,
+                           config=tcfg, workdir=os.path.join(out, "students", f"{cell['slug']}__seed{seed}"), log=log)
+            params = to_eval(result.params)
+            run_ = score_candidates(eval_ranker, params, eval_cands, coll.queries, coll.docs, batch_size=bs)
+            fname = f"{cell['slug']}__seed{seed}.trec"
+            write_run(os.path.join(runs_dir, fname), _subset(run_, eval_qids), tag=cell["slug"])
+            runs[fname] = mean_metrics(run_metrics(_subset(run_, eval_qids), qrels, qids=eval_qids))
+            files.append(fname)
+            secs.append(time.perf_counter() - t1)
+            curves.setdefault(cell["name"], []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
+            trained_params.setdefault(cell["student"], (eval_ranker, params))
+            log(f"{cell['name']} seed {seed}: " + " ".join(f"{k}={runs[fname][k]:.4f}" for k in METRICS)
+                + f" ({secs[-1]:.1f}s)")
+        cell_out[cell["name"]] = {
+            "student": cell["student"], "kind": cell["student_spec"]["kind"], "levels": cell["levels"],
+            "objective": obj, "intermediate": inter, "teacher": used, "runs": files,
+            "metrics": {m: _summary([runs[f][m] for f in files]) for m in METRICS},
+            "train_seconds": _summary(secs),
+        }
+        with open(os.path.join(out, "study.partial.json"), "w") as f:  # progress, if the grid is cut short
+            json.dump(_jsonable({"cells": cell_out, "runs": runs, "best_teacher": best_teacher}), f, indent=1)
+    phase("grid", t0)
+
+    # ---- latency per student architecture
+    t0 = time.perf_counter()
+    lat_cfg = dict(study.get("latency") or {})
+    latency: dict[str, dict] = {}
+    if lat_cfg.get("enabled", True):
+        nq = int(lat_cfg.get("queries", 5))
+        ncand = int(lat_cfg.get("candidates", 100))
+        lqids = splits["test"][:nq]
+        lrun = bm25_search(coll.docs, {q: coll.queries[q] for q in lqids}, depth=ncand)
+        lq = [coll.queries[q] for q in lqids]
+        ld = [[coll.docs[d] for d in lrun[q]] for q in lqids]
+        for sname, (ranker, params) in trained_params.items():
+            latency[sname] = measure_latency(ranker, params, lq, ld, repeats=int(lat_cfg.get("repeats", 3)))
+            log(f"latency {sname}: {latency[sname]['ms_per_query']:.1f} ms/query ({ncand} candidates; "
+                f"tokenisation {latency[sname]['featurize_ms']:.1f} ms)")
+    phase("latency", t0)
+
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+    results = {
+        "study": study.get("name", ""),
+        "collection": coll.name,
+        "eval_split": C.get(cfg, "eval.split", "test"),
+        "eval_queries": len(eval_qids),
+        "train_groups": int(len(groups["train"]["query_id"])),
+        "group_size": int(groups["train"]["labels"].shape[1]),
+        "depth": depth,
+        "seeds": seeds,
+        "teachers": teacher_names,
+        "teacher_provenance": teacher_prov,
+        "teacher_dev": dev_teacher,
+        "teacher_test": {n: mean_metrics(run_metrics(_subset(teachers[n], eval_qids), qrels, qids=eval_qids))
+                         for n in teacher_names},
+        "bm25_test": mean_metrics(run_metrics(_subset(bm25_run, eval_qids), qrels, qids=eval_qids)),
+        "best_teacher": best_teacher,
+        "layer_teacher": layer_prov,
+        "standardize": standardize,
+        "cells": cell_out,
+        "runs": runs,
+        "latency": latency,
+        "device": device_description(),
+        "timings_s": timings,
+        "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
+    }
+    with open(os.path.join(out, "study.json"), "w") as f:
+        json.dump(_jsonable(results), f, indent=1)
+    write_study_report(results, curves, out)
+    log(f"done in {timings['total']}s: {os.path.join(out, 'study.md')}")
+    return results
+
+
+# ------------------------------------------------------------------------------------ report
+def _pm(stat: Mapping[str, float]) -> str:
+    return f"{stat['mean']:.4f} ± {stat['std']:.4f}" if stat["n"] > 1 else f"{stat['mean']:.4f}"
+
+
+def markdown_table(results: Mapping[str, Any]) -> str:
+    cells = results["cells"]
+    factors = list(next(iter(cells.values()))["levels"]) if cells else []
+    head = ["cell", "student", *factors, "seeds", "NDCG@10", "MRR", "latency ms/query"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, c in cells.items():
+        lat = results["latency"].get(c["student"])
+        lat_s = f"{lat['ms_per_query']:.1f}" if lat else "n/a"
+        row = [name, f"{c['student']} ({c['kind']})", *[c["levels"][f] for f in factors],
+               str(c["metrics"]["ndcg_cut_10"]["n"]), _pm(c["metrics"]["ndcg_cut_10"]),
+               _pm(c["metrics"]["recip_rank"]), lat_s]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], out: str) -> None:
+    """``study.md`` (the table + context) and ``study.png``."""
+    ref = [f"BM25 NDCG@10 {results['bm25_test']['ndcg_cut_10']:.4f} / MRR {results['bm25_test']['recip_rank']:.4f}"]
+    for n, m in results["teacher_test"].items():
+        ref.append(f"teacher {n} NDCG@10 {m['ndcg_cut_10']:.4f} / MRR {m['recip_rank']:.4f}")
+    lat = next(iter(results["latency"].values()), None)
+    md = [f"# pile_jax study {results['study']}: {results['collection']} "
+          f"({results['eval_split']}, {results['eval_queries']} queries)", "",
+          markdown_table(results), "",
+          "NDCG@10 = trec_eval ndcg_cut_10, MRR = recip_rank; mean ± sample std over seeds "
+          f"{results['seeds']}. Run files: `runs/<cell>__seed<k>.trec`.",
+          "Reference (same test queries, re-ranking depth "
+          f"{results['depth']}): " + "; ".join(ref) + ".",
+          f"Teachers: {', '.join(results['teachers'])}; best cross-encoder teacher on dev: {results['best_teacher']}; "
+          f"teacher scores standardize={results['standardize']}."]
+    if results.get("layer_teacher"):
+        lt = results["layer_teacher"]
+        md.append(f"Intermediate-layer teacher: {lt['name']}, {lt['num_layers']}-layer CrossEncoder, {lt['how']}.")
+    if lat:
+        md.append(f"Latency: model time to score one query with {lat['candidates']} BM25 candidates (median over "
+                  f"{lat['queries']} test queries of the median of {lat['repeats']} calls after warm-up, no "
+                  f"document caching, tokenisation excluded) on {results['device']}.")
+    md.append(f"Train groups: {results['train_groups']} x {results['group_size']} items. Timings (s): {results['timings_s']}.")
+    with open(os.path.join(out, "study.md"), "w", encoding="utf-8") as f:
+        f.write("\n".join(md) + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = results["cells"]
+    names = list(cells)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.32 * len(names) + 1.5)))
+    means = np.array([cells[n]["metrics"]["ndcg_cut_10"]["mean"] for n in names])
+    stds = np.array([cells[n]["metrics"]["ndcg_cut_10"]["std"] for n in names])
+    y = np.arange(len(names))
+    students = sorted({cells[n]["student"] for n in names})
+    ax1.barh(y, means, xerr=stds, color=[f"C{students.index(cells[n]['student']) % 10}" for n in names])
+    for n, m in results["teacher_test"].items():
+        ax1.axvline(m["ndcg_cut_10"], color="k", ls="--", lw=0.8)
+    ax1.axvline(results["bm25_test"]["ndcg_cut_10"], color="grey", ls=":", lw=0.8)
+    ax1.set_yticks(y, names, fontsize=6)
+    ax1.invert_yaxis()
+    ax1.set_xlabel("NDCG@10 (mean ± std over seeds; dashed: teachers, dotted: BM25)")
+    ax1.set_title(f"{results['study']}: {results['collection']} {results['eval_split']}")
+    if results["latency"]:
+        for n in names:
+            c = cells[n]
+            lat = results["latency"].get(c["student"])
+            if lat:
+                i = students.index(c["student"])
+                ax2.errorbar(lat["ms_per_query"], c["metrics"]["ndcg_cut_10"]["mean"],
+                             yerr=c["metrics"]["ndcg_cut_10"]["std"], fmt="o", color=f"C{i % 10}", alpha=0.8)
+                ax2.annotate(",".join(str(v) for v in c["levels"].values()) or c["student"],
+                             (lat["ms_per_query"], c["metrics"]["ndcg_cut_10"]["mean"]), fontsize=6)
+        for i, s in enumerate(students):
+            ax2.plot([], [], "o", color=f"C{i % 10}", label=s)
+        ax2.set_xscale("log")
+        ax2.legend(fontsize=7)
+        ax2.set_xlabel(f"ms per query ({results['device']})")
+        ax2.set_ylabel("NDCG@10")
+        ax2.set_title("effectiveness vs latency")
+    else:
+        for name, rs in curves.items():
+            for k, curve in enumerate(rs):
+                if curve:
+                    steps, losses = zip(*curve)
+                    ax2.plot(steps, losses, alpha=0.6, label=name if k == 0 else None)
+        ax2.set_title("training loss")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "study.png"), dpi=110)
+    plt.close(fig)
