@@ -283,3 +283,23 @@ class TorchPeer:
             logits = self.fwd(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                               token_type_ids=batch["token_type_ids"]).logits
         return logits.float()[:, 0]
+
+
+def bench_main(argv, *, parse_args, run_peer_worker, run_peer, run_pile_jax, report):
+    """Shared driver of the benchmarks: the Hugging Face peer runs first, in its own process,
+    before this process touches an accelerator; then pile_jax; prints and writes the report."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.peer_worker:
+        write_json(args.json, run_peer_worker(args))
+        return
+    child_argv = [a for i, a in enumerate(argv)
+                  if a != "--json" and not (i > 0 and argv[i - 1] == "--json") and not a.startswith("--json=")]
+    peer = run_peer(args, child_argv)
+    jx = run_pile_jax(args)
+    text = report(args, jx, peer)
+    print(text)
+    write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "peer_worker"},
+                           "pile_jax": jx, "peer": peer, "markdown": text})

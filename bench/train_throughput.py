@@ -379,21 +379,8 @@ def report(args, jx: dict, peer: dict | None) -> str:
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_args(argv)
-    if args.peer_worker:
-        C.write_json(args.json, run_peer_worker(args))
-        return
-    # the peer first, in its own process, before this process touches an accelerator
-    child_argv = [a for i, a in enumerate(argv)
-                  if a != "--json" and not (i > 0 and argv[i - 1] == "--json") and not a.startswith("--json=")]
-    peer = run_peer(args, child_argv)
-    jx = run_pile_jax(args)
-    text = report(args, jx, peer)
-    print(text)
-    C.write_json(args.json, {"args": {k: v for k, v in vars(args).items() if k != "peer_worker"},
-                             "pile_jax": jx, "peer": peer, "markdown": text})
-
+    C.bench_main(argv, parse_args=parse_args, run_peer_worker=run_peer_worker, run_peer=run_peer,
+                 run_pile_jax=run_pile_jax, report=report)
 
 if __name__ == "__main__":
     main()
