@@ -152,7 +152,9 @@ def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates,
     return scores
 
 
-def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, log):
+def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, log, fit_candidates=None):
+    """Scores ``candidates`` with one teacher spec. A fine-tuned cross-encoder trains on groups
+    drawn from ``fit_candidates`` (default: ``candidates``)."""
     kind = spec["kind"]
     score_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
     if kind == "bm25":
@@ -169,7 +171,7 @@ def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, l
                                 progress=f"score {spec['name']}")
     if kind == "cross_encoder":
         return _train_cross_encoder_teacher(spec, cfg=cfg, coll=coll, candidates=candidates,
-                                            fit_candidates=cfg.get("_fit_candidates", candidates),
+                                            fit_candidates=candidates if fit_candidates is None else fit_candidates,
                                             train_qids=splits["train"], dev_qids=splits["dev"],
                                             score_qids=score_qids, out_dir=out_dir, log=log)
     raise C.ConfigError(f"{cfg.get('_source', 'config')}: teachers: unknown kind {kind!r} "
@@ -232,7 +234,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
             log(f"teacher {spec['name']}: reusing {path}")
             continue
         t1 = time.perf_counter()
-        scores = _teacher_scores(spec, cfg={**cfg, "_fit_candidates": candidates}, coll=coll, candidates=scored,
+        scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=scored, fit_candidates=candidates,
                                  bm25_run=bm25_run,
                                  splits=splits, out_dir=os.path.join(out, "teacher_models"), log=log)
         write_teacher_scores(path, scores)
