@@ -161,14 +161,13 @@ def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, l
         return {q: {d: bm25_run[q][d] for d in candidates[q]} for q in score_qids}
     if kind == "biencoder_cosine":
         from pile_jax import rankers
-        from pile_jax.train.loop import score_candidates
 
         model_cfg = dict(cfg.get("model", {}))
         ranker = rankers.biencoder_cosine(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                           max_length=int(model_cfg.get("max_length", 128)))
-        return score_candidates(ranker, ranker.params, {q: candidates[q] for q in score_qids},
-                                coll.queries, coll.docs, batch_size=int(cfg.get("score_batch_size", 64)),
-                                progress=f"score {spec['name']}")
+        return rankers.biencoder_score_candidates(ranker, {q: candidates[q] for q in score_qids}, coll.queries,
+                                                  coll.docs, batch_size=int(cfg.get("score_batch_size", 64)),
+                                                  progress=f"score {spec['name']}")
     if kind == "cross_encoder":
         return _train_cross_encoder_teacher(spec, cfg=cfg, coll=coll, candidates=candidates,
                                             fit_candidates=candidates if fit_candidates is None else fit_candidates,

@@ -11,11 +11,13 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pile_jax.models.tokenize import bucketed_batches
 from pile_jax.train.loop import Ranker
 
 
@@ -124,7 +126,50 @@ def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 1
         return {"query_ids": qi, "query_mask": qm,
                 "doc_ids": di.reshape(B, n, -1), "doc_mask": dm.reshape(B, n, -1)}
 
-    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=featurize, kind="biencoder_cosine", meta={"config": config, "path": path})
+    encode_jit = jax.jit(encode)
+
+    def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None) -> np.ndarray:
+        """L2-normalised vectors [N, H] of ``texts``, encoded once each, in length-sorted batches."""
+        texts = list(texts)
+        out = np.zeros((len(texts), config.hidden_size), np.float32)
+        if not texts:
+            return out
+        lengths = [len(x) for x in hf_tok(texts, truncation=True, max_length=max_length)["input_ids"]]
+        chunks = bucketed_batches(lengths, batch_size)
+        if progress:
+            from tqdm.auto import tqdm
+
+            chunks = tqdm(chunks, desc=progress, unit="batch", leave=False)
+        for idx in chunks:
+            rows = [texts[i] for i in idx] + [""] * (batch_size - len(idx))   # one compiled row count
+            ids, mask = tok(rows)
+            out[idx] = np.asarray(encode_jit(enc_params, ids, mask))[: len(idx)]
+        return out
+
+    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=featurize, kind="biencoder_cosine",
+                  meta={"config": config, "path": path, "encode_texts": encode_texts})
+
+
+def biencoder_score_candidates(
+    ranker: Ranker,
+    candidates: Mapping[str, Sequence[str]],
+    queries: Mapping[str, str],
+    docs: Mapping[str, str],
+    *,
+    batch_size: int = 64,
+    progress: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{qid: {doc_id: cosine}}`` with every query and every document encoded once (a document
+    in many candidate lists is not re-encoded): the score of :func:`biencoder_cosine`."""
+    encode = ranker.meta["encode_texts"]
+    qids = list(candidates)
+    doc_ids = sorted({d for q in qids for d in candidates[q]})
+    qv = encode(ranker.params, [queries[q] for q in qids], batch_size=batch_size,
+                progress=progress and f"{progress} (queries)")
+    dv = encode(ranker.params, [docs[d] for d in doc_ids], batch_size=batch_size,
+                progress=progress and f"{progress} (documents)")
+    row = {d: i for i, d in enumerate(doc_ids)}
+    return {q: {d: float(qv[i] @ dv[row[d]]) for d in candidates[q]} for i, q in enumerate(qids)}
 
 
 _STUDENT_PARTS: dict = {}

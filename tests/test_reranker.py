@@ -74,6 +74,31 @@ def test_pair_tokenizer_matches_hf_tokenizer(hf_tok):
         "what is a cat", "a small mammal")["input_ids"]
     with pytest.raises(ValueError, match="differ"):
         tok.encode(["a", "b"], ["c"])
+    # pair_lengths (the cheap sort key) is the reference token count of every pair
+    assert tok.pair_lengths(queries, docs).tolist() == [len(reference_ids(hf_tok, q, d, 64, 16)[0]) for q, d in PAIRS]
+
+
+def test_biencoder_scores_match_sentence_transformers():
+    """Each text encoded once (length-sorted, batched) gives sentence-transformers' cosine."""
+    st = pytest.importorskip("sentence_transformers")
+    from pile_jax import rankers
+
+    ranker = rankers.biencoder_cosine("all-MiniLM-L6-v2", max_length=128)
+    queries = {f"q{i}": q for i, q in enumerate(dict.fromkeys(p[0] for p in PAIRS))}
+    docs = {f"d{i}": d for i, d in enumerate(dict.fromkeys(p[1] for p in PAIRS))}
+    qid = {v: k for k, v in queries.items()}
+    did = {v: k for k, v in docs.items()}
+    candidates = {}
+    for q, d in PAIRS:
+        candidates.setdefault(qid[q], []).append(did[d])
+    candidates["q0"].append("d4")   # a document in two lists
+    got = rankers.biencoder_score_candidates(ranker, candidates, queries, docs, batch_size=4)
+    model = st.SentenceTransformer(str(MINILM), device="cpu")
+    model.max_seq_length = 128
+    qv = model.encode([queries[q] for q in candidates], normalize_embeddings=True, convert_to_numpy=True)
+    for i, q in enumerate(candidates):
+        dv = model.encode([docs[d] for d in candidates[q]], normalize_embeddings=True, convert_to_numpy=True)
+        np.testing.assert_allclose([got[q][d] for d in candidates[q]], dv @ qv[i], atol=2e-5)
 
 
 def test_bucketed_batches_cover_every_index_once():

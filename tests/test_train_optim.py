@@ -110,3 +110,28 @@ def test_adamw_decays_only_masked_leaves_and_clips():
     mu = new_state[1][0].mu  # chain(clip, adamw(...)) -> adamw's ScaleByAdamState
     norm = optax.tree.norm(jax.tree_util.tree_map(lambda m: m / (1 - 0.9), mu))
     assert float(norm) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_lr_multipliers_scale_matching_leaves_exactly():
+    """A factor m on a path equals AdamW with learning rate m * lr for that leaf (hand-computed
+    first Adam step: update = -lr * (sign(g) + wd * p)), others keep lr; first matching rule wins."""
+    params = {"encoder": {"kernel": jnp.full((3,), 1.0)}, "head": {"classifier": {"kernel": jnp.full((3,), 1.0),
+                                                                                 "bias": jnp.zeros((3,))}}}
+    grads = jax.tree_util.tree_map(lambda p: jnp.full(p.shape, 0.5), params)
+    tx = make_optimizer(learning_rate=0.01, schedule="constant", weight_decay=0.1, clip_norm=None, eps=0.0,
+                        lr_multipliers={"head/classifier/bias": 3.0, "head": 20.0})
+    updates, _ = tx.update(grads, tx.init(params), params)
+    np.testing.assert_allclose(updates["encoder"]["kernel"], -0.01 * (1.0 + 0.1 * 1.0), rtol=1e-5)
+    np.testing.assert_allclose(updates["head"]["classifier"]["kernel"], -0.2 * (1.0 + 0.1 * 1.0), rtol=1e-5)
+    np.testing.assert_allclose(updates["head"]["classifier"]["bias"], -0.03 * 1.0, rtol=1e-5)  # no decay on bias
+
+
+def test_train_config_reads_lr_multipliers_and_names_bad_values():
+    from pile_jax.config import ConfigError
+    from pile_jax.train.loop import TrainConfig
+
+    assert TrainConfig.from_config({"lr_multipliers": {"head": "20"}}).lr_multipliers == {"head": 20.0}
+    with pytest.raises(ConfigError, match="train.lr_multipliers"):
+        TrainConfig.from_config({"lr_multipliers": [1, 2]})
+    with pytest.raises(ConfigError, match="train.lr_multipliers"):
+        TrainConfig.from_config({"lr_multipliers": {"head(": 2.0}})

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -62,6 +63,7 @@ class TrainConfig:
     epochs: float = 1.0            # used when steps is None
     steps: int | None = None
     learning_rate: float = 3e-5
+    lr_multipliers: dict | None = None  # {path regex: factor}, e.g. {"head": 20.0} for a new score head
     warmup_steps: int | float = 0.1  # < 1: fraction of the total steps
     schedule: str = "linear"
     weight_decay: float = 0.01
@@ -99,11 +101,17 @@ class TrainConfig:
                     out[key] = float(value)  # YAML reads 1e-4 (no dot) as a string
                 elif kind.startswith("int"):
                     out[key] = int(value) if float(value) == int(float(value)) else _bad(value)
+                elif kind.startswith("dict"):
+                    if not isinstance(value, Mapping):
+                        _bad(value)
+                    out[key] = {str(k): float(v) for k, v in value.items()}
+                    for pattern in out[key]:
+                        re.compile(pattern)
                 elif kind == "bool":
                     out[key] = value if isinstance(value, bool) else _bad(value)
                 else:
                     out[key] = str(value)
-            except (TypeError, ValueError) as e:
+            except (TypeError, ValueError, re.error) as e:
                 from pile_jax.config import ConfigError
 
                 raise ConfigError(f"train.{key}: expected {kind}, got {value!r} ({e})") from e
@@ -174,13 +182,20 @@ def score_pairs(
 
     Pairs are sorted by length and cut into batches of ``batch_size`` (the last one padded), so
     each batch pads to a small length bucket: on real collections this is most of the speed.
+    The length is the token count when the ranker's ``meta["tokenizer"]`` has ``pair_lengths``
+    (cross-encoders), otherwise the character count.
     """
     scorer = scorer or cached_scorer(ranker.score_fn)
     n = len(pairs)
     out = np.zeros(n, np.float32)
     if n == 0:
         return out
-    order = np.argsort([len(q) + len(d) for q, d in pairs], kind="stable")
+    tokenizer = (ranker.meta or {}).get("tokenizer")
+    if hasattr(tokenizer, "pair_lengths"):
+        lengths = tokenizer.pair_lengths([q for q, _ in pairs], [d for _, d in pairs])
+    else:
+        lengths = [len(q) + len(d) for q, d in pairs]
+    order = np.argsort(lengths, kind="stable")
     chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     it = chunks
     if progress:
@@ -264,7 +279,8 @@ def train(
     schedule = learning_rate_schedule(learning_rate=cfg.learning_rate, warmup_steps=warmup,
                                       total_steps=total, schedule=cfg.schedule)
     tx = make_optimizer(learning_rate=cfg.learning_rate, warmup_steps=warmup, total_steps=total,
-                        schedule=cfg.schedule, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm)
+                        schedule=cfg.schedule, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
+                        lr_multipliers=cfg.lr_multipliers)
     state = create_train_state(ranker.params, tx, jax.random.PRNGKey(cfg.seed))
     loader = BatchLoader(source, sampler, collate_fn=make_collate(ranker, queries, docs))
 
@@ -295,7 +311,7 @@ def train(
     mesh = make_mesh() if cfg.parallel == "shard_map" else None
     # Runs that differ only in seed/data reuse one compiled step (same shapes, same function).
     key = (ranker.score_fn, repr(obj), cfg.parallel, cfg.accum_steps, cfg.learning_rate, warmup, total,
-           cfg.schedule, cfg.weight_decay, cfg.clip_norm, n_local, pc)
+           cfg.schedule, cfg.weight_decay, cfg.clip_norm, repr(cfg.lr_multipliers), n_local, pc)
     if key not in _STEPS:
         _STEPS[key] = make_train_step(cfg.parallel, mesh=mesh, score_fn=ranker.score_fn, objective=obj,
                                       tx=tx, accum_steps=cfg.accum_steps, lr_schedule=schedule)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["learning_rate_schedule", "weight_decay_mask", "make_optimizer", "SCHEDULES"]
+__all__ = ["learning_rate_schedule", "weight_decay_mask", "scale_by_path", "make_optimizer", "SCHEDULES"]
 
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -102,6 +102,41 @@ def weight_decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(lambda p, _: _decays(p), params)
 
 
+def _path_string(path) -> str:
+    return "/".join(_path_names(path))
+
+
+def scale_by_path(multipliers: dict[str, float] | None) -> optax.GradientTransformation:
+    """Multiplies each leaf's update by the multiplier of the first pattern that matches its path.
+
+    ``multipliers`` maps regular expressions (``re.search`` on the "/"-joined parameter path,
+    e.g. ``"head/classifier/kernel"``) to factors; unmatched leaves keep factor 1. Placed after
+    AdamW, a factor ``m`` is exactly a learning rate ``m * lr(step)`` (weight decay included) for
+    those leaves: the usual higher learning rate for a freshly initialised score head.
+    """
+    rules = [(re.compile(k), float(v)) for k, v in (multipliers or {}).items()]
+
+    def factor(path) -> float:
+        name = _path_string(path)
+        for pattern, value in rules:
+            if pattern.search(name):
+                return value
+        return 1.0
+
+    def init(params):
+        del params
+        return optax.EmptyState()
+
+    def update(updates, state, params=None):
+        del params
+        if not rules:
+            return updates, state
+        return jax.tree_util.tree_map_with_path(lambda p, u: u * factor(p) if factor(p) != 1.0 else u,
+                                                updates), state
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(
     *,
     learning_rate: float,
@@ -114,11 +149,13 @@ def make_optimizer(
     b2: float = 0.999,
     eps: float = 1e-8,
     end_learning_rate: float = 0.0,
+    lr_multipliers: dict[str, float] | None = None,
 ) -> optax.GradientTransformation:
     """AdamW + warmup/decay schedule + decay mask, after global-norm clipping.
 
     ``clip_norm=None`` (or <= 0) disables clipping. The schedule is
     :func:`learning_rate_schedule` with the same arguments (use it to log the LR).
+    ``lr_multipliers``: per-parameter learning-rate factors by path pattern (:func:`scale_by_path`).
     """
     lr = learning_rate_schedule(
         learning_rate=learning_rate, warmup_steps=warmup_steps, total_steps=total_steps,
@@ -129,4 +166,6 @@ def make_optimizer(
     parts.append(optax.adamw(
         learning_rate=lr, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
         mask=weight_decay_mask))
+    if lr_multipliers:
+        parts.append(scale_by_path(lr_multipliers))
     return optax.chain(*parts)
