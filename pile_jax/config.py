@@ -1,6 +1,6 @@
 """Configs are data: YAML files in ``configs/`` loaded into plain nested dicts.
 
-A config may hold preset sections (e.g. ``presets: {quick: {...}, large: {...}}``) that are
+A config may start from another (``extends: base.yaml``) and hold preset sections (e.g. ``presets: {quick: {...}, large: {...}}``) that are
 deep-merged over the base when selected, and any key can be overridden from the command line
 with ``--set a.b.c=value`` (the value is parsed as YAML, so ``3``, ``0.5``, ``true``,
 ``[1, 2]`` work).  Errors name the file and the key.
@@ -30,9 +30,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     return out
 
 
-def load_config(path: str | os.PathLike, *, presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
-    """Loads a YAML config, merges the named presets, then applies ``key.path=value`` overrides."""
-    path = os.fspath(path)
+def _read(path: str, seen: tuple = ()) -> dict[str, Any]:
+    """One YAML file as a dict, with its ``extends:`` chain merged underneath (presets included)."""
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     try:
@@ -42,6 +41,24 @@ def load_config(path: str | os.PathLike, *, presets: Iterable[str] = (), overrid
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(cfg, dict):
         raise ConfigError(f"{path}: top level must be a mapping, got {type(cfg).__name__}")
+    parent = cfg.pop("extends", None)
+    if parent is None:
+        return cfg
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: expected a file name, got {parent!r}")
+    parent = os.path.normpath(os.path.join(os.path.dirname(path), parent))
+    if parent in seen:
+        raise ConfigError(f"{path}: extends: cycle through {parent}")
+    return deep_merge(_read(parent, seen + (os.path.normpath(path),)), cfg)
+
+
+def load_config(path: str | os.PathLike, *, presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:
+    """Loads a YAML config, merges the named presets, then applies ``key.path=value`` overrides.
+
+    ``extends: other.yaml`` (relative to the file) starts from that config, presets included, and
+    merges this file over it (mappings recursively, anything else replaced)."""
+    path = os.fspath(path)
+    cfg = _read(path)
     available = cfg.pop("presets", {}) or {}
     for name in presets:
         if name not in available:
@@ -95,3 +112,26 @@ def get(cfg: Mapping[str, Any], key: str, default: Any = None) -> Any:
             return default
         node = node[part]
     return node
+
+
+def limited_splits(cfg: Mapping[str, Any], coll) -> dict[str, list[str]]:
+    """The train/dev/test query ids of ``coll``, cut to ``data.max_queries_per_split``: one number
+    for every split, or a mapping per split (``{train: 200, dev: 50}``; a split not named, or null,
+    keeps all its queries)."""
+    splits = {s: list(coll.split_qids(s)) for s in ("train", "dev", "test")}
+    limit = get(cfg, "data.max_queries_per_split")
+    if not limit:
+        return splits
+    per = dict(limit) if isinstance(limit, Mapping) else {s: limit for s in splits}
+    unknown = sorted(set(per) - set(splits))
+    if unknown:
+        raise ConfigError(f"{cfg.get('_source', 'config')}: data.max_queries_per_split: unknown split(s) {unknown}")
+    out = {}
+    for s, qids in splits.items():
+        n = per.get(s)
+        try:
+            out[s] = qids if n is None else qids[: int(n)]
+        except (TypeError, ValueError):
+            raise ConfigError(f"{cfg.get('_source', 'config')}: data.max_queries_per_split.{s}: "
+                              f"expected a number, got {n!r}") from None
+    return out

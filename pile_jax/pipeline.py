@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -82,6 +83,18 @@ def _train_group_args(cfg: Mapping[str, Any]) -> dict:
     tg = cfg.get("train_groups") or {}
     return {"group_size": int(tg.get("size", depth)), "policy": tg.get("policy", "top"),
             "seed": int(tg.get("seed", 0))}
+
+
+def teacher_candidates(cfg: Mapping[str, Any], coll, candidates: Mapping[str, list], train_qids) -> dict:
+    """The candidates teachers score: train queries only ever enter training as their training
+    group, so there just its members; dev/test queries keep all ``depth`` candidates (evaluation)."""
+    members, _ = build_groups(coll, candidates, {}, qids=list(train_qids),
+                              unjudged=C.get(cfg, "data.unjudged", "zero"), require_label_pair=False,
+                              **_train_group_args(cfg))
+    scored = dict(candidates)
+    for qid, row, mask in zip(members["query_id"], members["doc_ids"], members["mask"]):
+        scored[qid] = [str(d) for d, m in zip(row, mask) if m]
+    return scored
 
 
 def teacher_stats(groups: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +176,7 @@ def _teacher_scores(spec, *, cfg, coll, candidates, bm25_run, splits, out_dir, l
         from pile_jax import rankers
 
         model_cfg = dict(cfg.get("model", {}))
+        model_cfg.update(spec.get("model", {}))
         ranker = rankers.biencoder_cosine(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                           max_length=int(model_cfg.get("max_length", 128)))
         return rankers.biencoder_score_candidates(ranker, {q: candidates[q] for q in score_qids}, coll.queries,
@@ -198,10 +212,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     t0 = time.perf_counter()
     coll = load_collection(data or C.require(cfg, "data.collection"),
                            qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
-    splits = {s: coll.split_qids(s) for s in ("train", "dev", "test")}
-    limit = C.get(cfg, "data.max_queries_per_split")
-    if limit:
-        splits = {s: q[: int(limit)] for s, q in splits.items()}
+    splits = C.limited_splits(cfg, coll)
     eval_split = C.get(cfg, "eval.split", "test")
     depth = int(C.require(cfg, "first_stage.depth"))
     log(f"collection {coll.name}: {len(coll.docs)} docs, {len(coll.queries)} queries; "
@@ -209,14 +220,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
     bm25_run = bm25_search(coll.docs, {q: coll.queries[q] for q in all_qids}, depth=depth)
     candidates = {q: list(bm25_run[q]) for q in all_qids}
-    # Train queries only ever enter training as their training group: teachers score just those
-    # candidates there (dev/test queries: all `depth` candidates, for evaluation).
-    members, _ = build_groups(coll, candidates, {}, qids=splits["train"],
-                              unjudged=C.get(cfg, "data.unjudged", "zero"), require_label_pair=False,
-                              **_train_group_args(cfg))
-    scored = dict(candidates)
-    for qid, row, mask in zip(members["query_id"], members["doc_ids"], members["mask"]):
-        scored[qid] = [str(d) for d, m in zip(row, mask) if m]
+    scored = teacher_candidates(cfg, coll, candidates, splits["train"])
     runs_dir = os.path.join(out, "runs")
     os.makedirs(runs_dir, exist_ok=True)
     phase("bm25", t0)
@@ -328,6 +332,16 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
         f"({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
     curves: dict[str, list] = {}
     model_cfg = dict(cfg.get("model", {}))
+    # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
+    # students.options (e.g. bert_dot {pooling: mean}); two-tower kinds read model.max_doc_length.
+    kind = scfg.get("kind", "cross_encoder")
+    student_extra = dict(scfg.get("options") or {})
+    if kind == "cross_encoder" and not student_extra:
+        make_student = rankers.cross_encoder
+    else:
+        make_student = functools.partial(rankers.student, kind)
+        if kind != "cross_encoder":
+            student_extra["max_doc_length"] = int(model_cfg.get("max_doc_length", model_cfg.get("max_length", 128)))
     for run_name, obj_cfg in scfg["runs"].items():
         obj = dict(obj_cfg)
         if obj.get("teacher") == "best":
@@ -336,11 +350,11 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
             obj["teacher_index"] = teacher_names.index(best_teacher)
         for seed in seeds:
             t1 = time.perf_counter()
-            ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
-                                           num_layers=int(scfg.get("num_layers", 2)),
-                                           max_length=int(model_cfg.get("max_length", 128)),
-                                           max_query_length=int(model_cfg.get("max_query_length", 32)),
-                                           dtype=model_cfg.get("dtype", "float32"), seed=seed)
+            ranker = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                  num_layers=int(scfg.get("num_layers", 2)),
+                                  max_length=int(model_cfg.get("max_length", 128)),
+                                  max_query_length=int(model_cfg.get("max_query_length", 32)),
+                                  dtype=model_cfg.get("dtype", "float32"), seed=seed, **student_extra)
             bs = int(cfg.get("score_batch_size", 64))
 
             def dev_eval(params, ranker=ranker):

@@ -161,7 +161,7 @@ def _find_teacher_model(name: str, dirs: list[str]) -> str | None:
 def load_teachers(cfg, *, coll, candidates, bm25_run, splits, out, log) -> tuple[dict, dict]:
     """``({name: {qid: {doc: score}}}, {name: provenance})`` for every ``teachers`` spec."""
     from pile_jax.data import read_teacher_scores, write_teacher_scores
-    from pile_jax.pipeline import _teacher_scores
+    from pile_jax.pipeline import _teacher_scores, teacher_candidates
 
     src = cfg.get("teachers_from")
     search = ([src] if src else []) + [out]
@@ -169,12 +169,13 @@ def load_teachers(cfg, *, coll, candidates, bm25_run, splits, out, log) -> tuple
     os.makedirs(tdir, exist_ok=True)
     teachers, prov = {}, {}
     qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+    scored = teacher_candidates(cfg, coll, candidates, splits["train"])   # as the pipeline's teachers
     for spec in C.require(cfg, "teachers"):
         name = spec["name"]
         path = _find_teacher_file(name, search)
         if path:
             scores = read_teacher_scores(path)
-            missing = sum(1 for q in qids for d in candidates[q] if d not in scores.get(q, {}))
+            missing = sum(1 for q in qids for d in scored[q] if d not in scores.get(q, {}))
             if missing:
                 raise C.ConfigError(f"{cfg.get('_source', 'config')}: teacher file {path} lacks {missing} of the "
                                     f"study's candidates (different first_stage.depth or queries?)")
@@ -184,7 +185,8 @@ def load_teachers(cfg, *, coll, candidates, bm25_run, splits, out, log) -> tuple
                 write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
         else:
             t0 = time.perf_counter()
-            scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=candidates, bm25_run=bm25_run,
+            scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=scored, fit_candidates=candidates,
+                                     bm25_run=bm25_run,
                                      splits=splits, out_dir=os.path.join(out, "teacher_models"), log=log)
             write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
             log(f"teacher {name} ({spec['kind']}): computed in {time.perf_counter() - t0:.1f}s")
@@ -213,7 +215,8 @@ def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tupl
     if path is None:
         log(f"layer teacher {spec['name']}: no fine-tuned fold model found; fine-tuning one on all train queries")
         one = dict(spec, folds=1)
-        _train_cross_encoder_teacher(one, cfg=cfg, coll=coll, candidates=candidates, train_qids=splits["train"],
+        _train_cross_encoder_teacher(one, cfg=cfg, coll=coll, candidates=candidates, fit_candidates=candidates,
+                                     train_qids=splits["train"],
                                      dev_qids=splits["dev"], score_qids=[],
                                      out_dir=os.path.join(out, "layer_teacher_models"), log=log)
         path = os.path.join(out, "layer_teacher_models", f"{spec['name']}_fold0", "final_params.npz")
@@ -334,10 +337,7 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
     # ---- data, first stage
     t0 = time.perf_counter()
     coll = load_collection(C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
-    splits = {s: coll.split_qids(s) for s in ("train", "dev", "test")}
-    limit = C.get(cfg, "data.max_queries_per_split")
-    if limit:
-        splits = {s: q[: int(limit)] for s, q in splits.items()}
+    splits = C.limited_splits(cfg, coll)
     depth = int(C.require(cfg, "first_stage.depth"))
     all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
     bm25_run = bm25_search(coll.docs, {q: coll.queries[q] for q in all_qids}, depth=depth)

@@ -50,10 +50,7 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict
     os.makedirs(out, exist_ok=True)
     log = Log(os.path.join(out, "log.txt") if jax.process_index() == 0 else None, quiet=jax.process_index() != 0)
     coll = load_collection(C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
-    splits = {s: coll.split_qids(s) for s in ("train", "dev", "test")}
-    limit = C.get(cfg, "data.max_queries_per_split")
-    if limit:
-        splits = {s: q[: int(limit)] for s, q in splits.items()}
+    splits = C.limited_splits(cfg, coll)
     qids = [q for s in splits.values() for q in s]
     cand_cfg = cfg.get("candidates") or {"bm25_depth": 20}
     depth = int(cand_cfg.get("bm25_depth") or cand_cfg.get("depth", 100))

@@ -416,3 +416,25 @@ def test_two_tower_tokenizer_with_minilm_tokenizer():
     assert cls not in words["query_ids"] and sep not in words["doc_ids"]
     pair = S.make_featurizer("pair", folder, max_length=32, max_query_length=8)(queries[:1], docs[:1])
     assert pair["input_ids"].shape[:2] == (1, 3)
+
+
+@pytest.mark.parametrize("kind", ["bert_dot", "colbert", "prett", "tk"])
+def test_precomputed_documents_give_the_reference_scores(kind):
+    """Index-time document representations + query-time scoring equal the reference scores of the
+    per-architecture probes (padding included); PreTT's cache is tied to the padded query length."""
+    batch = _batch(11)
+    module, params, _ = _setup(kind)
+    _, ref, _ = _probe(kind, batch)
+    for b in range(B):
+        cache = S.precompute_documents(module, params, batch["doc_ids"][b], batch["doc_mask"][b], query_length=LQ)
+        got = S.score_with_cache(module, params, batch["query_ids"][b:b + 1], batch["query_mask"][b:b + 1], cache)
+        np.testing.assert_allclose(np.asarray(got), ref[b], rtol=1e-5, atol=1e-5)
+    if kind == "prett":
+        with pytest.raises(ValueError, match="query length"):
+            S.score_with_cache(module, params, batch["query_ids"][:1, :-1], batch["query_mask"][:1, :-1], cache)
+
+
+def test_cross_encoder_has_no_document_cache():
+    module, params, _ = _setup("cross_encoder")
+    with pytest.raises(TypeError, match="no query-independent"):
+        S.precompute_documents(module, params, np.zeros((2, 3), np.int32), np.ones((2, 3), np.int32))

@@ -52,6 +52,8 @@ __all__ = [
     "rbf_kernel_pooling", "sinusoidal_positions", "augment_query_with_masks", "TK_MUS",
     # modules
     "BertDot", "ColBERT", "PreTT", "TK", "init_tk_embeddings_from",
+    # index-time document representations, query-time scoring
+    "precompute_documents", "score_with_cache",
     # factory + featurisers
     "build_student", "make_score_fn", "TwoTowerTokenizer", "make_featurizer", "STUDENT_KINDS",
     "INPUT_KINDS",
@@ -485,6 +487,52 @@ def init_tk_embeddings_from(source, params: Optional[Mapping] = None):
 
 
 # ============================================================================ score_fn adapters
+def precompute_documents(module: nn.Module, params, doc_ids, doc_mask, *, query_length: Optional[int] = None) -> dict:
+    """Index-time document representations of ``[n, Ld]`` documents, for :func:`score_with_cache`.
+
+    BERT-dot: one vector per document; ColBERT: token vectors; TK: contextualised term vectors;
+    PreTT: layers 1..k of the document half (positions offset by ``query_length``, the padded
+    query length used at query time). A cross-encoder has no query-independent document side.
+    """
+    variables = {"params": params}
+    if isinstance(module, PreTT):
+        if query_length is None:
+            raise ValueError("PreTT documents are precomputed for one padded query length: pass query_length")
+        reps = module.apply(variables, doc_ids, doc_mask, query_length=int(query_length),
+                            method=PreTT.encode_documents_partial)
+    elif isinstance(module, (BertDot, ColBERT, TK)):
+        reps = module.apply(variables, doc_ids, doc_mask, method=type(module).encode_documents)
+    else:
+        raise TypeError(f"{type(module).__name__} has no query-independent document representation to precompute")
+    return {"reps": reps, "mask": jnp.asarray(doc_mask), "query_length": query_length}
+
+
+def score_with_cache(module: nn.Module, params, query_ids, query_mask, cache: Mapping) -> jax.Array:
+    """Scores of one query ``[1, Lq]`` against the ``n`` precomputed documents of ``cache`` -> ``[n]``:
+    only the query side and the interaction run (what a deployed two-tower / PreTT ranker pays)."""
+    reps, d_mask = cache["reps"], cache["mask"]
+    n = d_mask.shape[0]
+
+    def fn(m, q_ids, q_mask):
+        if isinstance(m, BertDot):
+            return dot_scores(m.encode_queries(q_ids, q_mask)[:, None], reps[None])[0]
+        if isinstance(m, ColBERT):
+            q, qm = m.encode_queries(q_ids, q_mask)
+            return colbert_maxsim(q[:, None], qm[:, None], reps[None], d_mask[None])[0]
+        if isinstance(m, TK):
+            q = m.encode_queries(q_ids, q_mask)
+            return m.score_vectors(q[:, None], jnp.asarray(q_mask)[:, None], reps[None], d_mask[None])[0]
+        if isinstance(m, PreTT):
+            if cache.get("query_length") not in (None, q_ids.shape[-1]):
+                raise ValueError(f"documents were precomputed for query length {cache['query_length']}, "
+                                 f"got queries of length {q_ids.shape[-1]}")
+            q = m.encode_queries_partial(q_ids, q_mask)
+            return m.join(jnp.repeat(q, n, axis=0), jnp.repeat(jnp.asarray(q_mask), n, axis=0), reps, d_mask)
+        raise TypeError(f"{type(m).__name__} cannot score from precomputed documents")
+
+    return module.apply({"params": params}, query_ids, query_mask, method=fn)
+
+
 def _rngs(rng, train):
     return {"dropout": rng} if (train and rng is not None) else {}
 
