@@ -89,15 +89,23 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
   return s, y, m
 
 
-def _per_list(core: Callable, s: Array, y: Array, m: Array) -> Array:
-  """Applies ``core(s [T, n], y [n], m [n]) -> [n]`` to every list of ``[T, ..., n]`` inputs."""
+def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array) -> Array:
+  """Applies ``core(s [T, n], y [n], m [n], lm [n]) -> [n]`` to every list of ``[T, ..., n]``
+  inputs (``lm``: the items that take part in labelled pairs)."""
   t = s.shape[0]
   list_shape = s.shape[1:]
   n = list_shape[-1]
   b = math.prod(list_shape[:-1])
   s_b = jnp.moveaxis(s, 0, -2).reshape((b, t, n))
-  out = jax.vmap(core)(s_b, y.reshape((b, n)), m.reshape((b, n)))
+  out = jax.vmap(core)(s_b, y.reshape((b, n)), m.reshape((b, n)), lm.reshape((b, n)))
   return out.reshape(list_shape)
+
+
+def _label_mask(m: Array, label_where) -> Array:
+  """Items in labelled pairs: valid (``m``) and, when given, in ``label_where``."""
+  if label_where is None:
+    return m
+  return m & jnp.broadcast_to(jnp.asarray(label_where, dtype=bool), m.shape)
 
 
 def _pairwise(f: Callable, a: Any, b: Any) -> Any:
@@ -139,8 +147,8 @@ def _violated(z: Array, fixable: Array, eps) -> Array:
 # PILE variants (one list)
 
 
-def _consensus_core(s, y, m, *, num_iters, damping, eps):
-  P = _labelled_pairs(y, m)
+def _consensus_core(s, y, m, lm, *, num_iters, damping, eps):
+  P = _labelled_pairs(y, lm)
   cnt, u, l = _pair_stats(s, P)
   fixable = P & (cnt > 0)
   z0 = jnp.mean(s, axis=0)
@@ -168,9 +176,9 @@ def _pair_loss_fn(loss: str) -> Callable[[Array], Array]:
   raise ValueError(f"loss: expected one of {list(RESPONSIBILITY_LOSSES)}; got {loss!r}")
 
 
-def _responsibility_core(s, y, m, *, num_iters, damping, temperature, loss):
+def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
   ell = _pair_loss_fn(loss)
-  P = _labelled_pairs(y, m)
+  P = _labelled_pairs(y, lm)
   has_partner = jnp.any(P, axis=1) | jnp.any(P, axis=0)
   z0 = jnp.mean(s, axis=0)
   cols = s.T  # [n, M]
@@ -190,8 +198,8 @@ def _responsibility_core(s, y, m, *, num_iters, damping, temperature, loss):
   return jnp.where(m, z, 0.0)
 
 
-def _regularised_core(s, y, m, *, num_iters, temperature, lam, gamma):
-  P = _labelled_pairs(y, m)
+def _regularised_core(s, y, m, lm, *, num_iters, temperature, lam, gamma):
+  P = _labelled_pairs(y, lm)
   z0 = jnp.mean(s, axis=0)
   n_valid = jnp.maximum(jnp.sum(m), 1).astype(s.dtype)
   step_size = 1.0 / (2.0 + lam * (n_valid - 1.0) / (2.0 * temperature))
@@ -235,7 +243,7 @@ def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
 
 
 def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
-         variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
+         label_where: Optional[Array] = None, variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
          temperature: float = 1.0, eps: float = 0.0, lam: float = 1.0, gamma: float = 1.0,
          loss: str = "logistic") -> Array:
   r"""PILE: Pairwise Iterative Logits Ensemble -- **pile_jax's reconstruction** of Cai et al.,
@@ -288,6 +296,9 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
     teacher_scores: ``[T, ..., n]`` teacher logits (teacher axis first).
     labels: ``[..., n]`` graded labels.
     where: optional boolean mask ``[..., n]``.
+    label_where: optional boolean mask ``[..., n]`` of the items whose labels count: ``P`` only
+      pairs valid items inside it (default: every valid item). Items outside it (e.g. unjudged
+      candidates under "unjudged = ignore") are still ensembled, like unpaired items.
     variant: ``"consensus"``, ``"responsibility"`` or ``"regularised"``.
     num_iters: K >= 0, a Python int (static under ``jit``: one compilation per value);
       ``K = 0`` returns the mean of the teachers.
@@ -302,18 +313,29 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
   """
   _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
-  return _pile_impl(teacher_scores, labels, where, damping, temperature, eps, lam, gamma, variant=variant,
-                    num_iters=int(num_iters), loss=loss)
+  _check_label_where(label_where, labels)
+  return _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma,
+                    variant=variant, num_iters=int(num_iters), loss=loss)
+
+
+def _check_label_where(label_where, labels) -> None:
+  if label_where is None:
+    return
+  shape, list_shape = np.shape(label_where), np.shape(labels)
+  try:
+    np.broadcast_shapes(shape, list_shape)
+  except ValueError:
+    raise ValueError(f"label_where: shape {shape} does not broadcast to the labels' {list_shape}") from None
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "num_iters", "loss"))
-def _pile_impl(teacher_scores, labels, where, damping, temperature, eps, lam, gamma, *,
+def _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma, *,
                variant, num_iters, loss):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
   # Jitted once per (shapes, variant, num_iters, loss); the numeric options are traced, so
   # eager calls with new values do not recompile. Inside an outer jit this is simply inlined.
   core = _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
-  return _per_list(core, s, y, m)
+  return _per_list(core, s, y, m, _label_mask(m, label_where))
 
 
 def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
@@ -333,18 +355,19 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
   """
   eps = pile_options.get("eps", 0.0)
   z = pile(teacher_scores, labels, where=where, **pile_options)
-  res = _diagnostics_impl(teacher_scores, labels, where, z, eps)
+  res = _diagnostics_impl(teacher_scores, labels, where, pile_options.get("label_where"), z, eps)
   res["ensemble"] = z
   return res
 
 
 @jax.jit
-def _diagnostics_impl(teacher_scores, labels, where, z, eps):
+def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
   z0 = jnp.where(m, jnp.mean(s, axis=0), 0.0)
+  lm = _label_mask(m, label_where)
 
   def core(s_l, y_l, m_l, z0_l, z_l):
-    P = _labelled_pairs(y_l, m_l)
+    P = _labelled_pairs(y_l, m_l)  # m_l: the label mask here
     cnt, _, _ = _pair_stats(s_l, P)
     fixable = P & (cnt > 0)
     n_p = jnp.sum(P)
@@ -369,7 +392,7 @@ def _diagnostics_impl(teacher_scores, labels, where, z, eps):
   lead = list_shape[:-1]
   b = math.prod(lead)
   out = jax.vmap(core)(jnp.moveaxis(s, 0, -2).reshape((b, t, n)), y.reshape((b, n)),
-                       m.reshape((b, n)), z0.reshape((b, n)), z.reshape((b, n)))
+                       lm.reshape((b, n)), z0.reshape((b, n)), z.reshape((b, n)))
   res = {k: v.reshape(lead) for k, v in out.items() if k != "teacher_pair_accuracy"}
   res["teacher_pair_accuracy"] = jnp.moveaxis(out["teacher_pair_accuracy"], -1, 0).reshape(
       (t,) + lead)
@@ -489,20 +512,23 @@ def _rank_average(teacher_scores, labels, where):
 
 
 def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
-                          where: Optional[Array] = None) -> Array:
+                          where: Optional[Array] = None, label_where: Optional[Array] = None) -> Array:
   """The logits of the teacher with the highest PNR (:func:`pile_jax.metrics.pnr`) on each list.
 
   Ties (including lists without labelled pairs, where every PNR is 0) go to the lowest teacher
-  index. Uses the labels of the list it scores: an oracle/upper-bound baseline.
+  index. Uses the labels of the list it scores: an oracle/upper-bound baseline. The PNR counts
+  only items in ``label_where`` (default: every valid item); the chosen logits cover all of ``where``.
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
-  return _best_teacher_per_list(teacher_scores, labels, where)
+  _check_label_where(label_where, labels)
+  return _best_teacher_per_list(teacher_scores, labels, where, label_where)
 
 
 @jax.jit
-def _best_teacher_per_list(teacher_scores, labels, where):
+def _best_teacher_per_list(teacher_scores, labels, where, label_where):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
-  p = _metrics.pnr(s, jnp.broadcast_to(y, s.shape), where=jnp.broadcast_to(m, s.shape))  # [T, ...]
+  lm = _label_mask(m, label_where)
+  p = _metrics.pnr(s, jnp.broadcast_to(y, s.shape), where=jnp.broadcast_to(lm, s.shape))  # [T, ...]
   best = jnp.argmax(p, axis=0)  # first maximum
   t = s.shape[0]
   sel = jnp.arange(t).reshape((t,) + (1,) * best.ndim) == best[None]  # [T, ...]

@@ -43,10 +43,11 @@ def _ell(loss, d):
 
 
 def ref_pile_list(s, y, m, variant, K=10, eta=0.5, tau=1.0, eps=0.0, lam=1.0, gamma=1.0,
-                  loss="logistic"):
+                  loss="logistic", lm=None):
   M_, n = s.shape
   idx = [i for i in range(n) if m[i]]
-  P = [(i, j) for i in idx for j in idx if y[i] > y[j]]
+  paired = [i for i in idx if lm is None or lm[i]]
+  P = [(i, j) for i in paired for j in paired if y[i] > y[j]]
   z = {i: sum(s[k, i] for k in range(M_)) / M_ for i in idx}
   zmean = dict(z)
   if variant == "consensus":
@@ -105,8 +106,9 @@ def ref_pile_list(s, y, m, variant, K=10, eta=0.5, tau=1.0, eps=0.0, lam=1.0, ga
   return out
 
 
-def ref_pile(s, y, m, variant, **kw):
-  return np.stack([ref_pile_list(s[:, b], y[b], m[b], variant, **kw) for b in range(s.shape[1])])
+def ref_pile(s, y, m, variant, lm=None, **kw):
+  return np.stack([ref_pile_list(s[:, b], y[b], m[b], variant, lm=None if lm is None else lm[b], **kw)
+                   for b in range(s.shape[1])])
 
 
 VARIANT_OPTS = [
@@ -133,6 +135,28 @@ def test_pile_matches_numpy_loop_reference(variant, opts):
   got32 = np.asarray(E.pile(s.astype(np.float32), y, where=m, variant=variant, **opts))
   assert got32.dtype == np.float32
   np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+def test_label_where_keeps_items_out_of_labelled_pairs(variant):
+  """label_where (e.g. unjudged items under "ignore") removes items from P only: they are still
+  ensembled, and the result is the loop reference with pairs over label_where items."""
+  s, y, m = make_case(2)
+  lm = np.random.default_rng(5).random(m.shape) < 0.6
+  with jax.enable_x64(True):
+    got = np.asarray(E.pile(jnp.asarray(s), jnp.asarray(y), where=m, label_where=lm, variant=variant))
+    full = np.asarray(E.pile(jnp.asarray(s), jnp.asarray(y), where=m, variant=variant))
+  np.testing.assert_allclose(got, ref_pile(s, y, m, variant, lm=lm), rtol=1e-9, atol=1e-9)
+  assert not np.allclose(got, full)      # the mask matters on this case
+  np.testing.assert_allclose(got[~m], 0.0)
+  # best_teacher_per_list: PNR over label_where items only
+  bt = np.asarray(E.best_teacher_per_list(s, y, where=m, label_where=lm))
+  from pile_jax import metrics as Mx
+  pnr = np.asarray(Mx.pnr(s, np.broadcast_to(y, s.shape), where=np.broadcast_to(m & lm, s.shape)))
+  want = np.where(m, s[np.argmax(pnr, axis=0), np.arange(s.shape[1])], 0.0)
+  np.testing.assert_allclose(bt, want, rtol=1e-6)
+  with pytest.raises(ValueError, match="label_where"):
+    E.pile(s, y, where=m, label_where=np.ones((3, 3), bool))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -55,7 +55,10 @@ def test_in_step_ensemble_target_equals_direct_call(name):
     mask = batch["mask"]
     teachers = jnp.where(mask[:, None, :], batch["teacher_scores"], 0.0)
     labels = jnp.where(mask & batch["label_mask"], batch["labels"], 0.0)
-    want = ens.ensemble(name, jnp.transpose(teachers, (1, 0, 2)), labels, where=mask)
+    # label-supervised ensembles pair only label_mask items (unjudged under "ignore")
+    assert np.any(np.asarray(mask) & ~np.asarray(batch["label_mask"]))
+    extra = {"label_where": batch["label_mask"]} if name in ens.LABEL_ENSEMBLES else {}
+    want = ens.ensemble(name, jnp.transpose(teachers, (1, 0, 2)), labels, where=mask, **extra)
     if isinstance(want, tuple):
         want = want[0]
     np.testing.assert_allclose(np.where(mask, got, 0), np.where(mask, want, 0), rtol=1e-6, atol=1e-6)

@@ -154,8 +154,8 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
     """The distillation target ``[B, n]`` (float32, under stop_gradient), or None if unused.
 
     "ensemble": ``pile_jax.ensemble.ensemble(name, teacher_scores^T [T,B,n], labels,
-    where=mask, **options)`` with labels zeroed outside ``mask & label_mask`` (the ensembles
-    have one mask, so items outside ``label_mask`` count as label 0 there);
+    where=mask, **options)``, label-supervised ensembles with ``label_where=label_mask`` (items
+    outside it, e.g. unjudged under "ignore", are in no labelled pair);
     "teacher": ``teacher_scores[:, teacher_index]``;
     "precomputed": ``batch["target"]``. Padded items (``mask`` False) are zeroed first.
     """
@@ -180,11 +180,14 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
         else:
             options = dict(obj.ensemble)
             name = options.pop("name")
-            # items outside label_mask (padding; unjudged under unjudged="ignore") get label 0
+            # label-supervised ensembles pair only items in label_mask (unjudged items under
+            # unjudged="ignore" are ensembled but take part in no labelled pair)
             _, label_mask = _masks(batch)
             labels = jnp.where(label_mask, _f32(batch["labels"]), 0.0)
-            target = _ensemble_module().ensemble(
-                name, jnp.transpose(teachers, (1, 0, 2)), labels, where=mask, **options)
+            E = _ensemble_module()
+            if name in E.LABEL_ENSEMBLES:
+                options["label_where"] = label_mask
+            target = E.ensemble(name, jnp.transpose(teachers, (1, 0, 2)), labels, where=mask, **options)
             if isinstance(target, tuple):
                 target = target[0]
             target = _f32(target)
