@@ -335,6 +335,11 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
     # students.options (e.g. bert_dot {pooling: mean}); two-tower kinds read model.max_doc_length.
     kind = scfg.get("kind", "cross_encoder")
+    from pile_jax.models.students import STUDENT_KINDS
+
+    if kind not in STUDENT_KINDS:
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.kind: unknown student {kind!r} "
+                            f"(known: {', '.join(STUDENT_KINDS)})")
     student_extra = dict(scfg.get("options") or {})
     if kind == "cross_encoder" and not student_extra:
         make_student = rankers.cross_encoder

@@ -89,3 +89,34 @@ def test_students_learn(quick_run):
     hist = json.loads((out / "students" / "hard_labels__seed0" / "history.json").read_text())
     losses = [h["loss"] for h in hist if "loss" in h]
     assert len(losses) >= 2 and np.isfinite(losses).all()
+
+
+def test_pipeline_two_tower_student_kind(tmp_path):
+    """`students.kind`/`options` reach the pipeline's students: a 6-layer BERT-dot with mean pooling
+    and L2 normalisation, trained at learning rate 0, is the pretrained bi-encoder, so its run file
+    must equal the bi-encoder teacher's scores (that teacher is checked against sentence-transformers
+    in test_reranker.py). An unknown kind is a config error naming the key."""
+    from pile_jax import config as C
+    from pile_jax import pipeline
+    from pile_jax.data.trec import read_teacher_scores
+
+    cfg = C.load_config(os.path.join(ROOT, "configs", "cranfield_pile.yaml"), presets=["quick"], overrides=[
+        "data.max_queries_per_split=4",
+        "model={base: all-MiniLM-L6-v2, max_length: 64, max_query_length: 62, max_doc_length: 62}",
+        "teachers=[{name: biencoder, kind: biencoder_cosine}]",
+        "ensembles.methods={mean: {name: mean}}",
+        "students={kind: bert_dot, options: {pooling: mean, normalize: true}, num_layers: 6, seeds: [0],"
+        " select_on_dev: false, runs: {hard_labels: {label_losses: {pairwise_logistic: 1.0}}},"
+        " train: {batch_size: 4, steps: 1, learning_rate: 0.0, log_every: 1, progress: false}}",  # 4 test devices
+    ])
+    out = tmp_path / "run"
+    pipeline.run(cfg, out=str(out), log=lambda s: None)
+    teacher = read_teacher_scores(str(out / "teachers" / "biencoder.tsv"))
+    rows = (out / "runs" / "student_hard_labels__seed0.trec").read_text().splitlines()
+    assert rows
+    for row in rows:
+        qid, _, doc, _, score, _ = row.split()
+        assert abs(float(score) - teacher[qid][doc]) < 2e-5, (qid, doc)
+    cfg["students"]["kind"] = "bm42"
+    with pytest.raises(C.ConfigError, match="students.kind"):
+        pipeline.run(cfg, out=str(tmp_path / "bad"), log=lambda s: None)
