@@ -13,16 +13,10 @@ import sys
 import numpy as np
 import pytest
 
+from helpers.cli import user_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 pytrec_eval = pytest.importorskip("pytrec_eval")
-
-
-def _clean_env(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # conftest forces 4 CPU devices; a user's run has one
-    env["PILE_JAX_CACHE"] = str(tmp_path / "xla_cache")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +26,7 @@ def quick_run(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pile_jax.cli", "run", os.path.join(ROOT, "configs", "cranfield_pile.yaml"),
          "--quick", "--out", str(out)],
-        cwd=ROOT, env=_clean_env(tmp), capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=user_env(tmp), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
 

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from helpers.cli import user_env
 from pile_jax import config as C
 from pile_jax.study import expand_cells, resolve_objective, slugify
 
@@ -59,16 +60,6 @@ def test_resolve_objective_teachers_and_intermediate():
     assert slugify("ce2/hard=on,soft=margin_mse") == "ce2__hard-on_soft-margin_mse"
 
 
-def _clean_env(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)  # conftest forces 4 CPU devices; a user's run has one
-    # Cheap XLA:CPU compilation (compilation dominates this tiny run; results change only by rounding).
-    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env["PILE_JAX_CACHE"] = str(tmp_path / "xla_cache")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 @pytest.fixture(scope="module")
 def quick_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
@@ -76,7 +67,7 @@ def quick_study(tmp_path_factory):
     proc = subprocess.run(
         [sys.executable, "-m", "pile_jax.cli", "study", os.path.join(ROOT, "configs", "study_margin_mse.yaml"),
          "--quick", "--out", str(out)],
-        cwd=ROOT, env=_clean_env(tmp), capture_output=True, text=True, timeout=900)
+        cwd=ROOT, env=user_env(tmp, cheap_compile=True), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
 

@@ -10,6 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from helpers.cli import user_env
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 TINY = [
@@ -31,14 +33,6 @@ TINY = [
 ]
 
 
-def _env(tmp_path):
-    env = dict(os.environ)
-    env.pop("XLA_FLAGS", None)
-    env["PILE_JAX_CACHE"] = str(tmp_path / "xla_cache")
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _cmd(out, *extra):
     return [sys.executable, "-m", "pile_jax.cli", "train", os.path.join(ROOT, "configs", "train_pile.yaml"),
             "--out", str(out), *TINY, *extra]
@@ -58,7 +52,7 @@ def _checkpoints(out):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
-    env = _env(tmp_path)
+    env = user_env(tmp_path)
     ref = tmp_path / "uninterrupted"
     proc = subprocess.run(_cmd(ref), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
