@@ -101,6 +101,17 @@ def mfu(pairs_per_s: float, flops_pair: float, peak_tflops: float | None) -> flo
     return pairs_per_s * flops_pair / (peak_tflops * 1e12)
 
 
+def fill_defaults(args, *, smoke: Mapping[str, Any], full: Mapping[str, Any]):
+    """Sets every ``None`` argument from the ``smoke`` or ``full`` settings (by ``args.smoke``), and
+    ``torch_compile`` (when not given) to "on except in smoke runs". Returns ``args``."""
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.torch_compile is None:
+        args.torch_compile = not args.smoke
+    return args
+
+
 # ------------------------------------------------------------------ timing
 
 

@@ -80,11 +80,7 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--peer-worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for key, value in (SMOKE if args.smoke else FULL).items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    if args.torch_compile is None:
-        args.torch_compile = not args.smoke
+    C.fill_defaults(args, smoke=SMOKE, full=FULL)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
     for m in args.models:
         if m not in C.SHAPES:
