@@ -1,0 +1,105 @@
+"""URL-aware file I/O shared by the trainer and the jobs: every path may be local or a URL.
+
+Paths go through :mod:`etils.epath` (the path layer orbax and tensorflow-datasets use), so
+``gs://bucket/run`` stays a Google Cloud Storage path (install ``pile_jax[gcs]``) and is never
+turned into a local folder. Contracts:
+
+* :func:`as_path` never calls ``os.path.abspath`` on a URL; local paths keep their meaning.
+* Writers are atomic: the bytes go to a temporary name in the same folder, then the file is
+  renamed into place, so a crash never leaves a half-written file under the final name (on
+  object stores, where a single object write is already atomic, the rename is the upload).
+* On several processes, shared files are written by process 0 only (:func:`is_primary`), and
+  callers that read them afterwards pass a :func:`barrier`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import uuid
+from typing import Any, Mapping
+
+import numpy as np
+from etils import epath
+
+__all__ = [
+    "as_path", "is_url", "write_bytes", "write_text", "write_json", "read_text", "read_json",
+    "save_npz", "load_npz", "is_primary", "barrier",
+]
+
+PathLike = str | os.PathLike | epath.Path
+
+
+def is_url(path: PathLike) -> bool:
+    """True for ``scheme://...`` paths (``gs://``, ``s3://``, ...)."""
+    return "://" in os.fspath(path) if not isinstance(path, epath.Path) else "://" in str(path)
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """An :class:`etils.epath.Path` for a local path or a URL (URLs are kept as they are)."""
+    if isinstance(path, epath.Path):
+        return path
+    return epath.Path(os.fspath(path))
+
+
+def write_bytes(path: PathLike, data: bytes) -> epath.Path:
+    """Write ``data`` to ``path`` atomically (temporary name in the same folder, then rename)."""
+    path = as_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
+    tmp.write_bytes(data)
+    try:
+        tmp.replace(path)
+    except Exception:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_text(path: PathLike, text: str) -> epath.Path:
+    """Write UTF-8 ``text`` to ``path`` atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: PathLike, obj: Any, *, indent: int | None = 1) -> epath.Path:
+    """Write ``obj`` as JSON atomically."""
+    return write_text(path, json.dumps(obj, indent=indent) + "\n")
+
+
+def read_text(path: PathLike) -> str:
+    return as_path(path).read_text(encoding="utf-8")
+
+
+def read_json(path: PathLike) -> Any:
+    return json.loads(read_text(path))
+
+
+def save_npz(path: PathLike, arrays: Mapping[str, np.ndarray]) -> epath.Path:
+    """``np.savez`` to a local path or URL, atomically."""
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+    return write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: PathLike) -> dict[str, np.ndarray]:
+    """Every array of an ``.npz`` file at a local path or URL."""
+    with np.load(io.BytesIO(as_path(path).read_bytes())) as data:
+        return {k: data[k] for k in data.files}
+
+
+def is_primary() -> bool:
+    """True on the process that writes shared files (process 0)."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """All processes wait here (no-op on one process); use after process 0 wrote shared files."""
+    import jax
+
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
