@@ -6,7 +6,8 @@ import pytest
 tfds = pytest.importorskip("tensorflow_datasets")
 
 from pile_jax.data.groups import build_groups, take_groups  # noqa: E402
-from pile_jax.data.sampler import BatchLoader, EpochSampler  # noqa: E402
+from pile_jax.data.loader import make_train_loader  # noqa: E402
+from pile_jax.data.sampler import epoch_batches  # noqa: E402
 from pile_jax.data.tfds_builder import (  # noqa: E402
     build_ranking_groups_dataset,
     load_ranking_groups,
@@ -51,14 +52,14 @@ def test_write_then_read_identical(tmp_path):
         back = records_to_groups([src[i] for i in range(len(src))], teacher_names_of(builder))
         _assert_same(back, expected)
 
-    # reopen from the folder alone (no builder class needed), then batch through the sampler
+    # reopen from the folder alone (no builder class needed), then batch through the loader
     reopened = load_ranking_groups(builder.data_dir)
     src = reopened.as_data_source()["train"]
-    loader = BatchLoader(src, EpochSampler(len(src), 4, seed=1),
-                         collate_fn=lambda recs: records_to_groups(recs, teacher_names_of(reopened)))
-    sampler_copy = EpochSampler(len(src), 4, seed=1)
+    loader = make_train_loader(src, global_batch_size=4, seed=1,
+                               collate=lambda recs: records_to_groups(recs, teacher_names_of(reopened)))
     batch = loader.next_batch()
-    _assert_same(batch, take_groups(groups, sampler_copy.next_indices()))
+    loader.close()
+    _assert_same(batch, take_groups(groups, epoch_batches(len(src), 4, seed=1, epoch=0)[0]))
 
     # a second call with the same groups reuses the data; different groups need overwrite=True
     build_ranking_groups_dataset(split, tmp_path, "toy_n5_t2")

@@ -1,4 +1,5 @@
-"""Data: collections, TREC files, ranking groups, the TFDS/ArrayRecord builder, the sampler.
+"""Data: collections, TREC files, ranking groups, the TFDS/ArrayRecord builder, the batch order
+(sampler) and the training loader.
 
 ``tfds_builder`` imports tensorflow-datasets (slow); its names are loaded on first use.
 """
@@ -15,7 +16,8 @@ from pile_jax.data.groups import (
     stack_group_examples,
     take_groups,
 )
-from pile_jax.data.sampler import PAD_INDEX, BatchLoader, EpochSampler, stack_records
+from pile_jax.data.loader import DevicePrefetch, TrainLoader, make_train_loader, read_group_lengths
+from pile_jax.data.sampler import PAD_INDEX, epoch_batches, process_slice, stack_records, steps_per_epoch
 from pile_jax.data.trec import (
     candidates_from_run,
     rank_order,
@@ -48,10 +50,11 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BatchLoader", "Collection", "DataError", "EpochSampler", "PAD_INDEX", "POLICIES",
-    "SHIPPED_COLLECTIONS", "build_groups", "candidates_from_run", "check_groups",
-    "iter_group_examples", "load_collection", "num_groups", "rank_order", "read_qrels", "read_run",
-    "read_teacher_scores", "read_triples", "select_candidates", "stack_group_examples",
-    "stack_records", "take_groups", "write_qrels", "write_run", "write_teacher_scores",
+    "Collection", "DataError", "DevicePrefetch", "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
+    "TrainLoader", "build_groups", "candidates_from_run", "check_groups", "epoch_batches",
+    "iter_group_examples", "load_collection", "make_train_loader", "num_groups", "process_slice",
+    "rank_order", "read_group_lengths", "read_qrels", "read_run", "read_teacher_scores",
+    "read_triples", "select_candidates", "stack_group_examples", "stack_records",
+    "steps_per_epoch", "take_groups", "write_qrels", "write_run", "write_teacher_scores",
     "write_triples", *_TFDS_NAMES,
 ]
