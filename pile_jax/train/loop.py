@@ -7,8 +7,8 @@ What is trained is a :class:`Ranker`: float32 params, a score function
 
 Training reads ranking groups (``query_id``, ``doc_ids [n]``, ``labels``, ``label_mask``,
 ``mask``, ``teacher_scores [T, n]``) from any random-access source (the TFDS ArrayRecord data
-source, or a list of examples) through the deterministic, resumable :class:`EpochSampler`.
-Checkpoints hold the train state, the sampler position, the history and the best dev score, so
+source, or a list of examples) through the deterministic, resumable, prefetching loader of
+:mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history and the best dev score, so
 ``resume=True`` continues exactly where a killed run stopped: same batches, same dropout keys,
 same result.
 """
@@ -25,7 +25,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from pile_jax.data.sampler import BatchLoader, EpochSampler, stack_records
+from pile_jax.data.loader import make_train_loader
+from pile_jax.data.sampler import stack_records
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from pile_jax.train.objective import Objective
 from pile_jax.train.optim import learning_rate_schedule, make_optimizer
@@ -263,7 +264,7 @@ def train(
     obj = Objective.from_config(objective)
     log = log or (lambda s: None)
 
-    # --- data: deterministic sampler, this host's slice of every global batch
+    # --- data: deterministic loader, this host's slice of every global batch
     pc, pi = jax.process_count(), jax.process_index()
     n_local = jax.local_device_count() if cfg.parallel == "pmap" else 1
     if cfg.parallel == "shard_map":
@@ -272,9 +273,10 @@ def train(
         raise ValueError(
             f"train.batch_size={cfg.batch_size} must be divisible by processes ({pc}) x local "
             f"devices ({n_local}) x accum_steps ({cfg.accum_steps})")
-    sampler = EpochSampler(len(source), cfg.batch_size, seed=cfg.seed, process_index=pi,
-                           process_count=pc, shuffle=True, drop_remainder=len(source) >= cfg.batch_size)
-    total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * sampler.steps_per_epoch)))
+    loader = make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
+                               process_count=pc, collate=make_collate(ranker, queries, docs),
+                               drop_remainder=len(source) >= cfg.batch_size)
+    total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * loader.steps_per_epoch)))
     warmup = int(cfg.warmup_steps * total) if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
     schedule = learning_rate_schedule(learning_rate=cfg.learning_rate, warmup_steps=warmup,
                                       total_steps=total, schedule=cfg.schedule)
@@ -282,7 +284,6 @@ def train(
                         schedule=cfg.schedule, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
                         lr_multipliers=cfg.lr_multipliers)
     state = create_train_state(ranker.params, tx, jax.random.PRNGKey(cfg.seed))
-    loader = BatchLoader(source, sampler, collate_fn=make_collate(ranker, queries, docs))
 
     # --- resume
     history: list[dict] = []
@@ -299,12 +300,12 @@ def train(
             restored = ckpt.restore_latest(state)
             if restored is not None:
                 state, extra = restored
-                sampler.load_state_dict(extra["sampler"])
+                loader.load_state_dict(extra["sampler"])
                 history = list(extra.get("history", []))
                 best = dict(extra.get("best", best))
                 if best["step"] is not None and os.path.exists(best_path):
                     best_params = _load_params(best_path, state.params)
-                log(f"resumed from step {int(state.step)} (epoch {sampler.state_dict()['epoch']})")
+                log(f"resumed from step {int(state.step)} (epoch {loader.state_dict()['epoch']})")
     start = int(state.step)
 
     # --- parallel step
@@ -334,7 +335,7 @@ def train(
         return unreplicate(dstate) if cfg.parallel == "pmap" else dstate
 
     def extra():
-        return {"sampler": sampler.state_dict(), "history": history, "best": best}
+        return {"sampler": loader.state_dict(), "history": history, "best": best}
 
     def run_eval(step):
         nonlocal best_params
@@ -399,6 +400,7 @@ def train(
             ckpt.save(total, host_state(), extra(), force=True)
             ckpt.wait()
     finally:
+        loader.close()
         if pbar:
             pbar.close()
         flag.uninstall()
