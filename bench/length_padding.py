@@ -70,7 +70,7 @@ def main(argv=None):
             lengths, buckets = group_pair_lengths(args.collection, n, max_length, max_query_length)
             G = len(lengths)
             bucketed = np.asarray(buckets)[np.searchsorted(buckets, lengths.max(1))]
-            for B in (8, 32):
+            for B in (b for b in (8, 32) if b <= len(lengths)):
                 for window in (0, 1, 4, 16):
                     padded = real = 0
                     for epoch in range(args.epochs):
