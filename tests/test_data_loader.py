@@ -166,6 +166,25 @@ def test_group_lengths_of_the_collate_function_make_batches_length_aware():
     assert plain.lengths is None and _gids(plain, 3) == _plain(N, B, 0, 0)[:3]
 
 
+def test_collate_with_a_length_keyword_gets_the_global_batch_length_on_every_process():
+    N, B, P = 30, 6, 3
+    lengths = np.random.default_rng(5).integers(1, 400, size=N)
+    ref = make_train_loader(_records(N), global_batch_size=B, seed=2, lengths=lengths)
+    expected = [int(lengths[g].max()) for g in _gids(ref, 8)]
+
+    def collate(records, length=None):
+        return {"gid": np.array([r["gid"] for r in records]), "length": length}
+
+    for p in range(P):
+        loader = make_train_loader(_records(N), global_batch_size=B, seed=2, lengths=lengths,
+                                   process_index=p, process_count=P, collate=collate)
+        got = [loader.next_batch()["length"] for _ in range(8)]
+        assert got == expected  # the global batch's longest group, not this process's
+        loader.close()
+    no_lengths = make_train_loader(_records(N), global_batch_size=B, seed=2, collate=collate)
+    assert no_lengths.next_batch()["length"] is None  # called without it when lengths are unknown
+
+
 def test_length_aware_batches_pad_less_on_real_cranfield_groups():
     """Groups = each train query's judged documents (up to n = 8, the rest padding slots); a pair's
     length = whitespace tokens of query + document; a batch pads every slot to its longest group."""

@@ -27,6 +27,7 @@ The position is the number of batches handed out (not how far the prefetch ran),
 from __future__ import annotations
 
 import collections
+import inspect
 import threading
 import zlib
 from typing import Any, Callable, Mapping, Sequence
@@ -58,6 +59,13 @@ def _read(source, indices: Sequence[int]) -> list:
 
 def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, (bytes, np.bytes_)) else str(value)
+
+
+def _takes_length(fn) -> bool:
+    try:
+        return "length" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 def read_group_lengths(source, group_lengths: Callable, *, chunk: int = 4096) -> np.ndarray:
@@ -121,6 +129,7 @@ class TrainLoader:
         self.lengths = lengths
         self.window = int(window)
         self.collate = collate or stack_records
+        self._pass_length = lengths is not None and _takes_length(self.collate)
         self.prefetch = int(prefetch)
         self.num_threads = int(num_threads)
         self._position = 0            # global step of the next batch handed out
@@ -169,8 +178,14 @@ class TrainLoader:
             records = dict(zip(real, _read(self.source, real)))
             if len(real) < len(indices):
                 pad = padding_record(records[real[0]] if real else self.source[0])
-                return self.collate([records[i] if i != PAD_INDEX else pad for i in indices])
-            return self.collate([records[i] for i in indices])
+                records = [records[i] if i != PAD_INDEX else pad for i in indices]
+            else:
+                records = [records[i] for i in indices]
+            if self._pass_length:  # the same on every process: one shape per global step
+                group = self.global_batches(epoch)[step]
+                length = int(self.lengths[group[group != PAD_INDEX]].max(initial=0))
+                return self.collate(records, length=length)
+            return self.collate(records)
         except Exception as e:
             e.add_note(f"pile_jax loader: while building batch {step} of epoch {epoch} for process "
                        f"{self.process_index} (group indices {real})")
@@ -260,6 +275,11 @@ def make_train_loader(
     less padding, less randomness). ``prefetch`` batches are built ahead in ``num_threads`` grain
     threads (``prefetch=0``: built in the caller's thread); ``num_threads > 1`` requires a
     thread-safe ``collate``.
+
+    When the lengths are known and ``collate`` takes a ``length`` keyword, it is called as
+    ``collate(records, length=L)`` with ``L`` the longest group length of the whole *global*
+    batch: the same on every process, so all processes can pad the step to one shape (a global
+    ``jax.Array`` needs that), and with one process simply the batch's own longest group.
     """
     if length_aware and lengths is None:
         fn = getattr(collate, "group_lengths", None)
