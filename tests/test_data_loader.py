@@ -254,4 +254,6 @@ def test_bad_arguments_are_named():
         make_train_loader(_records(8), global_batch_size=4, seed=0, lengths=np.zeros(7, np.int64))
     with pytest.raises(ValueError, match="no batch"):
         make_train_loader(_records(3), global_batch_size=4, seed=0)
+    with pytest.raises(ValueError, match="window"):
+        make_train_loader(_records(8), global_batch_size=4, seed=0, window=0)
     assert PAD_INDEX == -1

@@ -110,7 +110,7 @@ class TrainLoader:
         n = len(source)
         check_batching(n, global_batch_size, seed=seed, process_index=process_index,
                        process_count=process_count, drop_remainder=drop_remainder)
-        for name, value, low in (("prefetch", prefetch, 0), ("num_threads", num_threads, 1)):
+        for name, value, low in (("prefetch", prefetch, 0), ("num_threads", num_threads, 1), ("window", window, 1)):
             if not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         if lengths is not None:

@@ -8,7 +8,8 @@ What is trained is a :class:`Ranker`: float32 params, a score function
 Training reads ranking groups (``query_id``, ``doc_ids [n]``, ``labels``, ``label_mask``,
 ``mask``, ``teacher_scores [T, n]``) from any random-access source (the TFDS ArrayRecord data
 source, or a list of examples) through the deterministic, resumable, prefetching loader of
-:mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history and the best dev score, so
+:mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history
+and the best dev score, so
 ``resume=True`` continues exactly where a killed run stopped: same batches, same dropout keys,
 same result.
 """
@@ -264,7 +265,7 @@ def train(
     obj = Objective.from_config(objective)
     log = log or (lambda s: None)
 
-    # --- data: deterministic loader, this host's slice of every global batch
+    # --- data: deterministic sampler, this host's slice of every global batch
     pc, pi = jax.process_count(), jax.process_index()
     n_local = jax.local_device_count() if cfg.parallel == "pmap" else 1
     if cfg.parallel == "shard_map":
