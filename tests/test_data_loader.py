@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from pile_jax.data.loader import DevicePrefetch, make_train_loader
-from pile_jax.data.sampler import PAD_INDEX
 
 
 def _records(N, n=3):
@@ -256,4 +255,3 @@ def test_bad_arguments_are_named():
         make_train_loader(_records(3), global_batch_size=4, seed=0)
     with pytest.raises(ValueError, match="window"):
         make_train_loader(_records(8), global_batch_size=4, seed=0, window=0)
-    assert PAD_INDEX == -1
