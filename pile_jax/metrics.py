@@ -35,6 +35,7 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pile_jax import _validate
 
@@ -60,14 +61,18 @@ __all__ = [
 # helpers
 
 
+def _prepare_dtype(scores, labels):
+  """Metrics compute in float32 (float64 if an input is float64), whatever the input dtype."""
+  dtype = jnp.result_type(jnp.asarray(scores).dtype, jnp.asarray(labels).dtype, jnp.float32)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
+
+
 def _prepare(scores, labels, where, *, check: bool = True):
   if check:
     _validate.check_lists(scores, labels, where=where)
   scores = jnp.asarray(scores)
   labels = jnp.asarray(labels)
-  dtype = jnp.result_type(scores.dtype, labels.dtype, jnp.float32)
-  if not jnp.issubdtype(dtype, jnp.floating):
-    dtype = jnp.float32
+  dtype = _prepare_dtype(scores, labels)
   scores = scores.astype(dtype)
   labels = labels.astype(dtype)
   if where is None:
@@ -135,12 +140,25 @@ def _safe_div(num, den):
   return jnp.where(ok, num / jnp.where(ok, den, 1.0), 0.0)
 
 
-def _gain(labels, gain):
+#: exp2 gains are taken relative to ``2^c``, ``c = max(0, max valid label of the list - 64)``.
+_EXP2_HEADROOM = 64
+
+
+def _gain(labels, gain, where=None, *, relative: bool = False):
+  """Gains (0 at padded items). ``relative=True`` (NDCG, LambdaRank weights): exp2 gains are
+  ``2^(y-c) - 2^(-c)`` = ``(2^y - 1) / 2^c`` per list, exact for labels below 64 (``c = 0``)."""
   if gain == "exp2":
-    return jnp.exp2(labels) - 1.0
-  if gain == "linear":
-    return labels
-  raise ValueError(f"gain: expected 'exp2' or 'linear'; got {gain!r}")
+    if not relative:
+      g = jnp.exp2(labels) - 1.0
+    else:
+      top = jnp.max(jnp.where(where, labels, -jnp.inf), axis=-1, keepdims=True)
+      c = jnp.maximum(jnp.where(jnp.isfinite(top), top, 0.0) - _EXP2_HEADROOM, 0.0)
+      g = jnp.exp2(labels - c) - jnp.exp2(-c)
+  elif gain == "linear":
+    g = labels
+  else:
+    raise ValueError(f"gain: expected 'exp2' or 'linear'; got {gain!r}")
+  return g if where is None else jnp.where(where, g, 0.0)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -159,13 +177,20 @@ def dcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
   _check_topn(topn)
   _gain(0.0, gain)
   _validate.check_lists(scores, labels, where=where)
+  if gain == "exp2" and _validate.is_concrete(labels, where):
+    y = np.asarray(labels, np.float64)
+    y = y[np.broadcast_to(np.asarray(True if where is None else where, bool), y.shape)]
+    if y.size and y.max() >= 128 and _prepare_dtype(scores, labels) == jnp.float32:
+      raise ValueError(
+          f"labels: the exp2 gain 2^y - 1 overflows float32 for labels >= 128 (max label "
+          f"{y.max():g}); use ndcg (scale-free, accepts any label) or gain='linear'")
   return _dcg(scores, labels, where, topn=topn, gain=gain)
 
 
 @functools.partial(jax.jit, static_argnames=("topn", "gain"))
 def _dcg(scores, labels, where, *, topn, gain):
   scores, labels, where = _prepare(scores, labels, where, check=False)
-  g = jnp.where(where, _gain(labels, gain), 0.0)
+  g = _gain(labels, gain, where)
   g_sorted, w_sorted = _sorted_by_score(scores, g, where)
   return _dcg_sorted(g_sorted, w_sorted, topn)
 
@@ -199,7 +224,7 @@ def ndcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
 @functools.partial(jax.jit, static_argnames=("topn", "gain"))
 def _ndcg(scores, labels, where, *, topn, gain):
   scores, labels, where = _prepare(scores, labels, where, check=False)
-  g = jnp.where(where, _gain(labels, gain), 0.0)
+  g = _gain(labels, gain, where, relative=True)
   g_sorted, w_sorted = _sorted_by_score(scores, g, where)
   actual = _dcg_sorted(g_sorted, w_sorted, topn)
   ig_sorted, iw_sorted = _sorted_by_score(g, g, where)
