@@ -74,8 +74,9 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
     _validate.check_teacher_lists(teacher_scores, labels, where=where,
                                   require_labels=require_labels)
   s = jnp.asarray(teacher_scores)
-  if not jnp.issubdtype(s.dtype, jnp.floating):
-    s = s.astype(jnp.float32)
+  # float32 (float64 if given): bf16/fp16/int teacher logits are ensembled in float32.
+  dtype = jnp.result_type(s.dtype, jnp.float32)
+  s = s.astype(dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
   list_shape = s.shape[1:]
   if where is None:
     m = jnp.ones(list_shape, dtype=bool)
@@ -89,16 +90,41 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
   return s, y, m
 
 
+#: Lists whose largest valid |logit| exceeds 2^_SCALE_EXP are ensembled in units of a power of two.
+_SCALE_EXP = 40
+
+
+def _list_scale(s: Array, m: Array) -> Array:
+  """Per list, the power of two ``c >= 1`` with ``max_valid |s| / c <= 2^40``: ``[..., 1]``.
+
+  ``c = 1`` (no change to any bit) unless a list holds logits beyond ~1.1e12. Dividing by ``c``
+  is exact, so huge but finite logits (up to ±3.4e38) cannot overflow sums, means or squares.
+  """
+  a = jax.lax.stop_gradient(jnp.max(jnp.where(m[None], jnp.abs(s), 0.0), axis=(0, -1)))
+  _, e = jnp.frexp(jnp.where(jnp.isfinite(a), a, 0.0))
+  return jnp.ldexp(jnp.ones((), s.dtype), jnp.maximum(e - _SCALE_EXP, 0))[..., None]
+
+
+def _teacher_mean(s: Array, m: Array) -> Array:
+  """``mean_k s[k]`` ``[..., n]`` without overflow for huge finite logits."""
+  c = _list_scale(s, m)
+  return jnp.mean(s / c[None], axis=0) * c
+
+
 def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array) -> Array:
-  """Applies ``core(s [T, n], y [n], m [n], lm [n]) -> [n]`` to every list of ``[T, ..., n]``
-  inputs (``lm``: the items that take part in labelled pairs)."""
+  """Applies ``core(s [T, n], y [n], m [n], lm [n], c) -> [n]`` to every list of ``[T, ..., n]``
+  inputs (``lm``: the items that take part in labelled pairs). The core sees the logits in
+  units of ``c`` (:func:`_list_scale`; ``c = 1`` for ordinary logits) and its output is
+  multiplied back by ``c``."""
   t = s.shape[0]
   list_shape = s.shape[1:]
   n = list_shape[-1]
   b = math.prod(list_shape[:-1])
   s_b = jnp.moveaxis(s, 0, -2).reshape((b, t, n))
-  out = jax.vmap(core)(s_b, y.reshape((b, n)), m.reshape((b, n)), lm.reshape((b, n)))
-  return out.reshape(list_shape)
+  c = _list_scale(s, m).reshape((b, 1))
+  out = jax.vmap(core)(s_b / c[:, :, None], y.reshape((b, n)), m.reshape((b, n)),
+                       lm.reshape((b, n)), c[:, 0])
+  return (out * c).reshape(list_shape)
 
 
 def _label_mask(m: Array, label_where) -> Array:
@@ -147,7 +173,8 @@ def _violated(z: Array, fixable: Array, eps) -> Array:
 # PILE variants (one list)
 
 
-def _consensus_core(s, y, m, lm, *, num_iters, damping, eps):
+def _consensus_core(s, y, m, lm, c, *, num_iters, damping, eps):
+  eps = eps / c  # logits are in units of c (equivariant: exact)
   P = _labelled_pairs(y, lm)
   cnt, u, l = _pair_stats(s, P)
   fixable = P & (cnt > 0)
@@ -176,8 +203,11 @@ def _pair_loss_fn(loss: str) -> Callable[[Array], Array]:
   raise ValueError(f"loss: expected one of {list(RESPONSIBILITY_LOSSES)}; got {loss!r}")
 
 
-def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
-  ell = _pair_loss_fn(loss)
+def _responsibility_core(s, y, m, lm, c, *, num_iters, damping, temperature, loss):
+  # logits are in units of c: the losses see the real differences c * d (which may overflow to
+  # +-inf; every loss maps that to 0 or +inf, and an infinite L_ki only zeroes rho_ki)
+  ell_unit = _pair_loss_fn(loss)
+  ell = lambda d: ell_unit(c * d)
   P = _labelled_pairs(y, lm)
   has_partner = jnp.any(P, axis=1) | jnp.any(P, axis=0)
   z0 = jnp.mean(s, axis=0)
@@ -190,7 +220,9 @@ def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
     lower = _pairwise(lambda si, zj: ell(zj - si), cols, z)
     Lki = (jnp.sum(jnp.where(P[:, :, None], upper, 0.0), axis=1)
            + jnp.sum(jnp.where(P.T[:, :, None], lower, 0.0), axis=1))  # [n, M]
-    rho = jax.nn.softmax(-Lki / temperature, axis=-1)
+    logits = -Lki / temperature
+    logits = jnp.where(logits == -jnp.inf, jnp.finfo(logits.dtype).min, logits)  # all -inf: uniform
+    rho = jax.nn.softmax(logits, axis=-1)
     target = jnp.sum(rho * cols, axis=-1)
     return jnp.where(has_partner, (1.0 - damping) * z + damping * target, z)
 
@@ -198,7 +230,10 @@ def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
   return jnp.where(m, z, 0.0)
 
 
-def _regularised_core(s, y, m, lm, *, num_iters, temperature, lam, gamma):
+def _regularised_core(s, y, m, lm, c, *, num_iters, temperature, lam, gamma):
+  # logits in units of c: the objective divided by c^2 is the same objective with
+  # gamma/c, tau/c, lam/c (exact: the step size depends on lam/tau only)
+  temperature, lam, gamma = temperature / c, lam / c, gamma / c
   P = _labelled_pairs(y, lm)
   z0 = jnp.mean(s, axis=0)
   n_valid = jnp.maximum(jnp.sum(m), 1).astype(s.dtype)
@@ -363,7 +398,7 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
 @jax.jit
 def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
-  z0 = jnp.where(m, jnp.mean(s, axis=0), 0.0)
+  z0 = jnp.where(m, _teacher_mean(s, m), 0.0)
   lm = _label_mask(m, label_where)
 
   def core(s_l, y_l, m_l, z0_l, z_l):
@@ -413,7 +448,7 @@ def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
 @jax.jit
 def _mean(teacher_scores, labels, where):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
-  return jnp.where(m, jnp.mean(s, axis=0), 0.0)
+  return jnp.where(m, _teacher_mean(s, m), 0.0)
 
 
 def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
@@ -438,7 +473,8 @@ def _weighted_mean(teacher_scores, labels, where, weights):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
   w = jnp.asarray(weights, dtype=s.dtype)
   w = w / jnp.sum(w)
-  z = jnp.tensordot(w, s, axes=(0, 0))
+  c = _list_scale(s, m)
+  z = jnp.tensordot(w, s / c[None], axes=(0, 0)) * c
   return jnp.where(m, z, 0.0)
 
 
@@ -472,6 +508,7 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
 @jax.jit
 def _zscore_mean(teacher_scores, labels, where):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  s = s / _list_scale(s, m)[None]  # scale-invariant; keeps squares of huge logits finite
   mf = m.astype(s.dtype)[None]
   cnt = jnp.maximum(jnp.sum(mf, axis=-1, keepdims=True), 1.0)
   mu = jnp.sum(s * mf, axis=-1, keepdims=True) / cnt

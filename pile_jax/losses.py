@@ -426,7 +426,10 @@ def _pairwise_distill_logistic(scores, teacher_scores, where, temperature, *, re
   s, t, valid = _teacher_pair_setup(scores, teacher_scores, where)
   p = jax.nn.sigmoid(_pairs(t, jnp.subtract) / temperature)
   d = _pairs(s, jnp.subtract)
-  loss = _softplus(d) - p * d
+  # softplus(d) - p d, written as p softplus(-d) + (1 - p) softplus(d) with 0 * inf := 0:
+  # no inf - inf when huge teacher gaps saturate p to 0 or 1.
+  loss = (jnp.where(p > 0, p * _softplus(-d), 0.0)
+          + jnp.where(p < 1, (1.0 - p) * _softplus(d), 0.0))
   return _reduce(loss, valid, reduce_fn)
 
 
@@ -467,7 +470,7 @@ def _softmax_ce(scores, labels, where, weights, *, reduce_fn):
   mass = jnp.sum(y, axis=-1)
   has_target = jnp.any(m, axis=-1) & (mass > 0)
   p = y / jnp.where(has_target, mass, 1.0)[..., None]
-  loss = -jnp.sum(p * _masked_log_softmax(s, m), axis=-1)
+  loss = -jnp.sum(jnp.where(p > 0, p * _masked_log_softmax(s, m), 0.0), axis=-1)  # 0 log 0 = 0
   return _reduce(loss, has_target, reduce_fn)
 
 
@@ -497,7 +500,7 @@ def _listwise_kl(scores, teacher_scores, where, temperature, *, reduce_fn):
   log_p = _masked_log_softmax(t / temperature, m)
   log_q = _masked_log_softmax(s / temperature, m)
   p = jnp.where(m, jnp.exp(log_p), 0.0)
-  kl = jnp.sum(jnp.where(m, p * (log_p - log_q), 0.0), axis=-1)
+  kl = jnp.sum(jnp.where(m & (p > 0), p * (log_p - log_q), 0.0), axis=-1)  # 0 log 0 = 0
   return _reduce((temperature ** 2) * kl, jnp.any(m, axis=-1), reduce_fn)
 
 

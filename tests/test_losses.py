@@ -581,3 +581,26 @@ def test_bad_inputs_raise_value_error_naming_argument():
   jax.jit(L.listmle)(bad, y)
   with pytest.raises(ValueError, match="^labels:"):
     jax.jit(L.listmle)(s, np.zeros((2, 3)))
+
+
+def test_listwise_and_distill_losses_no_nan_at_float32_extremes():
+  """Logits of ±3e38: softmax_ce, listwise_kl and pairwise_distill_logistic give the float64
+  values (0 log 0 = 0; no inf - inf), never NaN."""
+  s = np.array([[3e38, -3e38, 1.0, 0.0]], np.float32)
+  y = np.array([[2.0, 0.0, 1.0, 0.0]], np.float32)
+  s64 = s[0].astype(np.float64)
+  log_q = s64 - np.logaddexp.reduce(s64)
+  p = y[0] / y[0].sum()
+  want_ce = -np.sum(np.where(p > 0, p * log_q, 0.0))
+  assert float(L.softmax_ce(s, y)) == pytest.approx(want_ce, rel=1e-5)
+  assert float(L.listwise_kl(s, s)) == 0.0
+  t = np.array([[3e38, 1.0, -3e38, 0.0]], np.float32)
+  t64 = t[0].astype(np.float64)
+  vals = []
+  for i in range(4):
+    for j in range(4):
+      if i != j:
+        ds, dt = s64[i] - s64[j], t64[i] - t64[j]
+        pij = 0.5 * (1 + math.tanh(dt / 2))
+        vals.append(pij * _softplus(-ds) + (1 - pij) * _softplus(ds))
+  assert float(L.pairwise_distill_logistic(s, t)) == pytest.approx(np.mean(vals), rel=1e-5)
