@@ -345,6 +345,25 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     ``[..., n]`` ensemble logits; 0 at padded items.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0],   # [T=2, n=4] logits: teacher 0
+    ...                       [1.0, 2.5, 0.5, 0.0]])   # teacher 1 puts item 1 (label 0) first
+    >>> labels, mask = jnp.array([3.0, 0.0, 1.0, 0.0]), jnp.array([True, True, True, False])
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels), float), 4))  # the mean violates pair (2, 1); moved towards teacher 0
+    [ 2.5    1.375  1.625 -0.5  ]
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels, where=mask), float), 4))  # padded items get 0
+    [2.5   1.375 1.625 0.   ]
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels, variant="regularised", lam=0.5), float), 4))
+    [ 2.7343  1.4567  1.3991 -0.5901]
+    >>> batch_t, batch_y = jnp.stack([teachers, teachers[::-1]], 1), jnp.stack([labels, labels])
+    >>> print(np.round(np.asarray(pj.pile(batch_t, batch_y), float), 4))  # [T, B, n] -> [B, n]
+    [[ 2.5    1.375  1.625 -0.5  ]
+     [ 2.5    1.375  1.625 -0.5  ]]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pile, in_axes=(1, 0))(batch_t, batch_y), float), 4))  # the same, list by list
+    [[ 2.5    1.375  1.625 -0.5  ]
+     [ 2.5    1.375  1.625 -0.5  ]]
   """
   _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
@@ -387,6 +406,16 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
   * ``"teacher_pair_accuracy"`` ``[T, ...]``: fraction of ``P`` each teacher orders strictly
     correctly (``A_k``; ties count as wrong), 0 for lists without labelled pairs;
   * ``"mean_pair_accuracy"`` / ``"ensemble_pair_accuracy"`` ``[...]``: same for ``z⁰`` / output.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> d = pj.pile_diagnostics(teachers, jnp.array([3.0, 0.0, 1.0, 0.0]))
+    >>> print(d['labelled_pairs'], d['violated_before'], d['violated_after'], np.round(np.asarray(d['teacher_pair_accuracy'], float), 2))
+    5 1 0 [1.  0.6]
+    >>> d = pj.pile_diagnostics(teachers, jnp.array([3.0, 0.0, 1.0, 0.0]), where=jnp.array([True, True, True, False]))
+    >>> print(d['labelled_pairs'], round(float(d['mean_pair_accuracy']), 4), float(d['ensemble_pair_accuracy']))
+    3 0.6667 1.0
   """
   eps = pile_options.get("eps", 0.0)
   z = pile(teacher_scores, labels, where=where, **pile_options)
@@ -440,7 +469,19 @@ def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
 
 def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
          where: Optional[Array] = None) -> Array:
-  r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items)."""
+  r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])  # [T=2, n=4]
+    >>> print(np.round(np.asarray(pj.mean(teachers), float), 4))
+    [ 2.5   1.75  1.25 -0.5 ]
+    >>> print(np.round(np.asarray(pj.mean(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [2.5  1.75 1.25 0.  ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.mean, in_axes=1)(jnp.stack([teachers, 2 * teachers], 1)), float), 4))  # [T, B, n] list by list
+    [[ 2.5   1.75  1.25 -0.5 ]
+     [ 5.    3.5   2.5  -1.  ]]
+  """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _mean(teacher_scores, labels, where)
 
@@ -456,6 +497,17 @@ def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
   r"""Fixed-weight ensemble :math:`z_i = \sum_k w_k s_{ki} / \sum_k w_k`.
 
   ``weights`` ``[T]`` must be non-negative with a positive sum (normalised here).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.weighted_mean(teachers, weights=jnp.array([3.0, 1.0])), float), 4))  # (3 s_0 + s_1) / 4
+    [ 3.25   1.375  1.625 -0.75 ]
+    >>> print(np.round(np.asarray(pj.weighted_mean(teachers, where=jnp.array([True, True, True, False]), weights=jnp.array([0.5, 0.5])), float), 4))
+    [2.5  1.75 1.25 0.  ]
+    >>> print(np.round(np.asarray(pj.weighted_mean(jnp.stack([teachers, teachers], 1), weights=jnp.array([1.0, 0.0])), float), 4))  # [T, B, n]
+    [[ 4.  1.  2. -1.]
+     [ 4.  1.  2. -1.]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where)
   t = np.shape(teacher_scores)[0]
@@ -480,7 +532,19 @@ def _weighted_mean(teacher_scores, labels, where, weights):
 
 def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
                  where: Optional[Array] = None) -> Array:
-  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``)."""
+  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.max_ensemble(teachers), float), 4))
+    [4.  2.5 2.  0. ]
+    >>> print(np.round(np.asarray(pj.max_ensemble(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [4.  2.5 2.  0. ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.max_ensemble, in_axes=1)(jnp.stack([teachers, -teachers], 1)), float), 4))
+    [[ 4.   2.5  2.   0. ]
+     [-1.  -1.  -0.5  1. ]]
+  """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _max_ensemble(teacher_scores, labels, where)
 
@@ -500,6 +564,16 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
   with :math:`\mu_k`, :math:`\sigma_k` the mean and population standard deviation of teacher
   ``k``'s logits over the *valid* items of the list; :math:`\sigma_k = 0` (constant teacher or
   one valid item) is replaced by 1 (the teacher is only centred).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.zscore_mean(teachers), float), 4))
+    [ 0.6934  0.6631 -0.1286 -1.2279]
+    >>> print(np.round(np.asarray(pj.zscore_mean(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [ 0.472   0.1519 -0.6239  0.    ]
+    >>> print(np.round(np.asarray(pj.zscore_mean(100.0 * teachers + 3.0), float), 4))  # invariant to each teacher's scale and shift
+    [ 0.6934  0.6631 -0.1286 -1.2279]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _zscore_mean(teacher_scores, labels, where)
@@ -529,6 +603,17 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
   .. math:: z_i = \frac{1}{M}\sum_k \frac{n_v - \mathrm{rank}_k(i)}{\max(n_v - 1, 1)} \in [0, 1]
 
   (1 for an item every teacher puts first, 0 for one every teacher puts last).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.rank_average(teachers), float), 4))
+    [0.8333 0.6667 0.5    0.    ]
+    >>> print(np.round(np.asarray(pj.rank_average(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [0.75 0.5  0.25 0.  ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.rank_average, in_axes=1)(jnp.stack([teachers, teachers[::-1]], 1)), float), 4))
+    [[0.8333 0.6667 0.5    0.    ]
+     [0.8333 0.6667 0.5    0.    ]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _rank_average(teacher_scores, labels, where)
@@ -555,6 +640,18 @@ def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
   Ties (including lists without labelled pairs, where every PNR is 0) go to the lowest teacher
   index. Uses the labels of the list it scores: an oracle/upper-bound baseline. The PNR counts
   only items in ``label_where`` (default: every valid item); the chosen logits cover all of ``where``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(teachers, labels), float), 4))  # teacher 0 orders every labelled pair
+    [ 4.  1.  2. -1.]
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(teachers, labels, where=jnp.array([True, True, True, False])), float), 4))
+    [4. 1. 2. 0.]
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(jnp.stack([teachers, teachers[::-1]], 1), jnp.stack([labels, labels])), float), 4))
+    [[ 4.  1.  2. -1.]
+     [ 4.  1.  2. -1.]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
   _check_label_where(label_where, labels)
@@ -594,7 +691,16 @@ LABEL_ENSEMBLES = frozenset(_NEEDS_LABELS)
 
 def ensemble(name: str, teacher_scores: Array, labels: Optional[Array] = None, *,
              where: Optional[Array] = None, **options) -> Array:
-  """Runs the ensemble registered as ``name`` (see :data:`ENSEMBLES`) with ``options``."""
+  """Runs the ensemble registered as ``name`` (see :data:`ENSEMBLES`) with ``options``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.ensemble.ensemble("mean", teachers), float), 4))
+    [ 2.5   1.75  1.25 -0.5 ]
+    >>> print(np.round(np.asarray(pj.ensemble.ensemble("pile", teachers, jnp.array([3.0, 0.0, 1.0, 0.0]), num_iters=5), float), 4))
+    [ 2.5    1.375  1.625 -0.5  ]
+  """
   if name not in ENSEMBLES:
     raise ValueError(f"name: unknown ensemble {name!r}; expected one of {sorted(ENSEMBLES)}")
   if name in _NEEDS_LABELS and labels is None:

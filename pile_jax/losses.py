@@ -28,7 +28,21 @@ Every loss is ``f(scores, labels_or_teacher, *, where=None, ..., reduce_fn=jnp.m
 * Pairwise terms are built by broadcasting ``[..., n, 1]`` against ``[..., 1, n]`` (no Python
   loop over items).
 
+* **Precision.** Losses compute and return float32 for bf16/fp16/integer inputs (float64 for
+  float64 inputs): sums and the counts in means are never rounded to bf16.
+* **Huge finite inputs** never give NaN. Means are summed in units of a power of two, and
+  ``margin_mse`` forms ``(s_i - t_i) - (s_j - t_j)`` in quarters, so a loss is finite whenever
+  its value fits in float32 (inputs up to ±3.4e38). When the value itself exceeds float32
+  (``pointwise_mse`` / ``margin_mse`` on differences beyond ~1.8e19), an eager call raises a
+  ``ValueError`` naming the arguments; under ``jit`` the value is ``inf``.
+* **Jit.** Call sites jit (e.g. the train step). Eagerly, a call with the built-in options
+  (``reduce_fn`` in ``jnp.mean``/``jnp.sum``/``None``, ``lambdaweight`` ``None`` or a name) runs
+  one cached compiled computation per shape; a user callable runs un-jitted, so a fresh lambda
+  per call never retraces a cache -- jit your own function around it, as with Rax.
+
 Input checks (:mod:`pile_jax._validate`) run eagerly; under ``jit`` only shape checks run.
+The registry :data:`LOSS_REGISTRY` holds one :class:`LossSpec` per name (function, target kind,
+bound defaults); ``LOSSES`` and ``LOSS_TARGETS`` are read-only views of it.
 """
 
 from __future__ import annotations
@@ -167,6 +181,31 @@ def _softplus(x: Array) -> Array:
   return jax.nn.relu(x) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
+
+# The built-in options are jitted once per shape; a user callable (``reduce_fn``,
+# ``lambdaweight``) runs un-jitted (jit it in your own code, as with Rax), so a fresh lambda per
+# call never fills a cache with retraced copies.
+_BUILTIN_CALLABLES = (jnp.mean, jnp.sum)
+
+
+def _is_builtin(value) -> bool:
+  return value is None or isinstance(value, str) or any(value is b for b in _BUILTIN_CALLABLES)
+
+
+def _jit_builtin_statics(*static_argnames: str):
+  """``jax.jit`` with ``static_argnames`` when every one of them is a built-in option (None, a
+  string, ``jnp.mean``/``jnp.sum``); the plain function otherwise."""
+  def wrap(impl):
+    jitted = jax.jit(impl, static_argnames=static_argnames)
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+      builtin = all(_is_builtin(kwargs.get(k)) for k in static_argnames)
+      return (jitted if builtin else impl)(*args, **kwargs)
+    return call
+  return wrap
+
+
 def _check_reduce_fn(reduce_fn):
   if reduce_fn is not None and not callable(reduce_fn):
     raise ValueError(f"reduce_fn: expected jnp.mean, jnp.sum, None or a callable; got {reduce_fn!r}")
@@ -188,6 +227,19 @@ def pointwise_mse(scores: Array, targets: Array, *, where: Optional[Array] = Non
 
   Returns:
     Scalar, or ``[..., n]`` per-item values when ``reduce_fn=None`` (0 at padded items).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pointwise_mse(scores, teacher):.4f}")  # (4 + 0 + 2.25 + 1) / 4
+    1.8125
+    >>> print(f"{pj.pointwise_mse(scores, teacher, where=mask):.4f}")  # (4 + 0 + 2.25) / 3
+    2.0833
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pointwise_mse)(S, T), float), 4))  # one loss per list
+    [1.8125 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, targets, where=where, weights=weights, names=("scores", "targets"))
@@ -198,6 +250,7 @@ def pointwise_mse(scores: Array, targets: Array, *, where: Optional[Array] = Non
   return out
 
 
+@_jit_builtin_statics('reduce_fn')
 def _pointwise_mse(scores, targets, where, weights, *, reduce_fn):
   s, t, m, w = _prepare(scores, targets, where, weights, check=False)
   loss = jnp.square(s - t)
@@ -220,6 +273,19 @@ def pointwise_sigmoid_ce(scores: Array, labels: Array, *, where: Optional[Array]
 
   Returns:
     Scalar, or ``[..., n]`` per-item values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pointwise_sigmoid_ce(scores, labels / 3.0):.4f}")
+    0.7352
+    >>> print(f"{pj.pointwise_sigmoid_ce(scores, labels / 3.0, where=mask):.4f}")
+    0.7492
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pointwise_sigmoid_ce)(S, Y / 3.0), float), 4))
+    [0.7352 0.9435]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where, weights=weights)
@@ -227,6 +293,7 @@ def pointwise_sigmoid_ce(scores: Array, labels: Array, *, where: Optional[Array]
   return _pointwise_sigmoid_ce(scores, labels, where, weights, reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('reduce_fn')
 def _pointwise_sigmoid_ce(scores, labels, where, weights, *, reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
   y = jnp.clip(y, 0.0, 1.0)
@@ -254,10 +321,23 @@ def ndcg_lambdaweight(scores: Array, labels: Array, *, where: Optional[Array] = 
 
   Returns:
     ``[..., n, n]`` weights, 0 for pairs involving padded items.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores, labels = jnp.array([2.0, 1.0, 0.0]), jnp.array([0.0, 1.0, 0.0])
+    >>> print(np.round(np.asarray(pj.losses.ndcg_lambdaweight(scores, labels), float), 4))  # |ΔNDCG| of swapping i and j
+    [[0.     0.3691 0.    ]
+     [0.3691 0.     0.1309]
+     [0.     0.1309 0.    ]]
+    >>> print(np.round(np.asarray(pj.losses.ndcg_lambdaweight(scores, labels, where=jnp.array([True, True, False])), float), 4))
+    [[0.     0.3691 0.    ]
+     [0.3691 0.     0.    ]
+     [0.     0.     0.    ]]
   """
   return _ndcg_lambdaweight(scores, labels, where)
 
 
+@jax.jit
 def _ndcg_lambdaweight(scores, labels, where):
   s = jax.lax.stop_gradient(jnp.asarray(scores))
   y = jnp.asarray(labels)
@@ -303,6 +383,7 @@ def _hard_pair_loss(kind, scores, labels, where, weights, lambdaweight, reduce_f
                               lambdaweight=lambdaweight, reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('kind', 'lambdaweight', 'reduce_fn')
 def _hard_pair_loss_impl(scores, labels, where, weights, margin, *, kind, lambdaweight,
                          reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
@@ -334,6 +415,25 @@ def pairwise_logistic(scores: Array, labels: Array, *, where: Optional[Array] = 
 
   Returns:
     Scalar, or ``[..., n, n]`` per-pair values (entry ``[i, j]``) when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_logistic(scores, labels):.4f}")  # mean over the 5 pairs with y_i > y_j
+    0.4180
+    >>> print(f"{pj.pairwise_logistic(scores, labels, where=mask):.4f}")
+    0.4963
+    >>> print(f"{pj.pairwise_logistic(scores, labels, where=mask, lambdaweight='ndcg'):.4f}")  # LambdaRank
+    0.0673
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_logistic)(S, Y), float), 4))
+    [0.418 1.318]
+    >>> print(f"{pj.pairwise_logistic(S, Y):.4f}")  # leading axes are batch axes: mean over all pairs
+    0.8680
+    >>> print(f"{pj.pairwise_logistic(S, Y, reduce_fn=lambda v, where: jnp.max(v, where=where, initial=0.0)):.4f}")
+    2.1269
   """
   return _hard_pair_loss("logistic", scores, labels, where, weights, lambdaweight, reduce_fn)
 
@@ -349,6 +449,19 @@ def pairwise_hinge(scores: Array, labels: Array, *, margin: float = 1.0,
 
   Same pair set, weights and reduction as :func:`pairwise_logistic` (``margin=1`` is
   ``rax.pairwise_hinge_loss``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_hinge(scores, labels):.4f}")  # only pair (2, 1) 1.5 and (2, 3) 0.5 violate the margin: 2 / 5
+    0.4000
+    >>> print(f"{pj.pairwise_hinge(scores, labels, where=mask, margin=0.5):.4f}")
+    0.3333
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_hinge)(S, Y), float), 4))
+    [0.4 1.9]
   """
   return _hard_pair_loss("hinge", scores, labels, where, weights, lambdaweight, reduce_fn,
                          margin=margin)
@@ -381,6 +494,21 @@ def margin_mse(scores: Array, teacher_scores: Array, *, where: Optional[Array] =
 
   Returns:
     Scalar, or ``[..., n, n]`` per-pair values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.margin_mse(scores, teacher):.4f}")  # e = s - t = [-2, 0, -1.5, 1]: mean of (e_i - e_j)^2
+    3.7917
+    >>> print(f"{pj.margin_mse(scores, teacher, where=mask):.4f}")
+    2.1667
+    >>> print(f"{pj.margin_mse(teacher + 7.0, teacher):.4f}")  # shift-invariant
+    0.0000
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.margin_mse)(S, T), float), 4))
+    [3.7917 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, teacher_scores, where=where, names=("scores", "teacher_scores"))
@@ -392,6 +520,7 @@ def margin_mse(scores: Array, teacher_scores: Array, *, where: Optional[Array] =
   return out
 
 
+@_jit_builtin_statics('reduce_fn')
 def _margin_mse(scores, teacher_scores, where, *, reduce_fn):
   s, t, valid = _teacher_pair_setup(scores, teacher_scores, where)
   # (s_i - s_j) - (t_i - t_j) = e_i - e_j with e = s - t, computed in quarters (exact powers of
@@ -414,6 +543,19 @@ def pairwise_distill_logistic(scores: Array, teacher_scores: Array, *, temperatu
   over ordered pairs ``i != j`` of valid items (symmetric: :math:`\ell_{ij} = \ell_{ji}`);
   ``jnp.mean`` averages over them for the whole batch. Its minimum over ``s`` is the binary
   entropy of :math:`p`, reached at :math:`s_i - s_j = (t_i - t_j)/\tau`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_distill_logistic(scores, teacher):.4f}")
+    0.4418
+    >>> print(f"{pj.pairwise_distill_logistic(scores, teacher, where=mask, temperature=2.0):.4f}")
+    0.6286
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_distill_logistic)(S, T), float), 4))
+    [0.4418 0.2891]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_positive("temperature", temperature)
@@ -422,6 +564,7 @@ def pairwise_distill_logistic(scores: Array, teacher_scores: Array, *, temperatu
                                     reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('reduce_fn')
 def _pairwise_distill_logistic(scores, teacher_scores, where, temperature, *, reduce_fn):
   s, t, valid = _teacher_pair_setup(scores, teacher_scores, where)
   p = jax.nn.sigmoid(_pairs(t, jnp.subtract) / temperature)
@@ -454,6 +597,21 @@ def softmax_ce(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.softmax_ce(scores, labels):.4f}")
+    0.9210
+    >>> print(f"{pj.softmax_ce(scores, labels, where=mask):.4f}")
+    0.8394
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.softmax_ce)(S, Y), float), 4))
+    [0.921  2.3716]
+    >>> print(np.round(np.asarray(pj.softmax_ce(S, Y, reduce_fn=None), float), 4))  # per-list values
+    [0.921  2.3716]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where, weights=weights)
@@ -463,6 +621,7 @@ def softmax_ce(scores: Array, labels: Array, *, where: Optional[Array] = None,
   return _softmax_ce(scores, labels, where, weights, reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('reduce_fn')
 def _softmax_ce(scores, labels, where, weights, *, reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
   if w is not None:
@@ -487,6 +646,21 @@ def listwise_kl(scores: Array, teacher_scores: Array, *, temperature: float = 1.
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.listwise_kl(scores, teacher):.4f}")
+    0.2132
+    >>> print(f"{pj.listwise_kl(scores, teacher, where=mask, temperature=2.0):.4f}")
+    0.2777
+    >>> print(f"{pj.listwise_kl(teacher, teacher):.4f}")  # 0 when the student equals the teacher
+    0.0000
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.listwise_kl)(S, T), float), 4))
+    [0.2132 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_positive("temperature", temperature)
@@ -494,6 +668,7 @@ def listwise_kl(scores: Array, teacher_scores: Array, *, temperature: float = 1.
   return _listwise_kl(scores, teacher_scores, where, temperature, reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('reduce_fn')
 def _listwise_kl(scores, teacher_scores, where, temperature, *, reduce_fn):
   s, t, m, _ = _prepare(scores, teacher_scores, where, check=False)
   t = jax.lax.stop_gradient(t)
@@ -519,12 +694,26 @@ def listmle(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.listmle(scores, labels):.4f}")
+    2.0395
+    >>> print(f"{pj.listmle(scores, labels, where=mask):.4f}")
+    1.4384
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.listmle)(S, Y), float), 4))
+    [2.0395 5.2401]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where)
   return _listmle(scores, labels, where, reduce_fn=reduce_fn)
 
 
+@_jit_builtin_statics('reduce_fn')
 def _listmle(scores, labels, where, *, reduce_fn):
   s, y, m, _ = _prepare(scores, labels, where, check=False)
   n = s.shape[-1]
@@ -555,7 +744,7 @@ class LossSpec:
   >>> spec.fn.__name__, spec.target, dict(spec.defaults)
   ('pairwise_logistic', 'labels', {'lambdaweight': 'ndcg'})
   >>> round(float(spec(jnp.array([2.0, 1.0, 0.0]), jnp.array([0.0, 1.0, 2.0]))), 4)
-  0.6806
+  0.369
   """
 
   fn: Callable[..., Array]

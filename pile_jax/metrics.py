@@ -108,6 +108,13 @@ def ranks(scores: Array, *, where: Optional[Array] = None) -> Array:
   """1-based ranks ``[..., n]`` (score descending, ties by index ascending).
 
   Padded items get ranks after all valid items. Not differentiable (integer output).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> print(pj.metrics.ranks(jnp.array([0.5, 2.0, 0.5, 1.0])))  # ties by index
+    [3 1 4 2]
+    >>> print(pj.metrics.ranks(jnp.array([0.5, 2.0, 0.5, 1.0]), where=jnp.array([True, False, True, True])))
+    [2 4 3 1]
   """
   scores = jnp.asarray(scores)
   if where is None:
@@ -175,6 +182,19 @@ def dcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   with :math:`\pi` the score ranking (ties by index) and :math:`g(y) = 2^y - 1` (``"exp2"``,
   Burges et al. 2005) or :math:`g(y) = y` (``"linear"``, trec_eval).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.metrics.dcg(scores, labels):.4f}")  # 7/log2(2) + 1/log2(4)
+    7.5000
+    >>> print(f"{pj.metrics.dcg(scores, labels, where=mask, topn=2, gain='linear'):.4f}")  # 3/1 + 0
+    3.0000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.metrics.dcg)(S, Y), float), 4))
+    [7.5    3.6457]
   """
   _check_topn(topn)
   _gain(0.0, gain)
@@ -216,6 +236,21 @@ def ndcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     ``[...]`` per-list NDCG in ``[0, 1]`` for non-negative labels.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.ndcg(scores, labels):.4f}")  # 7.5 / (7 + 1/log2(3))
+    0.9828
+    >>> print(f"{pj.ndcg(-scores, labels, where=mask, topn=2):.4f}")
+    0.1310
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(pj.ndcg(S, Y), float), 4))  # one value per list
+    [0.9828 0.4777]
+    >>> print(np.round(np.asarray(jax.vmap(lambda s, y: pj.ndcg(s, y, where=mask))(S, Y), float), 4))
+    [0.9828 0.5897]
   """
   _check_topn(topn)
   _gain(0.0, gain)
@@ -255,6 +290,19 @@ def mrr(scores: Array, labels: Array, *, where: Optional[Array] = None,
   .. math:: \mathrm{RR@k} = \max_{r \le k} \frac{\mathbb{1}[y_{\pi(r)} > \theta]}{r}
 
   Equals trec_eval ``recip_rank`` (no cut-off) and ``rax.mrr_metric``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.mrr(-scores, labels):.4f}")  # first relevant item at rank 2
+    0.5000
+    >>> print(f"{pj.mrr(-scores, labels, where=mask, topn=1):.4f}")
+    1.0000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.mrr)(S, Y), float), 4))
+    [1.  0.5]
   """
   _check_topn(topn)
   _validate.check_lists(scores, labels, where=where)
@@ -278,6 +326,19 @@ def average_precision(scores: Array, labels: Array, *, where: Optional[Array] = 
   where :math:`R` is the number of relevant *valid items in the list* (not capped by ``k``;
   trec_eval's ``map`` when every judged relevant document is in the list; ``rax.ap_metric``).
   Lists with ``R = 0`` get 0.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.average_precision(-scores, labels):.4f}")  # relevant at ranks 2 and 4: (1/2 + 2/4) / 2
+    0.5000
+    >>> print(f"{pj.average_precision(-scores, labels, where=mask):.4f}")  # (1/1 + 2/3) / 2
+    0.8333
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.average_precision)(S, Y), float), 4))
+    [0.8333 0.5   ]
   """
   _check_topn(topn)
   _validate.check_lists(scores, labels, where=where)
@@ -297,6 +358,19 @@ def recall(scores: Array, labels: Array, *, where: Optional[Array] = None,
   r"""Recall@k: relevant items in the top ``k`` / relevant valid items (0 when there are none).
 
   Matches ``rax.recall_metric``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.recall(-scores, labels, topn=2):.4f}")  # 1 of the 2 relevant items in the top 2
+    0.5000
+    >>> print(f"{pj.recall(-scores, labels, where=mask, topn=2):.4f}")
+    0.5000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(lambda s, y: pj.recall(s, y, topn=2))(S, Y), float), 4))
+    [0.5 0.5]
   """
   _check_topn(topn)
   _validate.check_lists(scores, labels, where=where)
@@ -316,6 +390,19 @@ def precision(scores: Array, labels: Array, *, where: Optional[Array] = None,
   The denominator is the number of items actually ranked in the top ``k`` (Rax's
   ``precision_metric`` convention; trec_eval's ``P_k`` divides by ``k`` and differs on lists
   shorter than ``k``). Lists without valid items get 0.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.precision(-scores, labels, topn=2):.4f}")
+    0.5000
+    >>> print(f"{pj.precision(-scores, labels, where=mask, topn=2):.4f}")
+    0.5000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(lambda s, y: pj.precision(s, y, topn=2))(S, Y), float), 4))
+    [0.5 0.5]
   """
   _check_topn(topn)
   _validate.check_lists(scores, labels, where=where)
@@ -357,6 +444,19 @@ def pnr(scores: Array, labels: Array, *, where: Optional[Array] = None) -> Array
     gets the finite value :math:`C` (as if one pair were discordant) -- never +inf.
   * **No labelled pair** (all labels equal, fewer than two valid items): 0. Use
     :func:`pair_accuracy` or count labelled pairs to exclude such lists when averaging.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pnr(scores, labels):.4f}")  # 4 concordant / 1 discordant
+    4.0000
+    >>> print(f"{pj.pnr(jnp.array([0.0, 1.0, 0.5, 2.0]), labels, where=mask):.4f}")  # 0 concordant / 3 discordant
+    0.0000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pnr)(S, Y), float), 4))
+    [4.   0.25]
   """
   _validate.check_lists(scores, labels, where=where)
   return _pnr(scores, labels, where)
@@ -376,6 +476,21 @@ def pnr_counts(scores: Array, labels: Array, *, where: Optional[Array] = None
   The counts behind :func:`pnr`, for callers that pool pairs over many lists (see
   :func:`pnr_pooled`). A pair is labelled when both items are valid and ``y_i > y_j``; it is
   concordant when ``s_i > s_j``, discordant when ``s_i < s_j``, tied when ``s_i == s_j``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> c, d, t = pj.pnr_counts(jnp.array([0.0, 1.0, 0.0, 2.0]), labels)
+    >>> print(c, d, t)  # concordant, discordant, score-tied
+    0 4 1
+    >>> c, d, t = pj.pnr_counts(jnp.array([0.0, 1.0, 0.0, 2.0]), labels, where=mask)
+    >>> print(c, d, t)
+    0 2 1
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(*jax.vmap(pj.pnr_counts)(S, Y))
+    [4 1] [1 4] [0 0]
   """
   _validate.check_lists(scores, labels, where=where)
   return _pnr_counts(scores, labels, where)
@@ -398,6 +513,19 @@ def pnr_pooled(scores: Array, labels: Array, *, where: Optional[Array] = None) -
   clipped at 1 as in :func:`pnr`). Every labelled pair weighs the same, so lists with many
   pairs weigh more -- the PNR reported over a test set in the PILE paper's setting. Compare
   :func:`pnr`, one ratio per list, whose mean weighs every list the same. Returns a scalar.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(f"{pj.pnr_pooled(S, Y):.4f}")  # (4 + 1) / (1 + 4) over the 10 pairs
+    1.0000
+    >>> print(np.round(np.asarray(pj.pnr(S, Y), float), 4))  # per list: 4 / 1 and 1 / 4
+    [4.   0.25]
+    >>> print(f"{pj.pnr_pooled(S, Y, where=mask):.4f}")  # (2 + 1) / (1 + 2)
+    1.0000
   """
   conc, disc, tied = pnr_counts(scores, labels, where=where)
   half = 0.5 * jnp.sum(tied).astype(jnp.float32)
@@ -412,6 +540,19 @@ def pair_accuracy(scores: Array, labels: Array, *, where: Optional[Array] = None
 
   Lists with no labelled pair get 0. A monotone transform of PNR
   (:math:`\mathrm{PNR} = \mathrm{acc}/(1-\mathrm{acc})` when no clipping applies).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.metrics.pair_accuracy(scores, labels):.4f}")
+    0.8000
+    >>> print(f"{pj.metrics.pair_accuracy(jnp.array([0.0, 1.0, 0.5, 2.0]), labels, where=mask):.4f}")
+    0.0000
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.metrics.pair_accuracy)(S, Y), float), 4))
+    [0.8 0.2]
   """
   _validate.check_lists(scores, labels, where=where)
   return _pair_accuracy(scores, labels, where)
@@ -426,7 +567,18 @@ def _pair_accuracy(scores, labels, where):
 
 @jax.jit
 def num_labelled_pairs(labels: Array, *, where: Optional[Array] = None) -> Array:
-  """Number of pairs of valid items with ``y_i > y_j`` per list ``[...]`` (int32)."""
+  """Number of pairs of valid items with ``y_i > y_j`` per list ``[...]`` (int32).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(pj.metrics.num_labelled_pairs(labels), pj.metrics.num_labelled_pairs(labels, where=mask))
+    5 3
+    >>> print(jax.vmap(pj.metrics.num_labelled_pairs)(jnp.stack([labels, jnp.ones(4)])))
+    [5 0]
+  """
   labels = jnp.asarray(labels)
   if where is None:
     where = jnp.ones(labels.shape, dtype=bool)

@@ -455,8 +455,8 @@ def test_registry_one_record_per_loss():
 
 
 def test_new_callables_do_not_recompile():
-  """Jit is left to the caller (as in Rax): a fresh lambda ``reduce_fn`` / ``lambdaweight`` per
-  call hits no private jit cache, so repeated eager calls compile nothing new."""
+  """A fresh lambda ``reduce_fn`` / ``lambdaweight`` per call runs un-jitted (jit is left to the
+  caller, as in Rax): repeated eager calls retrace and compile nothing new."""
   s, _, y, m = make_case(13)
   compiles = []
 
