@@ -24,6 +24,12 @@ labelled pairs ``P = {(i, j): m_i & m_j & y_i > y_j}``, ``A_k(i, j) = 1[s[k,i] >
 * ``"regularised"``: K gradient steps on the convex objective
   ``(1/M) Σ_k Σ_i m_i (z_i − s[k,i])² + λ Σ_P τ·softplus(−(z_i − z_j − γ)/τ)`` from the mean.
 
+Numerics: ensembles compute and return float32 for bf16/fp16 input. Each list whose largest
+valid |logit| exceeds 2^40 is ensembled in units of a power of two ``c`` (exact; the variants'
+scale parameters are rescaled so the result is the same function of the logits), so huge but
+finite logits (up to ±3.4e38) never overflow to inf/NaN and the consensus variant stays within
+the teachers' range. Ordinary logits (c = 1) are untouched.
+
 All variants run a ``jax.lax.fori_loop`` over iterations; pairwise terms are built with
 ``jax.vmap`` over ``i`` and ``j``; lists are processed with ``jax.vmap`` over the (flattened)
 leading axes. They give the same result eagerly, under ``jit``, ``vmap`` and ``pmap``.

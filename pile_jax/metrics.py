@@ -10,7 +10,15 @@ Conventions (the same for every metric):
 * **Ranking and ties.** Items are sorted by score, descending; equal scores are broken by the
   original index, ascending (a stable sort). The ranking is therefore deterministic and
   reproducible, but *not* invariant to permuting tied items. Padded items are never ranked.
-  (trec_eval breaks score ties by docno instead: compare with it on tie-free scores.)
+  (Arrays carry no doc ids. Lists keyed by doc id -- run files, :mod:`pile_jax.train.evaluate`
+  -- use trec_eval's order, ties by doc id descending, :func:`pile_jax.data.trec.rank_order`;
+  the evaluation encodes that rank in the scores, so this index rule never applies there.)
+* **Precision.** Computed and returned in float32 for bf16/fp16/integer inputs.
+* **Gains.** ``gain="exp2"`` is :math:`2^y - 1`; :func:`ndcg` (and the LambdaRank weights)
+  take it relative to the list's largest valid label ``M``, :math:`(2^y - 1)/2^c` with
+  :math:`c = \max(0, M - 64)` -- a common factor that cancels in the ratio, exact for labels
+  below 64 and free of float32 overflow (NaN) for any label. :func:`dcg`, which returns
+  absolute gains, raises for ``exp2`` labels >= 128 (``2^128`` overflows float32).
 * **Relevance** for the binary metrics (MRR, AP, recall, precision) is
   ``label > relevance_threshold`` (default ``0``: any positive grade is relevant; for integer
   grades this is the same as trec_eval's and Rax's ``label >= 1``).
@@ -181,7 +189,9 @@ def dcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
   .. math:: \mathrm{DCG@k} = \sum_{r=1}^{\min(k, n)} \frac{g(y_{\pi(r)})}{\log_2(r + 1)}
 
   with :math:`\pi` the score ranking (ties by index) and :math:`g(y) = 2^y - 1` (``"exp2"``,
-  Burges et al. 2005) or :math:`g(y) = y` (``"linear"``, trec_eval).
+  Burges et al. 2005) or :math:`g(y) = y` (``"linear"``, trec_eval). With ``"exp2"``, labels
+  >= 128 overflow float32: an eager call raises ``ValueError`` (use :func:`ndcg`, which is
+  scale-free, or ``gain="linear"``); under ``jit`` the value is ``inf``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -233,6 +243,8 @@ def ndcg(scores: Array, labels: Array, *, where: Optional[Array] = None,
   The ideal DCG sorts the valid items by gain. Lists whose ideal DCG is 0 (no item with
   positive gain, or no valid item) get 0. ``gain="linear"`` with ``topn=10`` is trec_eval's
   ``ndcg_cut_10`` (given the full judged set); ``gain="exp2"`` matches ``rax.ndcg_metric``.
+  Exponential gains are taken relative to the list's top label (see the module docstring):
+  labels of 128 and more (whose :math:`2^y` overflows float32) give the exact NDCG, not NaN.
 
   Returns:
     ``[...]`` per-list NDCG in ``[0, 1]`` for non-negative labels.
@@ -444,6 +456,9 @@ def pnr(scores: Array, labels: Array, *, where: Optional[Array] = None) -> Array
     gets the finite value :math:`C` (as if one pair were discordant) -- never +inf.
   * **No labelled pair** (all labels equal, fewer than two valid items): 0. Use
     :func:`pair_accuracy` or count labelled pairs to exclude such lists when averaging.
+  * **Per list vs pooled.** This is one ratio per list; their mean weighs every list the same,
+    so short perfect lists (clipped denominators) can dominate. :func:`pnr_pooled` is the ratio
+    of the pair counts summed over all lists (every pair weighs the same).
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
