@@ -727,6 +727,7 @@ def _entry(scores, labels, where, evaluated, topn):
   }
   k = max(int(evaluated.sum()), 1)
   overall = {name: float(v[evaluated].sum() / k) for name, v in per_list.items()}
+  overall["pnr_pooled"] = float(_metrics.pnr_pooled(scores, labels, where=where))
   return {**overall, "per_list": per_list}
 
 
@@ -741,10 +742,13 @@ def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Arra
   Returns a dict::
 
       {"topn": int, "num_lists": int, "num_evaluated_lists": int,
-       "teachers":  {name: {"pnr", "pair_accuracy", "ndcg": float, "per_list": {...}}},
+       "teachers":  {name: {"pnr", "pnr_pooled", "pair_accuracy", "ndcg": float,
+                            "per_list": {...}}},
        "ensembles": {name: {... same ..., "vs_mean": {"better", "worse", "tied": int}}}}
 
-  Overall values are means over the lists with >= 1 labelled pair (``num_evaluated_lists``);
+  Overall values are means over the lists with >= 1 labelled pair (``num_evaluated_lists``),
+  except ``pnr_pooled`` (:func:`pile_jax.metrics.pnr_pooled`: concordant / discordant pairs
+  summed over all lists);
   ``per_list`` holds NumPy arrays ``[...]`` for every list. ``vs_mean`` counts evaluated lists
   where the ensemble's PNR is above / below / equal to the mean ensemble's.
   """
@@ -793,13 +797,14 @@ def format_teacher_report(report: dict) -> str:
       f"Lists evaluated (>= 1 labelled pair): {report['num_evaluated_lists']} of "
       f"{report['num_lists']}",
       "",
-      f"| name | kind | PNR | pair acc. | NDCG@{k} | PNR vs mean (better/worse/tied) |",
-      "|---|---|---:|---:|---:|---|",
+      f"| name | kind | PNR (mean of lists) | PNR (pooled pairs) | pair acc. | NDCG@{k} | "
+      "PNR vs mean (better/worse/tied) |",
+      "|---|---|---:|---:|---:|---:|---|",
   ]
   for kind in ("teachers", "ensembles"):
     for name, e in report[kind].items():
       vs = e.get("vs_mean")
       vs_s = f"{vs['better']}/{vs['worse']}/{vs['tied']}" if vs else ""
-      lines.append(f"| {name} | {kind[:-1]} | {e['pnr']:.4f} | {e['pair_accuracy']:.4f} | "
-                   f"{e['ndcg']:.4f} | {vs_s} |")
+      lines.append(f"| {name} | {kind[:-1]} | {e['pnr']:.4f} | {e['pnr_pooled']:.4f} | "
+                   f"{e['pair_accuracy']:.4f} | {e['ndcg']:.4f} | {vs_s} |")
   return "\n".join(lines)

@@ -375,7 +375,15 @@ def test_teacher_report_and_format():
   assert rep["ensembles"]["mean"]["vs_mean"] == {"better": 0, "worse": 0, "tied": 3}
   assert rep["teachers"]["a"]["per_list"]["pnr"].shape == (B,)
   text = E.format_teacher_report(rep)
-  assert "| name | kind | PNR |" in text and "NDCG@5" in text
+  assert "| name | kind | PNR (mean of lists) | PNR (pooled pairs) |" in text and "NDCG@5" in text
+  conc = disc = 0.0  # pooled PNR of teacher b: float64 loop over all labelled pairs
+  for b in range(B):
+    for i in range(N):
+      for j in range(N):
+        if m[b, i] and m[b, j] and y[b, i] > y[b, j]:
+          conc += 1.0 if s[1, b, i] > s[1, b, j] else (0.5 if s[1, b, i] == s[1, b, j] else 0.0)
+          disc += 1.0 if s[1, b, i] < s[1, b, j] else (0.5 if s[1, b, i] == s[1, b, j] else 0.0)
+  assert rep["teachers"]["b"]["pnr_pooled"] == pytest.approx(conc / disc, rel=1e-6)
   assert "| pile_reg | ensemble |" in text and "| c | teacher |" in text
 
 
