@@ -475,7 +475,7 @@ def test_new_callables_do_not_recompile():
     for _ in range(3):
       again = call()
   finally:
-    jax.monitoring.clear_event_listeners()
+    jax.monitoring.unregister_event_duration_listener(listener)
   assert compiles == []
   np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
   want = sum(_softplus(-(s[b, i] - s[b, j])) for b in range(B) for i in range(N) for j in range(N)
