@@ -1,4 +1,4 @@
-"""Per-list ranking metrics (NDCG, MRR, AP, recall, precision, PNR), masked and batched.
+r"""Per-list ranking metrics (NDCG, MRR, AP, recall, precision, PNR), masked and batched.
 
 Every metric takes ``scores`` and ``labels`` of shape ``[..., n]`` (any leading batch axes), an
 optional boolean ``where`` mask ``[..., n]`` (True = real item; padded items are ignored
