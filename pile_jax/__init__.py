@@ -34,7 +34,8 @@ from pile_jax.losses import (
     pointwise_sigmoid_ce,
     softmax_ce,
 )
-from pile_jax.metrics import METRICS, average_precision, mrr, ndcg, pnr, precision, recall
+from pile_jax.metrics import (METRICS, average_precision, mrr, ndcg, pnr, pnr_counts, pnr_pooled,
+                              precision, recall)
 
 
 def __getattr__(name):

@@ -24,6 +24,12 @@ labelled pairs ``P = {(i, j): m_i & m_j & y_i > y_j}``, ``A_k(i, j) = 1[s[k,i] >
 * ``"regularised"``: K gradient steps on the convex objective
   ``(1/M) Σ_k Σ_i m_i (z_i − s[k,i])² + λ Σ_P τ·softplus(−(z_i − z_j − γ)/τ)`` from the mean.
 
+Numerics: ensembles compute and return float32 for bf16/fp16 input. Each list whose largest
+valid |logit| exceeds 2^40 is ensembled in units of a power of two ``c`` (exact; the variants'
+scale parameters are rescaled so the result is the same function of the logits), so huge but
+finite logits (up to ±3.4e38) never overflow to inf/NaN and the consensus variant stays within
+the teachers' range. Ordinary logits (c = 1) are untouched.
+
 All variants run a ``jax.lax.fori_loop`` over iterations; pairwise terms are built with
 ``jax.vmap`` over ``i`` and ``j``; lists are processed with ``jax.vmap`` over the (flattened)
 leading axes. They give the same result eagerly, under ``jit``, ``vmap`` and ``pmap``.
@@ -74,8 +80,9 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
     _validate.check_teacher_lists(teacher_scores, labels, where=where,
                                   require_labels=require_labels)
   s = jnp.asarray(teacher_scores)
-  if not jnp.issubdtype(s.dtype, jnp.floating):
-    s = s.astype(jnp.float32)
+  # float32 (float64 if given): bf16/fp16/int teacher logits are ensembled in float32.
+  dtype = jnp.result_type(s.dtype, jnp.float32)
+  s = s.astype(dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.float32)
   list_shape = s.shape[1:]
   if where is None:
     m = jnp.ones(list_shape, dtype=bool)
@@ -89,16 +96,41 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
   return s, y, m
 
 
+#: Lists whose largest valid |logit| exceeds 2^_SCALE_EXP are ensembled in units of a power of two.
+_SCALE_EXP = 40
+
+
+def _list_scale(s: Array, m: Array) -> Array:
+  """Per list, the power of two ``c >= 1`` with ``max_valid |s| / c <= 2^40``: ``[..., 1]``.
+
+  ``c = 1`` (no change to any bit) unless a list holds logits beyond ~1.1e12. Dividing by ``c``
+  is exact, so huge but finite logits (up to ±3.4e38) cannot overflow sums, means or squares.
+  """
+  a = jax.lax.stop_gradient(jnp.max(jnp.where(m[None], jnp.abs(s), 0.0), axis=(0, -1)))
+  _, e = jnp.frexp(jnp.where(jnp.isfinite(a), a, 0.0))
+  return jnp.ldexp(jnp.ones((), s.dtype), jnp.maximum(e - _SCALE_EXP, 0))[..., None]
+
+
+def _teacher_mean(s: Array, m: Array) -> Array:
+  """``mean_k s[k]`` ``[..., n]`` without overflow for huge finite logits."""
+  c = _list_scale(s, m)
+  return jnp.mean(s / c[None], axis=0) * c
+
+
 def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array) -> Array:
-  """Applies ``core(s [T, n], y [n], m [n], lm [n]) -> [n]`` to every list of ``[T, ..., n]``
-  inputs (``lm``: the items that take part in labelled pairs)."""
+  """Applies ``core(s [T, n], y [n], m [n], lm [n], c) -> [n]`` to every list of ``[T, ..., n]``
+  inputs (``lm``: the items that take part in labelled pairs). The core sees the logits in
+  units of ``c`` (:func:`_list_scale`; ``c = 1`` for ordinary logits) and its output is
+  multiplied back by ``c``."""
   t = s.shape[0]
   list_shape = s.shape[1:]
   n = list_shape[-1]
   b = math.prod(list_shape[:-1])
   s_b = jnp.moveaxis(s, 0, -2).reshape((b, t, n))
-  out = jax.vmap(core)(s_b, y.reshape((b, n)), m.reshape((b, n)), lm.reshape((b, n)))
-  return out.reshape(list_shape)
+  c = _list_scale(s, m).reshape((b, 1))
+  out = jax.vmap(core)(s_b / c[:, :, None], y.reshape((b, n)), m.reshape((b, n)),
+                       lm.reshape((b, n)), c[:, 0])
+  return (out * c).reshape(list_shape)
 
 
 def _label_mask(m: Array, label_where) -> Array:
@@ -147,7 +179,8 @@ def _violated(z: Array, fixable: Array, eps) -> Array:
 # PILE variants (one list)
 
 
-def _consensus_core(s, y, m, lm, *, num_iters, damping, eps):
+def _consensus_core(s, y, m, lm, c, *, num_iters, damping, eps):
+  eps = eps / c  # logits are in units of c (equivariant: exact)
   P = _labelled_pairs(y, lm)
   cnt, u, l = _pair_stats(s, P)
   fixable = P & (cnt > 0)
@@ -176,8 +209,11 @@ def _pair_loss_fn(loss: str) -> Callable[[Array], Array]:
   raise ValueError(f"loss: expected one of {list(RESPONSIBILITY_LOSSES)}; got {loss!r}")
 
 
-def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
-  ell = _pair_loss_fn(loss)
+def _responsibility_core(s, y, m, lm, c, *, num_iters, damping, temperature, loss):
+  # logits are in units of c: the losses see the real differences c * d (which may overflow to
+  # +-inf; every loss maps that to 0 or +inf, and an infinite L_ki only zeroes rho_ki)
+  ell_unit = _pair_loss_fn(loss)
+  ell = lambda d: ell_unit(c * d)
   P = _labelled_pairs(y, lm)
   has_partner = jnp.any(P, axis=1) | jnp.any(P, axis=0)
   z0 = jnp.mean(s, axis=0)
@@ -190,7 +226,9 @@ def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
     lower = _pairwise(lambda si, zj: ell(zj - si), cols, z)
     Lki = (jnp.sum(jnp.where(P[:, :, None], upper, 0.0), axis=1)
            + jnp.sum(jnp.where(P.T[:, :, None], lower, 0.0), axis=1))  # [n, M]
-    rho = jax.nn.softmax(-Lki / temperature, axis=-1)
+    logits = -Lki / temperature
+    logits = jnp.where(logits == -jnp.inf, jnp.finfo(logits.dtype).min, logits)  # all -inf: uniform
+    rho = jax.nn.softmax(logits, axis=-1)
     target = jnp.sum(rho * cols, axis=-1)
     return jnp.where(has_partner, (1.0 - damping) * z + damping * target, z)
 
@@ -198,7 +236,10 @@ def _responsibility_core(s, y, m, lm, *, num_iters, damping, temperature, loss):
   return jnp.where(m, z, 0.0)
 
 
-def _regularised_core(s, y, m, lm, *, num_iters, temperature, lam, gamma):
+def _regularised_core(s, y, m, lm, c, *, num_iters, temperature, lam, gamma):
+  # logits in units of c: the objective divided by c^2 is the same objective with
+  # gamma/c, tau/c, lam/c (exact: the step size depends on lam/tau only)
+  temperature, lam, gamma = temperature / c, lam / c, gamma / c
   P = _labelled_pairs(y, lm)
   z0 = jnp.mean(s, axis=0)
   n_valid = jnp.maximum(jnp.sum(m), 1).astype(s.dtype)
@@ -310,6 +351,25 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     ``[..., n]`` ensemble logits; 0 at padded items.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0],   # [T=2, n=4] logits: teacher 0
+    ...                       [1.0, 2.5, 0.5, 0.0]])   # teacher 1 puts item 1 (label 0) first
+    >>> labels, mask = jnp.array([3.0, 0.0, 1.0, 0.0]), jnp.array([True, True, True, False])
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels), float), 4))  # the mean violates pair (2, 1); moved towards teacher 0
+    [ 2.5    1.375  1.625 -0.5  ]
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels, where=mask), float), 4))  # padded items get 0
+    [2.5   1.375 1.625 0.   ]
+    >>> print(np.round(np.asarray(pj.pile(teachers, labels, variant="regularised", lam=0.5), float), 4))
+    [ 2.7343  1.4567  1.3991 -0.5901]
+    >>> batch_t, batch_y = jnp.stack([teachers, teachers[::-1]], 1), jnp.stack([labels, labels])
+    >>> print(np.round(np.asarray(pj.pile(batch_t, batch_y), float), 4))  # [T, B, n] -> [B, n]
+    [[ 2.5    1.375  1.625 -0.5  ]
+     [ 2.5    1.375  1.625 -0.5  ]]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pile, in_axes=(1, 0))(batch_t, batch_y), float), 4))  # the same, list by list
+    [[ 2.5    1.375  1.625 -0.5  ]
+     [ 2.5    1.375  1.625 -0.5  ]]
   """
   _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
@@ -352,6 +412,16 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
   * ``"teacher_pair_accuracy"`` ``[T, ...]``: fraction of ``P`` each teacher orders strictly
     correctly (``A_k``; ties count as wrong), 0 for lists without labelled pairs;
   * ``"mean_pair_accuracy"`` / ``"ensemble_pair_accuracy"`` ``[...]``: same for ``z⁰`` / output.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> d = pj.pile_diagnostics(teachers, jnp.array([3.0, 0.0, 1.0, 0.0]))
+    >>> print(d['labelled_pairs'], d['violated_before'], d['violated_after'], np.round(np.asarray(d['teacher_pair_accuracy'], float), 2))
+    5 1 0 [1.  0.6]
+    >>> d = pj.pile_diagnostics(teachers, jnp.array([3.0, 0.0, 1.0, 0.0]), where=jnp.array([True, True, True, False]))
+    >>> print(d['labelled_pairs'], round(float(d['mean_pair_accuracy']), 4), float(d['ensemble_pair_accuracy']))
+    3 0.6667 1.0
   """
   eps = pile_options.get("eps", 0.0)
   z = pile(teacher_scores, labels, where=where, **pile_options)
@@ -363,7 +433,7 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
 @jax.jit
 def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
-  z0 = jnp.where(m, jnp.mean(s, axis=0), 0.0)
+  z0 = jnp.where(m, _teacher_mean(s, m), 0.0)
   lm = _label_mask(m, label_where)
 
   def core(s_l, y_l, m_l, z0_l, z_l):
@@ -405,7 +475,19 @@ def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
 
 def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
          where: Optional[Array] = None) -> Array:
-  r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items)."""
+  r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])  # [T=2, n=4]
+    >>> print(np.round(np.asarray(pj.mean(teachers), float), 4))
+    [ 2.5   1.75  1.25 -0.5 ]
+    >>> print(np.round(np.asarray(pj.mean(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [2.5  1.75 1.25 0.  ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.mean, in_axes=1)(jnp.stack([teachers, 2 * teachers], 1)), float), 4))  # [T, B, n] list by list
+    [[ 2.5   1.75  1.25 -0.5 ]
+     [ 5.    3.5   2.5  -1.  ]]
+  """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _mean(teacher_scores, labels, where)
 
@@ -413,7 +495,7 @@ def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
 @jax.jit
 def _mean(teacher_scores, labels, where):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
-  return jnp.where(m, jnp.mean(s, axis=0), 0.0)
+  return jnp.where(m, _teacher_mean(s, m), 0.0)
 
 
 def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
@@ -421,6 +503,17 @@ def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
   r"""Fixed-weight ensemble :math:`z_i = \sum_k w_k s_{ki} / \sum_k w_k`.
 
   ``weights`` ``[T]`` must be non-negative with a positive sum (normalised here).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.weighted_mean(teachers, weights=jnp.array([3.0, 1.0])), float), 4))  # (3 s_0 + s_1) / 4
+    [ 3.25   1.375  1.625 -0.75 ]
+    >>> print(np.round(np.asarray(pj.weighted_mean(teachers, where=jnp.array([True, True, True, False]), weights=jnp.array([0.5, 0.5])), float), 4))
+    [2.5  1.75 1.25 0.  ]
+    >>> print(np.round(np.asarray(pj.weighted_mean(jnp.stack([teachers, teachers], 1), weights=jnp.array([1.0, 0.0])), float), 4))  # [T, B, n]
+    [[ 4.  1.  2. -1.]
+     [ 4.  1.  2. -1.]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where)
   t = np.shape(teacher_scores)[0]
@@ -438,13 +531,26 @@ def _weighted_mean(teacher_scores, labels, where, weights):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
   w = jnp.asarray(weights, dtype=s.dtype)
   w = w / jnp.sum(w)
-  z = jnp.tensordot(w, s, axes=(0, 0))
+  c = _list_scale(s, m)
+  z = jnp.tensordot(w, s / c[None], axes=(0, 0)) * c
   return jnp.where(m, z, 0.0)
 
 
 def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
                  where: Optional[Array] = None) -> Array:
-  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``)."""
+  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.max_ensemble(teachers), float), 4))
+    [4.  2.5 2.  0. ]
+    >>> print(np.round(np.asarray(pj.max_ensemble(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [4.  2.5 2.  0. ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.max_ensemble, in_axes=1)(jnp.stack([teachers, -teachers], 1)), float), 4))
+    [[ 4.   2.5  2.   0. ]
+     [-1.  -1.  -0.5  1. ]]
+  """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _max_ensemble(teacher_scores, labels, where)
 
@@ -464,6 +570,16 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
   with :math:`\mu_k`, :math:`\sigma_k` the mean and population standard deviation of teacher
   ``k``'s logits over the *valid* items of the list; :math:`\sigma_k = 0` (constant teacher or
   one valid item) is replaced by 1 (the teacher is only centred).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.zscore_mean(teachers), float), 4))
+    [ 0.6934  0.6631 -0.1286 -1.2279]
+    >>> print(np.round(np.asarray(pj.zscore_mean(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [ 0.472   0.1519 -0.6239  0.    ]
+    >>> print(np.round(np.asarray(pj.zscore_mean(100.0 * teachers + 3.0), float), 4))  # invariant to each teacher's scale and shift
+    [ 0.6934  0.6631 -0.1286 -1.2279]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _zscore_mean(teacher_scores, labels, where)
@@ -472,6 +588,7 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
 @jax.jit
 def _zscore_mean(teacher_scores, labels, where):
   s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+  s = s / _list_scale(s, m)[None]  # scale-invariant; keeps squares of huge logits finite
   mf = m.astype(s.dtype)[None]
   cnt = jnp.maximum(jnp.sum(mf, axis=-1, keepdims=True), 1.0)
   mu = jnp.sum(s * mf, axis=-1, keepdims=True) / cnt
@@ -492,6 +609,17 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
   .. math:: z_i = \frac{1}{M}\sum_k \frac{n_v - \mathrm{rank}_k(i)}{\max(n_v - 1, 1)} \in [0, 1]
 
   (1 for an item every teacher puts first, 0 for one every teacher puts last).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.rank_average(teachers), float), 4))
+    [0.8333 0.6667 0.5    0.    ]
+    >>> print(np.round(np.asarray(pj.rank_average(teachers, where=jnp.array([True, True, True, False])), float), 4))
+    [0.75 0.5  0.25 0.  ]
+    >>> print(np.round(np.asarray(jax.vmap(pj.rank_average, in_axes=1)(jnp.stack([teachers, teachers[::-1]], 1)), float), 4))
+    [[0.8333 0.6667 0.5    0.    ]
+     [0.8333 0.6667 0.5    0.    ]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
   return _rank_average(teacher_scores, labels, where)
@@ -518,6 +646,18 @@ def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
   Ties (including lists without labelled pairs, where every PNR is 0) go to the lowest teacher
   index. Uses the labels of the list it scores: an oracle/upper-bound baseline. The PNR counts
   only items in ``label_where`` (default: every valid item); the chosen logits cover all of ``where``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(teachers, labels), float), 4))  # teacher 0 orders every labelled pair
+    [ 4.  1.  2. -1.]
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(teachers, labels, where=jnp.array([True, True, True, False])), float), 4))
+    [4. 1. 2. 0.]
+    >>> print(np.round(np.asarray(pj.best_teacher_per_list(jnp.stack([teachers, teachers[::-1]], 1), jnp.stack([labels, labels])), float), 4))
+    [[ 4.  1.  2. -1.]
+     [ 4.  1.  2. -1.]]
   """
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
   _check_label_where(label_where, labels)
@@ -557,7 +697,16 @@ LABEL_ENSEMBLES = frozenset(_NEEDS_LABELS)
 
 def ensemble(name: str, teacher_scores: Array, labels: Optional[Array] = None, *,
              where: Optional[Array] = None, **options) -> Array:
-  """Runs the ensemble registered as ``name`` (see :data:`ENSEMBLES`) with ``options``."""
+  """Runs the ensemble registered as ``name`` (see :data:`ENSEMBLES`) with ``options``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> teachers = jnp.array([[4.0, 1.0, 2.0, -1.0], [1.0, 2.5, 0.5, 0.0]])
+    >>> print(np.round(np.asarray(pj.ensemble.ensemble("mean", teachers), float), 4))
+    [ 2.5   1.75  1.25 -0.5 ]
+    >>> print(np.round(np.asarray(pj.ensemble.ensemble("pile", teachers, jnp.array([3.0, 0.0, 1.0, 0.0]), num_iters=5), float), 4))
+    [ 2.5    1.375  1.625 -0.5  ]
+  """
   if name not in ENSEMBLES:
     raise ValueError(f"name: unknown ensemble {name!r}; expected one of {sorted(ENSEMBLES)}")
   if name in _NEEDS_LABELS and labels is None:
@@ -578,6 +727,7 @@ def _entry(scores, labels, where, evaluated, topn):
   }
   k = max(int(evaluated.sum()), 1)
   overall = {name: float(v[evaluated].sum() / k) for name, v in per_list.items()}
+  overall["pnr_pooled"] = float(_metrics.pnr_pooled(scores, labels, where=where))
   return {**overall, "per_list": per_list}
 
 
@@ -592,10 +742,13 @@ def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Arra
   Returns a dict::
 
       {"topn": int, "num_lists": int, "num_evaluated_lists": int,
-       "teachers":  {name: {"pnr", "pair_accuracy", "ndcg": float, "per_list": {...}}},
+       "teachers":  {name: {"pnr", "pnr_pooled", "pair_accuracy", "ndcg": float,
+                            "per_list": {...}}},
        "ensembles": {name: {... same ..., "vs_mean": {"better", "worse", "tied": int}}}}
 
-  Overall values are means over the lists with >= 1 labelled pair (``num_evaluated_lists``);
+  Overall values are means over the lists with >= 1 labelled pair (``num_evaluated_lists``),
+  except ``pnr_pooled`` (:func:`pile_jax.metrics.pnr_pooled`: concordant / discordant pairs
+  summed over all lists);
   ``per_list`` holds NumPy arrays ``[...]`` for every list. ``vs_mean`` counts evaluated lists
   where the ensemble's PNR is above / below / equal to the mean ensemble's.
   """
@@ -644,13 +797,14 @@ def format_teacher_report(report: dict) -> str:
       f"Lists evaluated (>= 1 labelled pair): {report['num_evaluated_lists']} of "
       f"{report['num_lists']}",
       "",
-      f"| name | kind | PNR | pair acc. | NDCG@{k} | PNR vs mean (better/worse/tied) |",
-      "|---|---|---:|---:|---:|---|",
+      f"| name | kind | PNR (mean of lists) | PNR (pooled pairs) | pair acc. | NDCG@{k} | "
+      "PNR vs mean (better/worse/tied) |",
+      "|---|---|---:|---:|---:|---:|---|",
   ]
   for kind in ("teachers", "ensembles"):
     for name, e in report[kind].items():
       vs = e.get("vs_mean")
       vs_s = f"{vs['better']}/{vs['worse']}/{vs['tied']}" if vs else ""
-      lines.append(f"| {name} | {kind[:-1]} | {e['pnr']:.4f} | {e['pair_accuracy']:.4f} | "
-                   f"{e['ndcg']:.4f} | {vs_s} |")
+      lines.append(f"| {name} | {kind[:-1]} | {e['pnr']:.4f} | {e['pnr_pooled']:.4f} | "
+                   f"{e['pair_accuracy']:.4f} | {e['ndcg']:.4f} | {vs_s} |")
   return "\n".join(lines)

@@ -28,16 +28,33 @@ Every loss is ``f(scores, labels_or_teacher, *, where=None, ..., reduce_fn=jnp.m
 * Pairwise terms are built by broadcasting ``[..., n, 1]`` against ``[..., 1, n]`` (no Python
   loop over items).
 
+* **Precision.** Losses compute and return float32 for bf16/fp16/integer inputs (float64 for
+  float64 inputs): sums and the counts in means are never rounded to bf16.
+* **Huge finite inputs** never give NaN. Means are summed in units of a power of two, and
+  ``margin_mse`` forms ``(s_i - t_i) - (s_j - t_j)`` in quarters, so a loss is finite whenever
+  its value fits in float32 (inputs up to ±3.4e38). When the value itself exceeds float32
+  (``pointwise_mse`` / ``margin_mse`` on differences beyond ~1.8e19), an eager call raises a
+  ``ValueError`` naming the arguments; under ``jit`` the value is ``inf``.
+* **Jit.** Call sites jit (e.g. the train step). Eagerly, a call with the built-in options
+  (``reduce_fn`` in ``jnp.mean``/``jnp.sum``/``None``, ``lambdaweight`` ``None`` or a name) runs
+  one cached compiled computation per shape; a user callable runs un-jitted, so a fresh lambda
+  per call never retraces a cache -- jit your own function around it, as with Rax.
+
 Input checks (:mod:`pile_jax._validate`) run eagerly; under ``jit`` only shape checks run.
+The registry :data:`LOSS_REGISTRY` holds one :class:`LossSpec` per name (function, target kind,
+bound defaults); ``LOSSES`` and ``LOSS_TARGETS`` are read-only views of it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Callable, Optional, Union
+import types
+from typing import Any, Callable, Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from pile_jax import _validate
 from pile_jax import metrics as _metrics
@@ -56,9 +73,12 @@ __all__ = [
     "listwise_kl",
     "listmle",
     "ndcg_lambdaweight",
+    "LossSpec",
+    "LOSS_REGISTRY",
     "LOSSES",
     "LOSS_TARGETS",
     "get_loss",
+    "get_loss_spec",
 ]
 
 
@@ -66,20 +86,19 @@ __all__ = [
 # helpers
 
 
-def _float(x) -> Array:
-  x = jnp.asarray(x)
-  if not jnp.issubdtype(x.dtype, jnp.floating):
-    x = x.astype(jnp.float32)
-  return x
+def _compute_dtype(*xs) -> jnp.dtype:
+  """float32, or float64 when an input is float64 (bf16/fp16/int inputs are computed in f32)."""
+  dtype = jnp.result_type(*(x.dtype for x in xs), jnp.float32)
+  return dtype if jnp.issubdtype(dtype, jnp.floating) else jnp.dtype(jnp.float32)
 
 
 def _prepare(scores, other, where, weights=None, *, names=("scores", "labels"),
              check: bool = True):
   if check:
     _validate.check_lists(scores, other, where=where, weights=weights, names=names)
-  scores = _float(scores)
-  other = _float(other)
-  dtype = jnp.result_type(scores.dtype, other.dtype)
+  scores = jnp.asarray(scores)
+  other = jnp.asarray(other)
+  dtype = _compute_dtype(scores, other)
   scores = scores.astype(dtype)
   other = other.astype(dtype)
   if where is None:
@@ -89,7 +108,8 @@ def _prepare(scores, other, where, weights=None, *, names=("scores", "labels"),
   scores = jnp.where(where, scores, 0.0)
   other = jnp.where(where, other, 0.0)
   if weights is not None:
-    weights = jnp.where(where, jnp.broadcast_to(_float(weights), scores.shape), 0.0)
+    weights = jnp.where(where, jnp.broadcast_to(jnp.asarray(weights).astype(dtype), scores.shape),
+                        0.0)
   return scores, other, where, weights
 
 
@@ -101,10 +121,38 @@ def _reduce(values: Array, valid: Array, reduce_fn: ReduceFn) -> Array:
   if reduce_fn is jnp.sum:
     return jnp.sum(values)
   if reduce_fn is jnp.mean:
-    count = jnp.sum(valid).astype(values.dtype)
-    return jnp.sum(values) / jnp.maximum(count, 1.0)
+    count = jnp.sum(valid).astype(values.dtype)  # exact integer count, in float32 or wider
+    # The sum is taken in units of a power of two c (1 unless the largest value exceeds 2^100):
+    # it cannot overflow when the mean itself is representable, and c = 1 changes no bit.
+    c = _pow2_scale(jax.lax.stop_gradient(jnp.max(jnp.abs(values), initial=0.0)), 100)
+    return jnp.sum(values / c) / jnp.maximum(count, 1.0) * c
   out = reduce_fn(values, where=valid)
   return jnp.where(jnp.isnan(out), 0.0, out)
+
+
+def _pow2_scale(max_abs: Array, max_exp: int) -> Array:
+  """The power of two ``2^k`` (k >= 0) with ``max_abs / 2^k <= 2^max_exp``; 1 for inf/NaN."""
+  _, e = jnp.frexp(jnp.where(jnp.isfinite(max_abs), max_abs, 0.0))
+  return jnp.ldexp(jnp.ones((), max_abs.dtype), jnp.maximum(e - max_exp, 0))
+
+
+def _max_abs_diff(a, b, where, pairwise: bool = False) -> float:
+  """Largest |a - b| (or |(a_i - a_j) - (b_i - b_j)|) over valid entries, in float64."""
+  e = np.asarray(a, np.float64) - np.asarray(b, np.float64)
+  m = np.ones(e.shape, bool) if where is None else np.broadcast_to(np.asarray(where, bool), e.shape)
+  e = np.where(m, e, np.nan)
+  if pairwise:
+    e = e[..., :, None] - e[..., None, :]
+  return float(np.nanmax(np.abs(e))) if np.isfinite(e).any() else 0.0
+
+
+def _check_no_overflow(loss_name: str, value: Array, names: str, detail: str) -> Array:
+  """Eager calls: a non-finite loss from validated finite inputs is a float32 overflow."""
+  if _validate.is_concrete(value) and not bool(jnp.all(jnp.isfinite(value))):
+    raise ValueError(
+        f"{names}: {loss_name} overflows {jnp.asarray(value).dtype} ({detail}); the squared "
+        f"differences exceed its largest value (~3.4e38 for float32): rescale both inputs")
+  return value
 
 
 def _pairs(x: Array, op) -> Array:
@@ -133,6 +181,31 @@ def _softplus(x: Array) -> Array:
   return jax.nn.relu(x) + jnp.log1p(jnp.exp(-jnp.abs(x)))
 
 
+
+# The built-in options are jitted once per shape; a user callable (``reduce_fn``,
+# ``lambdaweight``) runs un-jitted (jit it in your own code, as with Rax), so a fresh lambda per
+# call never fills a cache with retraced copies.
+_BUILTIN_CALLABLES = (jnp.mean, jnp.sum)
+
+
+def _is_builtin(value) -> bool:
+  return value is None or isinstance(value, str) or any(value is b for b in _BUILTIN_CALLABLES)
+
+
+def _jit_builtin_statics(*static_argnames: str):
+  """``jax.jit`` with ``static_argnames`` when every one of them is a built-in option (None, a
+  string, ``jnp.mean``/``jnp.sum``); the plain function otherwise."""
+  def wrap(impl):
+    jitted = jax.jit(impl, static_argnames=static_argnames)
+
+    @functools.wraps(impl)
+    def call(*args, **kwargs):
+      builtin = all(_is_builtin(kwargs.get(k)) for k in static_argnames)
+      return (jitted if builtin else impl)(*args, **kwargs)
+    return call
+  return wrap
+
+
 def _check_reduce_fn(reduce_fn):
   if reduce_fn is not None and not callable(reduce_fn):
     raise ValueError(f"reduce_fn: expected jnp.mean, jnp.sum, None or a callable; got {reduce_fn!r}")
@@ -154,13 +227,30 @@ def pointwise_mse(scores: Array, targets: Array, *, where: Optional[Array] = Non
 
   Returns:
     Scalar, or ``[..., n]`` per-item values when ``reduce_fn=None`` (0 at padded items).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pointwise_mse(scores, teacher):.4f}")  # (4 + 0 + 2.25 + 1) / 4
+    1.8125
+    >>> print(f"{pj.pointwise_mse(scores, teacher, where=mask):.4f}")  # (4 + 0 + 2.25) / 3
+    2.0833
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pointwise_mse)(S, T), float), 4))  # one loss per list
+    [1.8125 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, targets, where=where, weights=weights, names=("scores", "targets"))
-  return _pointwise_mse(scores, targets, where, weights, reduce_fn=reduce_fn)
+  out = _pointwise_mse(scores, targets, where, weights, reduce_fn=reduce_fn)
+  if _validate.is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
+    d = _max_abs_diff(scores, targets, where)
+    _check_no_overflow("pointwise_mse", out, "scores, targets", f"max |scores - targets| = {d:.3g}")
+  return out
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _pointwise_mse(scores, targets, where, weights, *, reduce_fn):
   s, t, m, w = _prepare(scores, targets, where, weights, check=False)
   loss = jnp.square(s - t)
@@ -183,6 +273,19 @@ def pointwise_sigmoid_ce(scores: Array, labels: Array, *, where: Optional[Array]
 
   Returns:
     Scalar, or ``[..., n]`` per-item values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pointwise_sigmoid_ce(scores, labels / 3.0):.4f}")
+    0.7352
+    >>> print(f"{pj.pointwise_sigmoid_ce(scores, labels / 3.0, where=mask):.4f}")
+    0.7492
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pointwise_sigmoid_ce)(S, Y / 3.0), float), 4))
+    [0.7352 0.9435]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where, weights=weights)
@@ -190,7 +293,7 @@ def pointwise_sigmoid_ce(scores: Array, labels: Array, *, where: Optional[Array]
   return _pointwise_sigmoid_ce(scores, labels, where, weights, reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _pointwise_sigmoid_ce(scores, labels, where, weights, *, reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
   y = jnp.clip(y, 0.0, 1.0)
@@ -218,14 +321,28 @@ def ndcg_lambdaweight(scores: Array, labels: Array, *, where: Optional[Array] = 
 
   Returns:
     ``[..., n, n]`` weights, 0 for pairs involving padded items.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores, labels = jnp.array([2.0, 1.0, 0.0]), jnp.array([0.0, 1.0, 0.0])
+    >>> print(np.round(np.asarray(pj.losses.ndcg_lambdaweight(scores, labels), float), 4))  # |ΔNDCG| of swapping i and j
+    [[0.     0.3691 0.    ]
+     [0.3691 0.     0.1309]
+     [0.     0.1309 0.    ]]
+    >>> print(np.round(np.asarray(pj.losses.ndcg_lambdaweight(scores, labels, where=jnp.array([True, True, False])), float), 4))
+    [[0.     0.3691 0.    ]
+     [0.3691 0.     0.    ]
+     [0.     0.     0.    ]]
   """
   return _ndcg_lambdaweight(scores, labels, where)
 
 
 @jax.jit
 def _ndcg_lambdaweight(scores, labels, where):
-  s = jax.lax.stop_gradient(_float(scores))
-  y = _float(labels).astype(s.dtype)
+  s = jax.lax.stop_gradient(jnp.asarray(scores))
+  y = jnp.asarray(labels)
+  dtype = _compute_dtype(s, y)
+  s, y = s.astype(dtype), y.astype(dtype)
   if where is None:
     where = jnp.ones(s.shape, dtype=bool)
   where = jnp.broadcast_to(jnp.asarray(where, dtype=bool), s.shape)
@@ -233,7 +350,9 @@ def _ndcg_lambdaweight(scores, labels, where):
   y = jnp.where(where, y, 0.0)
   r = _metrics.ranks(s, where=where).astype(s.dtype)
   disc = jnp.where(where, 1.0 / jnp.log2(1.0 + r), 0.0)
-  g = jnp.where(where, jnp.exp2(y) - 1.0, 0.0)
+  # Gains relative to the list's largest label (pile_jax.metrics.ndcg): the common factor
+  # cancels in lambda_ij, and labels >= 128 do not overflow float32.
+  g = _metrics._gain(y, "exp2", where, relative=True)  # pylint: disable=protected-access
   g_sorted, w_sorted = _metrics._sorted_by_score(g, g, where)  # pylint: disable=protected-access
   idcg = _metrics._dcg_sorted(g_sorted, w_sorted, None)  # pylint: disable=protected-access
   idcg = jnp.where(idcg > 0, idcg, 1.0)
@@ -264,7 +383,7 @@ def _hard_pair_loss(kind, scores, labels, where, weights, lambdaweight, reduce_f
                               lambdaweight=lambdaweight, reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("kind", "lambdaweight", "reduce_fn"))
+@_jit_builtin_statics('kind', 'lambdaweight', 'reduce_fn')
 def _hard_pair_loss_impl(scores, labels, where, weights, margin, *, kind, lambdaweight,
                          reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
@@ -296,6 +415,25 @@ def pairwise_logistic(scores: Array, labels: Array, *, where: Optional[Array] = 
 
   Returns:
     Scalar, or ``[..., n, n]`` per-pair values (entry ``[i, j]``) when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_logistic(scores, labels):.4f}")  # mean over the 5 pairs with y_i > y_j
+    0.4180
+    >>> print(f"{pj.pairwise_logistic(scores, labels, where=mask):.4f}")
+    0.4963
+    >>> print(f"{pj.pairwise_logistic(scores, labels, where=mask, lambdaweight='ndcg'):.4f}")  # LambdaRank
+    0.0673
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_logistic)(S, Y), float), 4))
+    [0.418 1.318]
+    >>> print(f"{pj.pairwise_logistic(S, Y):.4f}")  # leading axes are batch axes: mean over all pairs
+    0.8680
+    >>> print(f"{pj.pairwise_logistic(S, Y, reduce_fn=lambda v, where: jnp.max(v, where=where, initial=0.0)):.4f}")
+    2.1269
   """
   return _hard_pair_loss("logistic", scores, labels, where, weights, lambdaweight, reduce_fn)
 
@@ -311,6 +449,19 @@ def pairwise_hinge(scores: Array, labels: Array, *, margin: float = 1.0,
 
   Same pair set, weights and reduction as :func:`pairwise_logistic` (``margin=1`` is
   ``rax.pairwise_hinge_loss``).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_hinge(scores, labels):.4f}")  # only pair (2, 1) 1.5 and (2, 3) 0.5 violate the margin: 2 / 5
+    0.4000
+    >>> print(f"{pj.pairwise_hinge(scores, labels, where=mask, margin=0.5):.4f}")
+    0.3333
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_hinge)(S, Y), float), 4))
+    [0.4 1.9]
   """
   return _hard_pair_loss("hinge", scores, labels, where, weights, lambdaweight, reduce_fn,
                          margin=margin)
@@ -343,16 +494,39 @@ def margin_mse(scores: Array, teacher_scores: Array, *, where: Optional[Array] =
 
   Returns:
     Scalar, or ``[..., n, n]`` per-pair values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.margin_mse(scores, teacher):.4f}")  # e = s - t = [-2, 0, -1.5, 1]: mean of (e_i - e_j)^2
+    3.7917
+    >>> print(f"{pj.margin_mse(scores, teacher, where=mask):.4f}")
+    2.1667
+    >>> print(f"{pj.margin_mse(teacher + 7.0, teacher):.4f}")  # shift-invariant
+    0.0000
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.margin_mse)(S, T), float), 4))
+    [3.7917 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, teacher_scores, where=where, names=("scores", "teacher_scores"))
-  return _margin_mse(scores, teacher_scores, where, reduce_fn=reduce_fn)
+  out = _margin_mse(scores, teacher_scores, where, reduce_fn=reduce_fn)
+  if _validate.is_concrete(out) and not bool(jnp.all(jnp.isfinite(out))):
+    d = _max_abs_diff(scores, teacher_scores, where, pairwise=True)
+    _check_no_overflow("margin_mse", out, "scores, teacher_scores",
+                       f"max |(s_i - s_j) - (t_i - t_j)| = {d:.3g}")
+  return out
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _margin_mse(scores, teacher_scores, where, *, reduce_fn):
   s, t, valid = _teacher_pair_setup(scores, teacher_scores, where)
-  loss = jnp.square(_pairs(s, jnp.subtract) - _pairs(t, jnp.subtract))
+  # (s_i - s_j) - (t_i - t_j) = e_i - e_j with e = s - t, computed in quarters (exact powers of
+  # two): no intermediate overflows, so the loss is finite whenever (e_i - e_j)^2 fits.
+  e = s * 0.25 - t * 0.25
+  loss = jnp.square(_pairs(e, jnp.subtract)) * 16.0
   return _reduce(loss, valid, reduce_fn)
 
 
@@ -369,6 +543,19 @@ def pairwise_distill_logistic(scores: Array, teacher_scores: Array, *, temperatu
   over ordered pairs ``i != j`` of valid items (symmetric: :math:`\ell_{ij} = \ell_{ji}`);
   ``jnp.mean`` averages over them for the whole batch. Its minimum over ``s`` is the binary
   entropy of :math:`p`, reached at :math:`s_i - s_j = (t_i - t_j)/\tau`.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.pairwise_distill_logistic(scores, teacher):.4f}")
+    0.4418
+    >>> print(f"{pj.pairwise_distill_logistic(scores, teacher, where=mask, temperature=2.0):.4f}")
+    0.6286
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.pairwise_distill_logistic)(S, T), float), 4))
+    [0.4418 0.2891]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_positive("temperature", temperature)
@@ -377,12 +564,15 @@ def pairwise_distill_logistic(scores: Array, teacher_scores: Array, *, temperatu
                                     reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _pairwise_distill_logistic(scores, teacher_scores, where, temperature, *, reduce_fn):
   s, t, valid = _teacher_pair_setup(scores, teacher_scores, where)
   p = jax.nn.sigmoid(_pairs(t, jnp.subtract) / temperature)
   d = _pairs(s, jnp.subtract)
-  loss = _softplus(d) - p * d
+  # softplus(d) - p d, written as p softplus(-d) + (1 - p) softplus(d) with 0 * inf := 0:
+  # no inf - inf when huge teacher gaps saturate p to 0 or 1.
+  loss = (jnp.where(p > 0, p * _softplus(-d), 0.0)
+          + jnp.where(p < 1, (1.0 - p) * _softplus(d), 0.0))
   return _reduce(loss, valid, reduce_fn)
 
 
@@ -407,6 +597,21 @@ def softmax_ce(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.softmax_ce(scores, labels):.4f}")
+    0.9210
+    >>> print(f"{pj.softmax_ce(scores, labels, where=mask):.4f}")
+    0.8394
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.softmax_ce)(S, Y), float), 4))
+    [0.921  2.3716]
+    >>> print(np.round(np.asarray(pj.softmax_ce(S, Y, reduce_fn=None), float), 4))  # per-list values
+    [0.921  2.3716]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where, weights=weights)
@@ -416,7 +621,7 @@ def softmax_ce(scores: Array, labels: Array, *, where: Optional[Array] = None,
   return _softmax_ce(scores, labels, where, weights, reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _softmax_ce(scores, labels, where, weights, *, reduce_fn):
   s, y, m, w = _prepare(scores, labels, where, weights, check=False)
   if w is not None:
@@ -424,7 +629,7 @@ def _softmax_ce(scores, labels, where, weights, *, reduce_fn):
   mass = jnp.sum(y, axis=-1)
   has_target = jnp.any(m, axis=-1) & (mass > 0)
   p = y / jnp.where(has_target, mass, 1.0)[..., None]
-  loss = -jnp.sum(p * _masked_log_softmax(s, m), axis=-1)
+  loss = -jnp.sum(jnp.where(p > 0, p * _masked_log_softmax(s, m), 0.0), axis=-1)  # 0 log 0 = 0
   return _reduce(loss, has_target, reduce_fn)
 
 
@@ -441,6 +646,21 @@ def listwise_kl(scores: Array, teacher_scores: Array, *, temperature: float = 1.
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> teacher = jnp.array([4.0, 1.0, 2.0, -1.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.listwise_kl(scores, teacher):.4f}")
+    0.2132
+    >>> print(f"{pj.listwise_kl(scores, teacher, where=mask, temperature=2.0):.4f}")
+    0.2777
+    >>> print(f"{pj.listwise_kl(teacher, teacher):.4f}")  # 0 when the student equals the teacher
+    0.0000
+    >>> S, T = jnp.stack([scores, teacher]), jnp.stack([teacher, teacher])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.listwise_kl)(S, T), float), 4))
+    [0.2132 0.    ]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_positive("temperature", temperature)
@@ -448,14 +668,14 @@ def listwise_kl(scores: Array, teacher_scores: Array, *, temperature: float = 1.
   return _listwise_kl(scores, teacher_scores, where, temperature, reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _listwise_kl(scores, teacher_scores, where, temperature, *, reduce_fn):
   s, t, m, _ = _prepare(scores, teacher_scores, where, check=False)
   t = jax.lax.stop_gradient(t)
   log_p = _masked_log_softmax(t / temperature, m)
   log_q = _masked_log_softmax(s / temperature, m)
   p = jnp.where(m, jnp.exp(log_p), 0.0)
-  kl = jnp.sum(jnp.where(m, p * (log_p - log_q), 0.0), axis=-1)
+  kl = jnp.sum(jnp.where(m & (p > 0), p * (log_p - log_q), 0.0), axis=-1)  # 0 log 0 = 0
   return _reduce((temperature ** 2) * kl, jnp.any(m, axis=-1), reduce_fn)
 
 
@@ -474,13 +694,26 @@ def listmle(scores: Array, labels: Array, *, where: Optional[Array] = None,
 
   Returns:
     Scalar, or ``[...]`` per-list values when ``reduce_fn=None``.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
+    >>> scores = jnp.array([2.0, 1.0, 0.5, 0.0])
+    >>> labels = jnp.array([3.0, 0.0, 1.0, 0.0])
+    >>> mask = jnp.array([True, True, True, False])  # the last item is padding
+    >>> print(f"{pj.listmle(scores, labels):.4f}")
+    2.0395
+    >>> print(f"{pj.listmle(scores, labels, where=mask):.4f}")
+    1.4384
+    >>> S, Y = jnp.stack([scores, -scores]), jnp.stack([labels, labels])  # [2 lists, 4 items]
+    >>> print(np.round(np.asarray(jax.vmap(pj.listmle)(S, Y), float), 4))
+    [2.0395 5.2401]
   """
   _check_reduce_fn(reduce_fn)
   _validate.check_lists(scores, labels, where=where)
   return _listmle(scores, labels, where, reduce_fn=reduce_fn)
 
 
-@functools.partial(jax.jit, static_argnames=("reduce_fn",))
+@_jit_builtin_statics('reduce_fn')
 def _listmle(scores, labels, where, *, reduce_fn):
   s, y, m, _ = _prepare(scores, labels, where, check=False)
   n = s.shape[-1]
@@ -495,42 +728,73 @@ def _listmle(scores, labels, where, *, reduce_fn):
 
 
 # ----------------------------------------------------------------------------------------------
-# registry
+# registry: one record per loss
 
-LOSSES: dict[str, Callable[..., Array]] = {
-    "pointwise_mse": pointwise_mse,
-    "pointwise_sigmoid_ce": pointwise_sigmoid_ce,
-    "pairwise_logistic": pairwise_logistic,
-    "ranknet": pairwise_logistic,
-    "lambdarank": functools.partial(pairwise_logistic, lambdaweight="ndcg"),
-    "pairwise_hinge": pairwise_hinge,
-    "margin_mse": margin_mse,
-    "pairwise_distill_logistic": pairwise_distill_logistic,
-    "softmax_ce": softmax_ce,
-    "listwise_kl": listwise_kl,
-    "listmle": listmle,
-}
 
-# What each loss expects as its second argument: "labels" (graded hard labels),
-# "teacher" (teacher / ensemble logits), "target" (any target score), "probabilities"
-# (values in [0, 1]: binary labels or sigmoid of teacher logits).
-LOSS_TARGETS: dict[str, str] = {
-    "pointwise_mse": "target",
-    "pointwise_sigmoid_ce": "probabilities",
-    "pairwise_logistic": "labels",
-    "ranknet": "labels",
-    "lambdarank": "labels",
-    "pairwise_hinge": "labels",
-    "margin_mse": "teacher",
-    "pairwise_distill_logistic": "teacher",
-    "softmax_ce": "labels",
-    "listwise_kl": "teacher",
-    "listmle": "labels",
-}
+@dataclasses.dataclass(frozen=True)
+class LossSpec:
+  """One registered loss: its function, what its second argument is, and bound defaults.
+
+  ``target`` is ``"labels"`` (graded hard labels), ``"teacher"`` (teacher / ensemble logits),
+  ``"target"`` (any target score) or ``"probabilities"`` (values in ``[0, 1]``: binary labels
+  or the sigmoid of teacher logits). ``defaults`` are keyword arguments bound by the name
+  (``"lambdarank"`` is ``pairwise_logistic`` with ``lambdaweight="ndcg"``); call options win.
+
+  >>> spec = LOSS_REGISTRY["lambdarank"]
+  >>> spec.fn.__name__, spec.target, dict(spec.defaults)
+  ('pairwise_logistic', 'labels', {'lambdaweight': 'ndcg'})
+  >>> round(float(spec(jnp.array([2.0, 1.0, 0.0]), jnp.array([0.0, 1.0, 2.0]))), 4)
+  0.369
+  """
+
+  fn: Callable[..., Array]
+  target: str
+  defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    if self.target not in LOSS_TARGET_KINDS:
+      raise ValueError(f"target: expected one of {LOSS_TARGET_KINDS}; got {self.target!r}")
+    object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
+
+  def __call__(self, scores: Array, other: Array, **options) -> Array:
+    return self.fn(scores, other, **{**self.defaults, **options})
+
+
+LOSS_TARGET_KINDS = ("labels", "teacher", "target", "probabilities")
+
+#: The loss registry: name -> :class:`LossSpec` (the one place a loss is registered).
+LOSS_REGISTRY: Mapping[str, LossSpec] = types.MappingProxyType({
+    "pointwise_mse": LossSpec(pointwise_mse, "target"),
+    "pointwise_sigmoid_ce": LossSpec(pointwise_sigmoid_ce, "probabilities"),
+    "pairwise_logistic": LossSpec(pairwise_logistic, "labels"),
+    "ranknet": LossSpec(pairwise_logistic, "labels"),
+    "lambdarank": LossSpec(pairwise_logistic, "labels", {"lambdaweight": "ndcg"}),
+    "pairwise_hinge": LossSpec(pairwise_hinge, "labels"),
+    "margin_mse": LossSpec(margin_mse, "teacher"),
+    "pairwise_distill_logistic": LossSpec(pairwise_distill_logistic, "teacher"),
+    "softmax_ce": LossSpec(softmax_ce, "labels"),
+    "listwise_kl": LossSpec(listwise_kl, "teacher"),
+    "listmle": LossSpec(listmle, "labels"),
+})
+
+# Read-only views of LOSS_REGISTRY, kept for backwards compatibility.
+#: name -> callable with the spec's defaults bound.
+LOSSES: Mapping[str, Callable[..., Array]] = types.MappingProxyType({
+    name: (functools.partial(spec.fn, **spec.defaults) if spec.defaults else spec.fn)
+    for name, spec in LOSS_REGISTRY.items()})
+#: name -> target kind of the second argument.
+LOSS_TARGETS: Mapping[str, str] = types.MappingProxyType(
+    {name: spec.target for name, spec in LOSS_REGISTRY.items()})
+
+
+def get_loss_spec(name: str) -> LossSpec:
+  """The :class:`LossSpec` registered as ``name`` (``ValueError`` naming the known ones)."""
+  if name not in LOSS_REGISTRY:
+    raise ValueError(f"name: unknown loss {name!r}; expected one of {sorted(LOSS_REGISTRY)}")
+  return LOSS_REGISTRY[name]
 
 
 def get_loss(name: str) -> Callable[..., Array]:
-  """Loss function by registry name (raises ``ValueError`` naming the known ones)."""
-  if name not in LOSSES:
-    raise ValueError(f"name: unknown loss {name!r}; expected one of {sorted(LOSSES)}")
+  """Loss function by registry name, defaults bound (``ValueError`` naming the known ones)."""
+  get_loss_spec(name)
   return LOSSES[name]

@@ -84,7 +84,8 @@ def test_missing_file(tmp_path):
 
 def test_read_run_sorts_by_score_then_docid(tmp_path):
     p = _write(tmp_path, "r.run", "q1 Q0 d1 1 1.0 t\nq1 Q0 d3 2 2.0 t\nq1 Q0 d2 3 1.0 t\nq2 Q0 d1 1 -3 t\n")
-    assert read_run(p) == {"q1": [("d3", 2.0), ("d1", 1.0), ("d2", 1.0)], "q2": [("d1", -3.0)]}
+    # ties by doc id descending (trec_eval's order)
+    assert read_run(p) == {"q1": [("d3", 2.0), ("d2", 1.0), ("d1", 1.0)], "q2": [("d1", -3.0)]}
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_write_run_read_run_round_trip(tmp_path):
     write_run(path, run, tag="mytag")
     lines = path.read_text().splitlines()
     assert lines[0] == "q2 Q0 d2 1 0.30000000000000004 mytag"
-    assert [ln.split()[2:4] for ln in lines[:3]] == [["d2", "1"], ["d1", "2"], ["d3", "3"]]
+    assert [ln.split()[2:4] for ln in lines[:3]] == [["d2", "1"], ["d3", "2"], ["d1", "3"]]  # tie: id desc
     back = read_run(path)
     assert {q: dict(v) for q, v in back.items()} == run
     assert list(back) == ["q2", "q1"]

@@ -96,7 +96,8 @@ def ref_pile_list(s, y, m, variant, K=10, eta=0.5, tau=1.0, eps=0.0, lam=1.0, ga
     for _ in range(K):
       grad = {i: 2.0 * (z[i] - zmean[i]) for i in idx}
       for (i, j) in P:
-        g = 1.0 / (1.0 + math.exp((z[i] - z[j] - gamma) / tau))  # sigmoid(-(d - gamma)/tau)
+        x = (z[i] - z[j] - gamma) / tau
+        g = 1.0 / (1.0 + math.exp(x)) if x < 700 else 0.0  # sigmoid(-(d - gamma)/tau)
         grad[i] -= lam * g
         grad[j] += lam * g
       z = {i: z[i] - step * grad[i] for i in idx}
@@ -374,7 +375,15 @@ def test_teacher_report_and_format():
   assert rep["ensembles"]["mean"]["vs_mean"] == {"better": 0, "worse": 0, "tied": 3}
   assert rep["teachers"]["a"]["per_list"]["pnr"].shape == (B,)
   text = E.format_teacher_report(rep)
-  assert "| name | kind | PNR |" in text and "NDCG@5" in text
+  assert "| name | kind | PNR (mean of lists) | PNR (pooled pairs) |" in text and "NDCG@5" in text
+  conc = disc = 0.0  # pooled PNR of teacher b: float64 loop over all labelled pairs
+  for b in range(B):
+    for i in range(N):
+      for j in range(N):
+        if m[b, i] and m[b, j] and y[b, i] > y[b, j]:
+          conc += 1.0 if s[1, b, i] > s[1, b, j] else (0.5 if s[1, b, i] == s[1, b, j] else 0.0)
+          disc += 1.0 if s[1, b, i] < s[1, b, j] else (0.5 if s[1, b, i] == s[1, b, j] else 0.0)
+  assert rep["teachers"]["b"]["pnr_pooled"] == pytest.approx(conc / disc, rel=1e-6)
   assert "| pile_reg | ensemble |" in text and "| c | teacher |" in text
 
 
@@ -410,3 +419,38 @@ def test_bad_inputs():
     E.weighted_mean(s, weights=[1.0, 2.0])
   with pytest.raises(ValueError, match="^teacher_names: "):
     E.teacher_report(s, y, teacher_names=["a"])
+
+
+@pytest.mark.parametrize("variant,opts", VARIANT_OPTS[::2] + VARIANT_OPTS[-1:])
+def test_pile_huge_finite_logits_match_float64_reference(variant, opts):
+  """Logits up to ±3e38 (sums and differences overflow float32): every variant equals the
+  float64 loop reference, stays finite, and the consensus output stays within the teachers'
+  range."""
+  s = np.array([[[3e38, -3e38, 1.0, 0.0, 2e38]], [[3e38, 2e38, -3e38, 0.0, -1e38]],
+                [[-2e38, 1e37, 5.0, 3e38, 0.0]]], np.float32)
+  y = np.array([[2.0, 1.0, 1.0, 0.0, 3.0]])
+  m = np.ones((1, 5), bool)
+  got = np.asarray(E.pile(s, y, variant=variant, **opts))
+  assert got.dtype == np.float32 and np.all(np.isfinite(got))
+  ref = ref_pile(s.astype(np.float64), y, m, variant, **{_REF_KW.get(k, k): v for k, v in opts.items()})
+  np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-6 * 3e38)
+  if variant == "consensus":
+    assert np.all(got >= s.min(0) * (1 + 1e-6)) and np.all(got <= s.max(0) * (1 + 1e-6))
+  # a list of ordinary logits in the same batch is untouched by its neighbour's scale
+  small = np.stack([s[:, 0], s[:, 0] * np.float32(1e-37)], axis=1)
+  out = np.asarray(E.pile(small, np.concatenate([y, y]), variant=variant, **opts))
+  ref_small = ref_pile(small.astype(np.float64)[:, 1:], y, m, variant,
+                       **{_REF_KW.get(k, k): v for k, v in opts.items()})
+  np.testing.assert_allclose(out[1:], ref_small, rtol=1e-4, atol=1e-6)
+
+
+def test_baselines_huge_finite_logits():
+  """mean / weighted_mean / zscore_mean of ±3e38 logits: finite, equal to float64 NumPy."""
+  s = np.array([[[3e38, -3e38, 1.0, 2.0]], [[3e38, 2e38, -3e38, 4.0]]], np.float32)
+  s64 = s.astype(np.float64)
+  np.testing.assert_allclose(E.mean(s), s64.mean(0), rtol=1e-6)
+  np.testing.assert_allclose(E.weighted_mean(s, weights=np.array([0.25, 0.75])),
+                             0.25 * s64[0] + 0.75 * s64[1], rtol=1e-6, atol=1.0)
+  z = (s64 - s64.mean(-1, keepdims=True)) / s64.std(-1, keepdims=True)
+  np.testing.assert_allclose(E.zscore_mean(s), z.mean(0), rtol=1e-5, atol=1e-6)
+  assert E.mean(s.astype(jnp.bfloat16)).dtype == jnp.float32

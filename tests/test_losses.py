@@ -2,6 +2,7 @@
 invariants, padding, empty lists and input validation."""
 
 import math
+from fractions import Fraction
 
 import jax
 import jax.numpy as jnp
@@ -415,28 +416,132 @@ def test_reduce_fn_mean_units():
   np.testing.assert_allclose(L.listwise_kl(s, t, where=m), per_list.sum() / 5, rtol=1e-6)
 
 
+def _second(name, t, y):
+  kind = L.LOSS_REGISTRY[name].target
+  if kind in ("teacher", "target"):
+    return t
+  return jnp.clip(y / 3, 0, 1) if kind == "probabilities" else y
+
+
 def test_jit_matches_eager():
   s, t, y, m = make_case(11, garbage=0.0)
 
   @jax.jit
   def all_losses(s, t, y, m):
-    return jnp.stack([L.LOSSES[k](s, t if L.LOSS_TARGETS[k] in ("teacher", "target") else
-                                  (jnp.clip(y / 3, 0, 1) if L.LOSS_TARGETS[k] == "probabilities" else y),
-                                  where=m) for k in sorted(L.LOSSES)])
+    return jnp.stack([L.LOSS_REGISTRY[k](s, _second(k, t, y), where=m) for k in sorted(L.LOSSES)])
 
-  eager = np.asarray([L.LOSSES[k](s, t if L.LOSS_TARGETS[k] in ("teacher", "target") else
-                                  (np.clip(y / 3, 0, 1) if L.LOSS_TARGETS[k] == "probabilities" else y),
-                                  where=m) for k in sorted(L.LOSSES)])
+  eager = np.asarray([L.LOSSES[k](s, _second(k, t, y), where=m) for k in sorted(L.LOSSES)])
   np.testing.assert_allclose(all_losses(s, t, y, m), eager, rtol=1e-5, atol=1e-6)
 
 
-def test_registry():
-  assert set(L.LOSSES) == set(L.LOSS_TARGETS)
+def test_registry_one_record_per_loss():
+  assert set(L.LOSSES) == set(L.LOSS_TARGETS) == set(L.LOSS_REGISTRY)
   for name in ("pointwise_mse", "pointwise_sigmoid_ce", "pairwise_logistic", "pairwise_hinge",
                "margin_mse", "pairwise_distill_logistic", "softmax_ce", "listwise_kl", "listmle"):
-    assert callable(L.get_loss(name))
+    spec = L.get_loss_spec(name)
+    assert spec.fn is getattr(L, name) and L.get_loss(name) is spec.fn and not spec.defaults
+  assert L.LOSS_TARGETS["margin_mse"] == "teacher" and L.LOSS_TARGETS["softmax_ce"] == "labels"
+  # "lambdarank" = pairwise_logistic with lambdaweight="ndcg" bound, in every view
+  s, _, y, m = make_case(12)
+  want = float(L.pairwise_logistic(s, y, where=m, lambdaweight="ndcg"))
+  assert float(L.LOSS_REGISTRY["lambdarank"](s, y, where=m)) == want
+  assert float(L.get_loss("lambdarank")(s, y, where=m)) == want
+  assert float(L.LOSS_REGISTRY["lambdarank"](s, y, where=m, lambdaweight=None)) == float(
+      L.pairwise_logistic(s, y, where=m))
   with pytest.raises(ValueError, match="name"):
     L.get_loss("nope")
+  with pytest.raises(TypeError):
+    L.LOSS_REGISTRY["x"] = L.LOSS_REGISTRY["ranknet"]  # read-only
+
+
+def test_new_callables_do_not_recompile():
+  """A fresh lambda ``reduce_fn`` / ``lambdaweight`` per call runs un-jitted (jit is left to the
+  caller, as in Rax): repeated eager calls retrace and compile nothing new."""
+  s, _, y, m = make_case(13)
+  compiles = []
+
+  def listener(event, *args, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  def call():
+    return (L.pairwise_logistic(s, y, where=m, lambdaweight=lambda s, y, where: jnp.ones(s.shape + s.shape[-1:]),
+                                reduce_fn=lambda v, where: jnp.sum(v, where=where)),
+            L.margin_mse(s, y, where=m, reduce_fn=lambda v, where: jnp.max(v, where=where, initial=0.0)))
+
+  first = call()  # compiles the primitives for these shapes
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    for _ in range(3):
+      again = call()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert compiles == []
+  np.testing.assert_array_equal(np.asarray(first), np.asarray(again))
+  want = sum(_softplus(-(s[b, i] - s[b, j])) for b in range(B) for i in range(N) for j in range(N)
+             if m[b, i] and m[b, j] and y[b, i] > y[b, j])
+  assert float(first[0]) == pytest.approx(want, rel=1e-5)
+
+
+def test_bf16_inputs_reduce_in_float32():
+  """bf16 scores and targets of 300 items: the loss is computed and returned in float32 (the
+  count in the mean stays exact above 256), equal to a float64 re-derivation on the same
+  bf16-rounded inputs."""
+  rng = np.random.default_rng(14)
+  n = 300
+  s16 = jnp.asarray(rng.normal(size=(1, n)), jnp.bfloat16)
+  t16 = jnp.asarray(rng.normal(size=(1, n)) * 2, jnp.bfloat16)
+  y16 = jnp.asarray(rng.integers(0, 3, size=(1, n)), jnp.bfloat16)
+  s, t, y = (np.asarray(x, np.float64) for x in (s16, t16, y16))
+  m = np.ones((1, n), bool)
+  e = (s - t)[0]
+  log_p, log_q = t[0] - np.logaddexp.reduce(t[0]), s[0] - np.logaddexp.reduce(s[0])
+  cases = {  # float64 NumPy re-derivations
+      "pointwise_mse": (L.pointwise_mse(s16, t16), np.mean(e ** 2)),
+      "margin_mse": (L.margin_mse(s16, t16), np.sum((e[:, None] - e[None, :]) ** 2) / (n * (n - 1))),
+      "listwise_kl": (L.listwise_kl(s16, t16), np.sum(np.exp(log_p) * (log_p - log_q))),
+      "softmax_ce": (L.softmax_ce(s16, y16), -np.sum(y[0] / y[0].sum() * log_q)),
+  }
+  for name, (got, want) in cases.items():
+    assert got.dtype == jnp.float32, name
+    assert float(got) == pytest.approx(want, rel=2e-5), name
+  per_item = L.pointwise_mse(s16, t16, reduce_fn=None)
+  assert per_item.dtype == jnp.float32
+  lw = L.ndcg_lambdaweight(s16, y16)
+  assert lw.dtype == jnp.float32
+
+
+def test_huge_finite_inputs_margin_mse_exact_or_clear_error():
+  """margin_mse is finite whenever its value fits in float32, even for inputs of ±3e38 whose
+  differences overflow; a loss that does not fit raises a ValueError naming the arguments."""
+  s = np.array([[3e38, -3e38, 1e10, 0.0]], np.float32)
+  t = s + np.array([[0.0, 0.0, 5e17, 1e18]], np.float32)  # teacher = student + offsets
+  # exact rational reference (a float64 loop would cancel catastrophically at 3e38)
+  fs, ft = [Fraction(float(v)) for v in s[0]], [Fraction(float(v)) for v in t[0]]
+  want = float(sum(((fs[i] - fs[j]) - (ft[i] - ft[j])) ** 2
+                   for i in range(4) for j in range(4) if i != j) / 12)
+  got = L.margin_mse(s, t)
+  assert np.isfinite(float(got)) and float(got) == pytest.approx(want, rel=1e-5)
+  got_jit = jax.jit(L.margin_mse)(s, t)
+  assert float(got_jit) == pytest.approx(want, rel=1e-5)
+  g = jax.grad(lambda x: L.margin_mse(x, t))(s)
+  assert np.all(np.isfinite(np.asarray(g)))
+  with pytest.raises(ValueError, match="^scores, teacher_scores: margin_mse overflows float32"):
+    L.margin_mse(np.array([[1e30, -1e30]], np.float32), np.zeros((1, 2), np.float32))
+
+
+def test_huge_finite_inputs_pointwise_mse_exact_or_clear_error():
+  """The mean of 1000 per-item values of ~1e36 fits float32 though their sum does not: the mean
+  is exact; ±1e30 targets give a squared error beyond float32: a ValueError names the inputs."""
+  rng = np.random.default_rng(15)
+  s = (rng.uniform(0.5, 1.5, size=(2, 500)) * 1e18).astype(np.float32)
+  t = np.zeros_like(s)
+  want = np.mean(s.astype(np.float64) ** 2)
+  assert want * s.size > np.finfo(np.float32).max
+  assert float(L.pointwise_mse(s, t)) == pytest.approx(want, rel=1e-5)
+  assert float(jax.jit(L.pointwise_mse)(s, t)) == pytest.approx(want, rel=1e-5)
+  with pytest.raises(ValueError, match="^scores, targets: pointwise_mse overflows float32.*2e\\+30"):
+    L.pointwise_mse(np.array([1e30, 0.0], np.float32), np.array([-1e30, 0.0], np.float32))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -476,3 +581,26 @@ def test_bad_inputs_raise_value_error_naming_argument():
   jax.jit(L.listmle)(bad, y)
   with pytest.raises(ValueError, match="^labels:"):
     jax.jit(L.listmle)(s, np.zeros((2, 3)))
+
+
+def test_listwise_and_distill_losses_no_nan_at_float32_extremes():
+  """Logits of ±3e38: softmax_ce, listwise_kl and pairwise_distill_logistic give the float64
+  values (0 log 0 = 0; no inf - inf), never NaN."""
+  s = np.array([[3e38, -3e38, 1.0, 0.0]], np.float32)
+  y = np.array([[2.0, 0.0, 1.0, 0.0]], np.float32)
+  s64 = s[0].astype(np.float64)
+  log_q = s64 - np.logaddexp.reduce(s64)
+  p = y[0] / y[0].sum()
+  want_ce = -np.sum(np.where(p > 0, p * log_q, 0.0))
+  assert float(L.softmax_ce(s, y)) == pytest.approx(want_ce, rel=1e-5)
+  assert float(L.listwise_kl(s, s)) == 0.0
+  t = np.array([[3e38, 1.0, -3e38, 0.0]], np.float32)
+  t64 = t[0].astype(np.float64)
+  vals = []
+  for i in range(4):
+    for j in range(4):
+      if i != j:
+        ds, dt = s64[i] - s64[j], t64[i] - t64[j]
+        pij = 0.5 * (1 + math.tanh(dt / 2))
+        vals.append(pij * _softplus(-ds) + (1 - pij) * _softplus(ds))
+  assert float(L.pairwise_distill_logistic(s, t)) == pytest.approx(np.mean(vals), rel=1e-5)

@@ -230,3 +230,76 @@ def test_bad_inputs():
     M.precision(s, s, topn=0)
   with pytest.raises(ValueError, match="^gain: "):
     M.ndcg(s, s, gain="log")
+
+
+def test_pnr_counts_and_pooled_against_float64_loop():
+  """pnr_counts gives the per-list (C, D, T) of the loop; pnr_pooled pools them over every
+  list (ties half each way), unlike the mean of the per-list pnr."""
+  s, y, m = make_case(3)
+  C, D, T = np.zeros(B), np.zeros(B), np.zeros(B)
+  for b in range(B):
+    for i in range(N):
+      for j in range(N):
+        if m[b, i] and m[b, j] and y[b, i] > y[b, j]:
+          C[b] += s[b, i] > s[b, j]
+          D[b] += s[b, i] < s[b, j]
+          T[b] += s[b, i] == s[b, j]
+  assert T.sum() > 0  # the case has score ties
+  got = M.pnr_counts(s, y, where=m)
+  for g, want in zip(got, (C, D, T)):
+    assert g.dtype == jnp.int32
+    np.testing.assert_array_equal(g, want)
+  pooled = (C.sum() + T.sum() / 2) / max(D.sum() + T.sum() / 2, 1.0)
+  assert float(M.pnr_pooled(s, y, where=m)) == pytest.approx(pooled, rel=1e-6)
+  assert float(jax.jit(M.pnr_pooled)(s, y, where=m)) == pytest.approx(pooled, rel=1e-6)
+  assert float(M.pnr_pooled(s[:1], y[:1], where=m[:1])) == pytest.approx(
+      float(M.pnr(s[:1], y[:1], where=m[:1])[0]), rel=1e-6)  # one list: the same number
+
+
+def test_ndcg_exp2_gain_labels_of_128_and_more():
+  """Labels >= 128 (2^y overflows float32): ndcg and the LambdaRank weights use gains relative to
+  the list's top label and equal float64 NumPy; dcg (absolute gains) raises a clear error."""
+  from pile_jax import losses as L
+  s = np.array([[1.0, 3.0, 2.0, 0.0, 5.0, 4.0], [0.5, 0.1, 0.3, 0.2, 0.0, 0.4]])
+  y = np.array([[200.0, 150.0, 0.0, 130.0, 3.0, 199.0], [1.0, 0.0, 2.0, 0.0, 3.0, 1.0]])
+  m = np.ones_like(s, bool)
+  for topn in (None, 2):
+    want = []
+    for b in range(2):
+      order = sorted(range(6), key=lambda i: (-s[b, i], i))
+      k = 6 if topn is None else topn
+      g = 2.0 ** y[b] - 1.0
+      dcg = sum(g[i] / math.log2(r + 2) for r, i in enumerate(order[:k]))
+      idcg = sum(v / math.log2(r + 2) for r, v in enumerate(sorted(g, reverse=True)[:k]))
+      want.append(dcg / idcg)
+    got = np.asarray(M.ndcg(s.astype(np.float32), y.astype(np.float32), topn=topn))
+    assert np.all(np.isfinite(got))
+    np.testing.assert_allclose(got, want, rtol=1e-5)
+  lw = np.asarray(L.ndcg_lambdaweight(s.astype(np.float32), y.astype(np.float32)))
+  assert np.all(np.isfinite(lw))
+  g = 2.0 ** y[0] - 1.0
+  rank = {i: r + 1 for r, i in enumerate(sorted(range(6), key=lambda i: (-s[0, i], i)))}
+  idcg = sum(v / math.log2(r + 2) for r, v in enumerate(sorted(g, reverse=True)))
+  want_lw = np.array([[abs(g[i] - g[j]) * abs(1 / math.log2(1 + rank[i]) - 1 / math.log2(1 + rank[j]))
+                       / idcg for j in range(6)] for i in range(6)])
+  np.testing.assert_allclose(lw[0], want_lw, rtol=1e-5, atol=1e-12)
+  with pytest.raises(ValueError, match="^labels: the exp2 gain .* labels >= 128"):
+    M.dcg(s, y)
+
+
+def test_bf16_inputs_computed_in_float32():
+  """bf16 scores of 300 items: metrics compute and return float32 (ranks beyond 256 exact),
+  equal to float64 NumPy on the same bf16-rounded values."""
+  rng = np.random.default_rng(7)
+  n = 300
+  s16 = jnp.asarray(rng.permutation(n)[None] * 1.0, jnp.bfloat16)  # bf16 rounding makes ties
+  y16 = jnp.asarray(rng.integers(0, 3, size=(1, n)), jnp.bfloat16)
+  s, y = np.asarray(s16, np.float64)[0], np.asarray(y16, np.float64)[0]
+  order = sorted(range(n), key=lambda i: (-s[i], i))
+  g = 2.0 ** y - 1.0
+  want = sum(g[i] / math.log2(r + 2) for r, i in enumerate(order)) / sum(
+      v / math.log2(r + 2) for r, v in enumerate(sorted(g, reverse=True)))
+  got = M.ndcg(s16, y16)
+  assert got.dtype == jnp.float32 and float(got[0]) == pytest.approx(want, rel=1e-5)
+  assert M.pnr(s16, y16).dtype == jnp.float32
+  assert M.pnr_pooled(s16, y16).dtype == jnp.float32

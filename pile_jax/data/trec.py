@@ -9,9 +9,11 @@ mappings keyed by id, e.g. :class:`pile_jax.data.collection.Collection`). Unknow
 either raise (``on_unknown="error"``, the default) or the line is dropped and counted
 (``on_unknown="skip"``). With ``return_skipped=True`` a reader returns ``(data, n_skipped)``.
 
-Tie-breaking: ranked lists are ordered by score descending, equal scores by doc id ascending
-(string order). trec_eval ignores the rank column and breaks ties by doc id *descending*, so the
-two orders differ only on exactly tied scores.
+Tie-breaking (one convention, :func:`rank_order`): ranked lists are ordered by score
+descending, equal scores by doc id *descending* (code-point order, i.e. the byte order of UTF-8
+``strcmp``) -- trec_eval's own order, which ignores the rank column. The rank column that
+:func:`write_run` writes is therefore the rank at which trec_eval (and
+:func:`pile_jax.train.evaluate.run_metrics`) evaluates each document.
 """
 
 from __future__ import annotations
@@ -172,8 +174,17 @@ def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> None:
 
 
 def rank_order(scores: Mapping[str, float]) -> list[tuple[str, float]]:
-    """``[(docid, score), ...]`` by score descending, ties by doc id ascending."""
-    return sorted(((d, float(s)) for d, s in scores.items()), key=lambda x: (-x[1], x[0]))
+    """``[(docid, score), ...]`` by score descending, ties by doc id descending.
+
+    This is trec_eval's ranking (``sim`` descending, then ``strcmp(docno)`` descending; the rank
+    column of a run file is ignored), used for every ranked list pile_jax writes or evaluates,
+    so the rank column of a written run is the rank trec_eval evaluates.
+
+    >>> rank_order({"d1": 0.5, "d3": 2.0, "d2": 0.5, "d10": 0.5})
+    [('d3', 2.0), ('d2', 0.5), ('d10', 0.5), ('d1', 0.5)]
+    """
+    return sorted(((d, float(s)) for d, s in scores.items()), key=lambda x: (x[1], x[0]),
+                  reverse=True)
 
 
 def read_run(
@@ -186,7 +197,7 @@ def read_run(
     """Read a TREC run ``qid Q0 docid rank score tag`` (whitespace separated).
 
     Returns ``{qid: [(docid, score), ...]}``, each list sorted by score descending (ties by doc
-    id ascending); query order is first appearance in the file. The rank column must be an
+    id descending, :func:`rank_order`); query order is first appearance in the file. The rank column must be an
     integer but is otherwise ignored (as trec_eval does). A doc listed twice for one query is
     an error.
     """
@@ -236,7 +247,7 @@ def write_run(
     """Write a TREC run: ``qid Q0 docid rank score tag``, ranks 1..n per query.
 
     ``run`` is ``{qid: {docid: score}}`` (or ``{qid: [(docid, score), ...]}``). Docs are ranked by
-    score descending, ties by doc id ascending; queries in dict order. Scores are written with
+    score descending, ties by doc id descending (:func:`rank_order`, trec_eval's order); queries in dict order. Scores are written with
     ``repr(float)`` so :func:`read_run` gets the exact same floats back. Non-finite scores or ids
     with whitespace raise ValueError.
     """

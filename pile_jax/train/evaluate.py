@@ -7,10 +7,17 @@
 - ``recip_rank``: 1 / rank of the first relevant (grade > 0) retrieved document, 0 if none;
 - ``map``: average precision, normalised by the number of relevant judged documents;
 - ``pnr``: pairs of retrieved documents with different labels (unjudged = 0), concordant over
-  discordant (the PILE paper's metric; see :func:`pile_jax.metrics.pnr`).
+  discordant in the evaluated ranking (score ties already broken by doc id), *per query* (:func:`pile_jax.metrics.pnr`); :func:`mean_metrics` averages it over
+  queries (every query weighs the same);
+- ``pnr_concordant`` / ``pnr_discordant``: that query's concordant / discordant pair counts, from
+  which :func:`mean_metrics` reports ``pnr_pooled`` = total
+  concordant / total discordant over all pairs of all queries (every pair weighs the same; the
+  PNR over a test set, :func:`pile_jax.metrics.pnr_pooled`).
 
 They are computed with :mod:`pile_jax.metrics` on one padded list per query: the retrieved
-documents (ranked by score; ties broken by doc id descending, as trec_eval does), then filler
+documents (ranked by :func:`pile_jax.data.trec.rank_order`: score descending, ties by doc id
+descending -- trec_eval's order and the rank column :func:`~pile_jax.data.trec.write_run`
+writes; the positions then encode that rank, so no score tie reaches the metrics), then filler
 items of grade 0 up to ``max(depth, 10)``, then the judged documents that were not retrieved, scored
 below everything.  With ``topn=depth`` the unretrieved judged documents only enter the ideal
 ranking, which is exactly trec_eval's definition.
@@ -23,8 +30,11 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from pile_jax import metrics as M
+from pile_jax.data.trec import rank_order
 
 TREC_METRICS = ("ndcg_cut_10", "recip_rank", "map")
+#: Per-query pair counts that :func:`mean_metrics` pools into ``pnr_pooled``.
+PNR_COUNTS = ("pnr_concordant", "pnr_discordant")
 
 
 def _query_list(ranked: list[tuple[str, float]], judged: Mapping[str, int], depth: int):
@@ -49,13 +59,9 @@ def _query_list(ranked: list[tuple[str, float]], judged: Mapping[str, int], dept
 
 
 def rank_run(run_q: Mapping[str, float]) -> list[tuple[str, float]]:
-    """Documents of one query by score descending, ties by doc id descending (trec_eval)."""
-    return sorted(run_q.items(), key=lambda kv: (-kv[1], _neg_key(kv[0])))
-
-
-def _neg_key(doc_id: str):
-    # trec_eval sorts equal scores by docno in decreasing strcmp order.
-    return tuple(-b for b in doc_id.encode("utf-8")) + (1,)
+    """Documents of one query by score descending, ties by doc id descending (trec_eval's order;
+    the same function as :func:`pile_jax.data.trec.rank_order`)."""
+    return rank_order(run_q)
 
 
 def run_metrics(
@@ -91,20 +97,30 @@ def run_metrics(
     rr = np.asarray(M.mrr(S, Y, where=W, topn=depth))
     ap = np.asarray(M.average_precision(S, Y, where=W, topn=depth))
     pnr = np.asarray(M.pnr(S, Y, where=R))
+    conc, disc, tied = (np.asarray(c, np.float64) for c in M.pnr_counts(S, Y, where=R))
     return {
-        q: {"ndcg_cut_10": float(ndcg[i]), "recip_rank": float(rr[i]), "map": float(ap[i]), "pnr": float(pnr[i])}
+        q: {"ndcg_cut_10": float(ndcg[i]), "recip_rank": float(rr[i]), "map": float(ap[i]), "pnr": float(pnr[i]),
+            "pnr_concordant": conc[i] + 0.5 * tied[i], "pnr_discordant": disc[i] + 0.5 * tied[i]}
         for i, q in enumerate(qids)
     }
 
 
 def mean_metrics(per_query: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Mean over queries of each metric (PNR: mean over queries with a finite value)."""
+    """Mean over queries of each metric (PNR: mean over queries with a finite value), plus
+    ``pnr_pooled``: the summed ``pnr_concordant`` over the summed ``pnr_discordant`` of all
+    queries (denominator clipped at 1, as :func:`pile_jax.metrics.pnr_pooled`), which replaces
+    the two count keys."""
     if not per_query:
         return {}
     names = next(iter(per_query.values())).keys()
     out = {}
     for name in names:
+        if name in PNR_COUNTS:
+            continue
         vals = np.array([m[name] for m in per_query.values()], np.float64)
         vals = vals[np.isfinite(vals)]
         out[name] = float(vals.mean()) if vals.size else float("nan")
+    if all(k in names for k in PNR_COUNTS):
+        conc, disc = (sum(float(m[k]) for m in per_query.values()) for k in PNR_COUNTS)
+        out["pnr_pooled"] = conc / max(disc, 1.0)
     return out

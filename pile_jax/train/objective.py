@@ -39,8 +39,9 @@ TARGETS = ("ensemble", "precomputed", "teacher")
 
 
 def _losses_registry() -> Mapping[str, Any]:
+    """name -> :class:`pile_jax.losses.LossSpec` (function, target kind, bound defaults)."""
     from pile_jax import losses
-    return losses.LOSSES
+    return losses.LOSS_REGISTRY
 
 
 def _ensemble_module():
@@ -203,11 +204,13 @@ def term_denominators(batch: Mapping[str, Any], objective: Objective | Mapping[s
     }
 
 
-def _loss_kwargs(fn, name: str, obj: Objective, distill: bool) -> dict[str, Any]:
-    kwargs = {}
+def _loss_kwargs(spec, name: str, obj: Objective, distill: bool) -> dict[str, Any]:
+    """The spec's defaults, then ``objective.temperature`` (distill losses taking one), then
+    ``objective.loss_options[name]``: later ones win."""
+    kwargs = dict(spec.defaults)
     if distill and obj.temperature is not None:
         try:
-            params = inspect.signature(fn).parameters
+            params = inspect.signature(spec.fn).parameters
         except (TypeError, ValueError):
             params = {}
         if "temperature" in params:
@@ -253,8 +256,9 @@ def compute_loss(
         labels = jnp.where(mask, _f32(batch["labels"]), 0.0)
         den = jnp.maximum(denominators["label"], 1.0)
         for name, weight in obj.label_losses.items():
-            fn = registry[name]
-            value = _per_list_sum(fn, scores, labels, label_mask, _loss_kwargs(fn, name, obj, False)) / den
+            spec = registry[name]
+            value = _per_list_sum(spec.fn, scores, labels, label_mask,
+                                  _loss_kwargs(spec, name, obj, False)) / den
             terms[f"label/{name}"] = value
             loss = loss + weight * value
     if obj.distill_losses:
@@ -263,8 +267,9 @@ def compute_loss(
         target = jax.lax.stop_gradient(_f32(target))
         den = jnp.maximum(denominators["distill"], 1.0)
         for name, weight in obj.distill_losses.items():
-            fn = registry[name]
-            value = _per_list_sum(fn, scores, target, mask, _loss_kwargs(fn, name, obj, True)) / den
+            spec = registry[name]
+            value = _per_list_sum(spec.fn, scores, target, mask,
+                                  _loss_kwargs(spec, name, obj, True)) / den
             terms[f"distill/{name}"] = value
             loss = loss + weight * value
     aux_losses = dict(aux_losses or {})
