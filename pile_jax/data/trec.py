@@ -9,6 +9,9 @@ mappings keyed by id, e.g. :class:`pile_jax.data.collection.Collection`). Unknow
 either raise (``on_unknown="error"``, the default) or the line is dropped and counted
 (``on_unknown="skip"``). With ``return_skipped=True`` a reader returns ``(data, n_skipped)``.
 
+Paths may be local or URLs (``gs://...``; :mod:`pile_jax.io`); writers are atomic (a temporary
+name, then a rename), so a crash never leaves a half-written file under the final name.
+
 Tie-breaking: ranked lists are ordered by score descending, equal scores by doc id ascending
 (string order). trec_eval ignores the rank column and breaks ties by doc id *descending*, so the
 two orders differ only on exactly tied scores.
@@ -16,6 +19,7 @@ two orders differ only on exactly tied scores.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -23,6 +27,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from pile_jax import io as pio
 from pile_jax.data.errors import DataError, check_on_unknown
 
 __all__ = [
@@ -46,7 +51,7 @@ _INT_RE = re.compile(r"^[+-]?\d+$")
 def _lines(path: PathLike, sep: str | None = None) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for the non-blank lines of a UTF-8 text file."""
     try:
-        handle = open(path, encoding="utf-8")
+        handle = pio.as_path(path).open("r", encoding="utf-8")
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
     with handle:
@@ -160,12 +165,13 @@ def read_qrels(
 
 def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> None:
     """Write ``{qid: {docid: grade}}`` as ``qid 0 docid grade`` lines (dict order)."""
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, judged in qrels.items():
-            for docid, grade in judged.items():
-                _check_id(qid, "query id")
-                _check_id(docid, "doc id")
-                out.write(f"{qid} 0 {docid} {int(grade)}\n")
+    out = io.StringIO()
+    for qid, judged in qrels.items():
+        for docid, grade in judged.items():
+            _check_id(qid, "query id")
+            _check_id(docid, "doc id")
+            out.write(f"{qid} 0 {docid} {int(grade)}\n")
+    pio.write_text(path, out.getvalue())
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -241,14 +247,15 @@ def write_run(
     with whitespace raise ValueError.
     """
     _check_id(tag, "tag")
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, entries in run.items():
-            _check_id(qid, "query id")
-            for rank, (docid, score) in enumerate(rank_order(_as_score_dict(entries)), 1):
-                _check_id(docid, "doc id")
-                if not math.isfinite(score):
-                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
-                out.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+    out = io.StringIO()
+    for qid, entries in run.items():
+        _check_id(qid, "query id")
+        for rank, (docid, score) in enumerate(rank_order(_as_score_dict(entries)), 1):
+            _check_id(docid, "doc id")
+            if not math.isfinite(score):
+                raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+            out.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+    pio.write_text(path, out.getvalue())
 
 
 def candidates_from_run(
@@ -310,15 +317,16 @@ def write_teacher_scores(path: PathLike, scores: Mapping[str, Mapping[str, float
     Scores are written with ``repr(float)``: a round trip through :func:`read_teacher_scores`
     is exact. Non-finite scores raise ValueError.
     """
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, per_doc in scores.items():
-            _check_id(qid, "query id")
-            for docid, score in per_doc.items():
-                _check_id(docid, "doc id")
-                score = float(score)
-                if not math.isfinite(score):
-                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
-                out.write(f"{qid}\t{docid}\t{score!r}\n")
+    out = io.StringIO()
+    for qid, per_doc in scores.items():
+        _check_id(qid, "query id")
+        for docid, score in per_doc.items():
+            _check_id(docid, "doc id")
+            score = float(score)
+            if not math.isfinite(score):
+                raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+            out.write(f"{qid}\t{docid}\t{score!r}\n")
+    pio.write_text(path, out.getvalue())
 
 
 # ------------------------------------------------------------------------------ triples
@@ -365,6 +373,7 @@ def write_triples(path: PathLike, triples: Mapping[str, Iterable]) -> None:
     columns = [list(triples[k]) for k in keys]
     if len({len(c) for c in columns}) != 1:
         raise ValueError("triples columns have different lengths")
-    with open(path, "w", encoding="utf-8") as out:
-        for pos, neg, qid, pid, nid in zip(*columns):
-            out.write(f"{float(pos)!r}\t{float(neg)!r}\t{qid}\t{pid}\t{nid}\n")
+    out = io.StringIO()
+    for pos, neg, qid, pid, nid in zip(*columns):
+        out.write(f"{float(pos)!r}\t{float(neg)!r}\t{qid}\t{pid}\t{nid}\n")
+    pio.write_text(path, out.getvalue())
