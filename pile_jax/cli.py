@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="work folder (checkpoints, TensorBoard, export)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even though the student, objective, teachers, learning rate, "
+                        "batch size or seed changed")
 
     p = sub.add_parser("eval", help="metrics of a TREC run file, or re-rank candidates with a model")
     p.add_argument("--collection", required=True)

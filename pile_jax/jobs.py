@@ -131,7 +131,7 @@ def cmd_train(args) -> int:
 
     cfg = _load(args)
     out = args.out or _default_out(args.config)
-    train_job(cfg, out=out, resume=args.resume)
+    train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
     return 0
 

@@ -13,6 +13,7 @@ checkpoints (``--resume`` continues exactly), TensorBoard scalars, ``best_params
 
 from __future__ import annotations
 
+import json
 from typing import Any, Mapping
 
 import numpy as np
@@ -30,7 +31,47 @@ def _student_ranker(scfg: Mapping[str, Any], seed: int):
                                  dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)))
 
 
-def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict:
+RESUME_KEYS = ("student", "objective", "teachers", "standardize", "learning_rate", "batch_size", "seed")
+
+
+def run_spec(cfg: Mapping[str, Any]) -> dict:
+    """What a resumed run must share with the run it continues (stored in ``model.json``): the
+    student, the objective, the teacher specs, the standardisation, learning rate, batch size, seed."""
+    tcfg = dict(cfg.get("train") or {})
+    return json.loads(json.dumps({
+        "student": dict(cfg.get("student") or {}), "objective": dict(cfg.get("objective") or {}),
+        "teachers": list(cfg.get("teachers") or []), "standardize": cfg.get("standardize", "global"),
+        "learning_rate": tcfg.get("learning_rate"), "batch_size": tcfg.get("batch_size"),
+        "seed": int(tcfg.get("seed", 0))}, default=str))
+
+
+def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool = False) -> None:
+    """Refuses to mix runs in one work folder (config errors naming the folder and the keys):
+
+    * without ``resume``, a folder that already holds checkpoints (a fresh run would keep the old
+      ones and skip its own saves at the same step numbers);
+    * with ``resume``, a ``model.json`` whose run spec (:func:`run_spec`) differs in any of
+      ``RESUME_KEYS``, unless ``force``."""
+    out = pio.as_path(out)
+    ckpt = out / "checkpoints"
+    if not resume:
+        if ckpt.exists() and any(True for _ in ckpt.iterdir()):
+            raise C.ConfigError(f"{out}: holds the checkpoints of an earlier run; pass --resume to continue it, "
+                                "or choose another --out")
+        return
+    meta = out / "model.json"
+    if force or not meta.exists():
+        return
+    old = pio.read_json(meta).get("run_spec")
+    if old is None:
+        return
+    changed = [k for k in RESUME_KEYS if old.get(k) != spec.get(k)]
+    if changed:
+        raise C.ConfigError(f"{out}: --resume with a changed {', '.join(changed)} (the checkpoints were made with "
+                            f"{ {k: old.get(k) for k in changed} }); use another --out, or --force-resume")
+
+
+def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_resume: bool = False) -> dict:
     """Runs the job; returns the test metrics.
 
     On several processes (``distributed.enabled``), every process prepares the same data, model
@@ -50,6 +91,8 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict
 
     primary = pio.is_primary()
     out_path = pio.as_path(out)
+    spec = run_spec(cfg)
+    check_work_folder(out_path, spec, resume=resume, force=force_resume)
     if primary:
         out_path.mkdir(parents=True, exist_ok=True)
     log = Log(str(out_path / "log.txt") if primary else None, quiet=not primary)
@@ -83,7 +126,7 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict
         return mean_metrics(run_metrics(run, coll.qrels, qids=splits["dev"]))
 
     if primary:
-        pio.write_json(out_path / "model.json", {"student": dict(scfg), "seed": seed, "train": tcfg})
+        pio.write_json(out_path / "model.json", {"student": dict(scfg), "seed": seed, "train": tcfg, "run_spec": spec})
     pio.barrier("train_job_model_json")
     result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
                    workdir=str(out_path), resume=resume, evaluate=dev_eval, log=log)
