@@ -109,6 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"pile-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        # an output path that cannot be written: read-only, a file where a folder is needed, ...
+        print(f"pile-jax {args.command}: error: cannot write {getattr(e, 'filename', None) or ''}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
     except Preempted as e:
         print(f"pile-jax {args.command}: preempted (SIGTERM), checkpoint saved: {e}; rerun with --resume",
               file=sys.stderr)

@@ -97,6 +97,8 @@ def cmd_ensemble(args) -> int:
     from pile_jax.pipeline import groups_to_run
     from pile_jax.prepare import standardise, teacher_stats
 
+    if pio.as_path(args.out).is_dir():
+        raise C.ConfigError(f"--out {args.out}: is a folder; the ensemble is written to one score file")
     names = [os.path.splitext(pio.as_path(p).name)[0] for p in args.teachers]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -306,3 +306,39 @@ def test_params_round_trip_and_shape_error(tmp_path):
     bad = {"dense": {"kernel": np.zeros((3, 3), np.float32), "bias": np.ones(3, np.float32)}, "head": params["head"]}
     with pytest.raises(ValueError, match="shape"):
         load_params(tmp_path / "p.npz", bad)
+
+
+def test_prepare_on_a_non_primary_process_writes_nothing(tmp_path, monkeypatch):
+    """Process 1 of 2 (simulated): same candidates and teacher scores, no file written by it, and it
+    waits at the barrier after each shared file."""
+    coll = _write_collection(tmp_path / "coll")
+    barriers = []
+    monkeypatch.setattr(P, "_process", lambda: (1, 2))
+    monkeypatch.setattr(P, "_agree", lambda flag: flag)
+    monkeypatch.setattr(pio, "is_primary", lambda: False)
+    monkeypatch.setattr(pio, "barrier", barriers.append)
+    prep = P.prepare(_cfg(coll), out=str(tmp_path / "out"), standardize="none")
+    ref = _bm25_reference(coll, [f"q{i}" for i in range(9)], 5)
+    assert prep.teachers["lex"] == {q: ref[q] for q in prep.candidates}
+    assert not (tmp_path / "out").exists() and barriers == ["teacher_lex"]
+
+
+def test_cli_unwritable_outputs_are_one_line_errors(tmp_path, capsys):
+    from pile_jax.cli import main
+
+    coll = _write_collection(tmp_path / "coll")
+    (tmp_path / "a_file").write_text("x")
+    assert main(["score", "--collection", coll, "--depth", "3", "--teacher", "b=bm25",
+                 "--out", str(tmp_path / "a_file")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "a_file" in err
+    pio.write_text(tmp_path / "t.tsv", "q0\td0\t1.0\n")
+    assert main(["ensemble", "--collection", coll, "--teachers", str(tmp_path / "t.tsv"), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_config_with_extends_on_a_url(fake_gcs):
+    pio.write_text("gs://bucket/cfg/base.yaml", "data: {collection: cranfield}\nfirst_stage: {depth: 7}\n")
+    pio.write_text("gs://bucket/cfg/sub/child.yaml", "extends: ../base.yaml\nfirst_stage: {depth: 9}\n")
+    cfg = C.load_config("gs://bucket/cfg/sub/child.yaml")
+    assert cfg["data"] == {"collection": "cranfield"} and cfg["first_stage"] == {"depth": 9}
