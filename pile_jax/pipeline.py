@@ -242,5 +242,6 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
         write_report(results, curves, out)
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
+    getattr(log, "flush", lambda: None)()
     return results
 

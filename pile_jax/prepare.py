@@ -45,26 +45,42 @@ TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "fil
 
 # ------------------------------------------------------------------------------------- log
 class Log:
-    """Prints and keeps a transcript (written to ``path``, local or URL; ``None``: not written)."""
+    """Prints and keeps a transcript, written to ``path`` (local: appended line by line; a URL:
+    the whole transcript rewritten at most every ``url_interval_s`` seconds and at exit, since
+    object stores cannot append); ``path=None``: not written."""
 
-    def __init__(self, path: str | None = None, quiet: bool = False):
+    def __init__(self, path: str | None = None, quiet: bool = False, url_interval_s: float = 10.0):
         self.lines: list[str] = []
         self.path = None if path is None else str(path)
         self.quiet = quiet
         self.t0 = time.perf_counter()
+        self.url_interval_s = url_interval_s
+        self._written = 0
+        self._last = float("-inf")
+        if self.path and pio.is_url(self.path):
+            import atexit
+
+            atexit.register(self.flush)
 
     def __call__(self, msg: str) -> None:
         line = f"[{time.perf_counter() - self.t0:7.1f}s] {msg}"
         self.lines.append(line)
         if not self.quiet:
             print(line, flush=True)
-        if self.path:
-            if pio.is_url(self.path):  # object stores cannot append: rewrite the transcript
-                pio.write_text(self.path, "\n".join(self.lines) + "\n")
-            else:
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-                with open(self.path, "a", encoding="utf-8") as f:
-                    f.write(line + "\n")
+        if self.path and not pio.is_url(self.path):
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            self._written = len(self.lines)
+        elif self.path and time.monotonic() - self._last >= self.url_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the transcript to a URL ``path`` now (a no-op when nothing is new)."""
+        if self.path and pio.is_url(self.path) and self._written < len(self.lines):
+            pio.write_text(self.path, "\n".join(self.lines) + "\n")
+            self._written = len(self.lines)
+            self._last = time.monotonic()
 
 
 # ------------------------------------------------------------------------------ candidates

@@ -429,6 +429,7 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
         write_study_report(results, curves, out)
     pio.barrier("study_results")
     log(f"done in {timings['total']}s: {out_path / 'study.md'}")
+    getattr(log, "flush", lambda: None)()
     return results
 
 

@@ -139,6 +139,7 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
         export_params(ranker, result.params, str(out_path / "export"))
     pio.barrier("train_job_results")
     log(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    getattr(log, "flush", lambda: None)()
     return metrics
 
 

@@ -342,3 +342,13 @@ def test_config_with_extends_on_a_url(fake_gcs):
     pio.write_text("gs://bucket/cfg/sub/child.yaml", "extends: ../base.yaml\nfirst_stage: {depth: 9}\n")
     cfg = C.load_config("gs://bucket/cfg/sub/child.yaml")
     assert cfg["data"] == {"collection": "cranfield"} and cfg["first_stage"] == {"depth": 9}
+
+
+def test_log_on_a_url(fake_gcs):
+    log = P.Log("gs://bucket/run/log.txt", quiet=True, url_interval_s=3600)
+    log("first")
+    log("second")  # within the interval: kept in memory
+    assert (fake_gcs / "bucket" / "run" / "log.txt").read_text().count("\n") == 1
+    log.flush()
+    lines = (fake_gcs / "bucket" / "run" / "log.txt").read_text().splitlines()
+    assert [l.split("] ", 1)[1] for l in lines] == ["first", "second"]
