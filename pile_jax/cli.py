@@ -53,6 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", default=None, help="work folder (checkpoints, TensorBoard, export)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    p.add_argument("--force-resume", action="store_true",
+                   help="with --resume: continue even though the student, objective, teachers, learning rate, "
+                        "batch size or seed changed")
 
     p = sub.add_parser("eval", help="metrics of a TREC run file, or re-rank candidates with a model")
     p.add_argument("--collection", required=True)
@@ -88,18 +91,33 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
+# Exit code of a run stopped by SIGTERM (preemption) after it saved a checkpoint: distinct from
+# success (0), bad input (2) and a crash (1), so a supervisor knows to relaunch with --resume.
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
     from pile_jax import jobs
     from pile_jax.config import ConfigError
     from pile_jax.data.errors import DataError
+    from pile_jax.train.loop import Preempted
 
     try:
         return int(getattr(jobs, f"cmd_{args.command}")(args) or 0)
     except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"pile-jax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except (PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError) as e:
+        # an output path that cannot be written: read-only, a file where a folder is needed, ...
+        print(f"pile-jax {args.command}: error: cannot write {getattr(e, 'filename', None) or ''}: "
+              f"{e.strerror or e}", file=sys.stderr)
+        return 2
+    except Preempted as e:
+        print(f"pile-jax {args.command}: preempted (SIGTERM), checkpoint saved: {e}; rerun with --resume",
+              file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

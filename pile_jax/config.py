@@ -31,12 +31,14 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
 
 
 def _read(path: str, seen: tuple = ()) -> dict[str, Any]:
-    """One YAML file as a dict, with its ``extends:`` chain merged underneath (presets included)."""
-    if not os.path.isfile(path):
+    """One YAML file (local path or URL) as a dict, with its ``extends:`` chain merged underneath
+    (presets included)."""
+    from pile_jax import io as pio
+
+    if not pio.as_path(path).is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        with open(path, encoding="utf-8") as f:
-            cfg = yaml.safe_load(f) or {}
+        cfg = yaml.safe_load(pio.read_text(path)) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(cfg, dict):
@@ -46,10 +48,11 @@ def _read(path: str, seen: tuple = ()) -> dict[str, Any]:
         return cfg
     if not isinstance(parent, str):
         raise ConfigError(f"{path}: extends: expected a file name, got {parent!r}")
-    parent = os.path.normpath(os.path.join(os.path.dirname(path), parent))
+    parent = os.path.join(os.path.dirname(path), parent)
+    parent = parent if "://" in parent else os.path.normpath(parent)
     if parent in seen:
         raise ConfigError(f"{path}: extends: cycle through {parent}")
-    return deep_merge(_read(parent, seen + (os.path.normpath(path),)), cfg)
+    return deep_merge(_read(parent, seen + (path if "://" in path else os.path.normpath(path),)), cfg)
 
 
 def load_config(path: str | os.PathLike, *, presets: Iterable[str] = (), overrides: Iterable[str] = ()) -> dict[str, Any]:

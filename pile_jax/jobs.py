@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any, Mapping
 
 import numpy as np
 
 from pile_jax import config as C
+from pile_jax import io as pio
 
 
 def _load(args, extra_presets=()) -> dict:
@@ -24,36 +24,27 @@ def _default_out(config_path: str, suffix: str = "") -> str:
 
 # --------------------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
-    from pile_jax.pipeline import Log, run
+    from pile_jax.pipeline import run
+    from pile_jax.prepare import Log
 
     cfg = _load(args, ["quick"] if args.quick else [])
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
-    os.makedirs(out, exist_ok=True)
-    log = Log(os.path.join(out, "log.txt"))
+    pio.as_path(out).mkdir(parents=True, exist_ok=True)
+    log = Log(str(pio.as_path(out) / "log.txt"))
     log(f"pile-jax run {args.config}{' --quick' if args.quick else ''} -> {out}")
     results = run(cfg, out=out, data=args.data, log=log)
-    with open(os.path.join(out, "results.md"), encoding="utf-8") as f:
-        print(f.read())
+    print(pio.read_text(pio.as_path(out) / "results.md"))
     return 0 if results else 1
 
 
 # ------------------------------------------------------------------------------------- score
-def _candidates(coll, *, run_path: str | None, depth: int, qids) -> tuple[dict, dict]:
-    from pile_jax.bm25 import bm25_search
-    from pile_jax.data import read_run
-
-    if run_path:
-        run = read_run(run_path, collection=coll)
-        ranked = {q: dict(run.get(q, [])[:depth]) for q in qids}
-    else:
-        ranked = bm25_search(coll.docs, {q: coll.queries[q] for q in qids}, depth=depth)
-    return {q: list(ranked[q]) for q in qids}, ranked
-
-
 def _parse_teacher(item: str) -> dict:
     if "=" not in item:
         raise C.ConfigError(f"--teacher {item!r}: expected NAME=SPEC")
     name, spec = item.split("=", 1)
+    from pile_jax.prepare import check_teacher_name
+
+    check_teacher_name(name, f"--teacher {item!r}")
     if spec == "bm25":
         return {"name": name, "kind": "bm25"}
     if spec.startswith("biencoder:"):
@@ -62,66 +53,31 @@ def _parse_teacher(item: str) -> dict:
     return {"name": name, "kind": "checkpoint", "path": path, "num_layers": int(layers) if layers else None}
 
 
-def score_teacher(spec: Mapping[str, Any], coll, candidates: Mapping[str, list], first_stage: Mapping,
-                  *, max_length: int = 256, batch_size: int = 64, max_query_length: int = 64,
-                  out_path: str | None = None) -> dict:
-    """Scores with one teacher spec (bm25 | biencoder_cosine | checkpoint | file); resumable:
-    queries already in ``out_path`` are kept and not scored again."""
-    from pile_jax import rankers
-    from pile_jax.data import read_teacher_scores, write_teacher_scores
-    from pile_jax.train.loop import score_candidates
-
-    kind = spec.get("kind")
-    if kind == "file":
-        return read_teacher_scores(spec["path"], collection=coll)
-    done: dict = {}
-    if out_path and os.path.exists(out_path):
-        done = read_teacher_scores(out_path)
-    todo = {q: c for q, c in candidates.items() if not (q in done and set(c) <= set(done[q]))}
-    if kind == "bm25":
-        new = {q: {d: float(first_stage[q].get(d, 0.0)) for d in c} for q, c in todo.items()}
-        if any(d not in first_stage[q] for q, c in todo.items() for d in c):
-            from pile_jax.bm25 import bm25_scores_for
-
-            new = bm25_scores_for(coll.docs, coll.queries, todo)
-    elif kind in ("biencoder_cosine", "checkpoint"):
-        if kind == "biencoder_cosine":
-            ranker = rankers.biencoder_cosine(spec.get("model", "all-MiniLM-L6-v2"), max_length=max_length)
-        else:
-            ranker = rankers.cross_encoder(spec["path"], num_layers=spec.get("num_layers"), max_length=max_length,
-                                           max_query_length=max_query_length)
-        new = {}
-        keys = list(todo)
-        chunk = 50  # write every 50 queries, so a killed scoring run resumes
-        for i in range(0, len(keys), chunk):
-            part = {q: todo[q] for q in keys[i:i + chunk]}
-            new.update(score_candidates(ranker, ranker.params, part, coll.queries, coll.docs,
-                                        batch_size=batch_size, progress=f"score {spec['name']} {i}/{len(keys)}"))
-            if out_path:
-                write_teacher_scores(out_path, {**done, **new})
-    else:
-        raise C.ConfigError(f"teacher {spec.get('name')!r}: unknown kind {kind!r} "
-                            "(bm25 | biencoder_cosine | checkpoint | file)")
-    scores = {**done, **new}
-    if out_path:
-        write_teacher_scores(out_path, scores)
-    return scores
-
-
 def cmd_score(args) -> int:
     from pile_jax.data import load_collection
+    from pile_jax.prepare import first_stage, obtain_teacher
 
+    specs = [_parse_teacher(item) for item in args.teacher]
     coll = load_collection(args.collection)
-    qids = coll.split_qids(args.split)
-    candidates, ranked = _candidates(coll, run_path=args.candidates, depth=args.depth, qids=qids)
-    os.makedirs(args.out, exist_ok=True)
-    for item in args.teacher:
-        spec = _parse_teacher(item)
-        path = os.path.join(args.out, f"{spec['name']}.tsv")
-        scores = score_teacher(spec, coll, candidates, ranked, max_length=args.max_length,
-                               batch_size=args.batch_size, out_path=path)
+    qids = _split_qids(coll, args.split)
+    candidates, ranked = first_stage(coll, run_path=args.candidates, depth=args.depth, qids=qids)
+    for spec in specs:
+        path = pio.as_path(args.out) / f"{spec['name']}.tsv"
+        model = {"max_length": args.max_length, "max_query_length": 64, "base": "all-MiniLM-L6-v2"}
+        if isinstance(spec.get("model"), str):
+            model["base"] = spec["model"]
+        scores, _ = obtain_teacher(spec, path=path, coll=coll, candidates=candidates, ranked=ranked, model=model,
+                                   depth=args.depth, batch_size=args.batch_size, run_path=args.candidates,
+                                   log=lambda m: print(m, flush=True))
         print(f"{spec['name']}: {sum(map(len, scores.values()))} scores -> {path}")
     return 0
+
+
+def _split_qids(coll, split: str) -> list[str]:
+    try:
+        return coll.split_qids(split)
+    except ValueError as e:
+        raise C.ConfigError(f"--split: {e}") from None
 
 
 # ---------------------------------------------------------------------------------- ensemble
@@ -138,11 +94,19 @@ def _parse_options(items) -> dict:
 def cmd_ensemble(args) -> int:
     from pile_jax import ensemble as E
     from pile_jax.data import build_groups, load_collection, read_teacher_scores, write_teacher_scores
-    from pile_jax.pipeline import groups_to_run, standardise, teacher_stats
+    from pile_jax.pipeline import groups_to_run
+    from pile_jax.prepare import standardise, teacher_stats
 
+    if pio.as_path(args.out).is_dir():
+        raise C.ConfigError(f"--out {args.out}: is a folder; the ensemble is written to one score file")
+    names = [os.path.splitext(pio.as_path(p).name)[0] for p in args.teachers]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise C.ConfigError(f"--teachers: two files share the teacher name {dup[0]!r} (the file name without its "
+                            "extension); rename one")
     coll = load_collection(args.collection)
-    qids = coll.split_qids(args.split)
-    teachers = {os.path.splitext(os.path.basename(p))[0]: read_teacher_scores(p, collection=coll) for p in args.teachers}
+    qids = _split_qids(coll, args.split)
+    teachers = {n: read_teacher_scores(p, collection=coll) for n, p in zip(names, args.teachers)}
     first = next(iter(teachers.values()))
     cands = {q: sorted(first.get(q, {}), key=lambda d: -first[q][d]) for q in qids if q in first}
     n = max(len(c) for c in cands.values())
@@ -169,7 +133,7 @@ def cmd_train(args) -> int:
 
     cfg = _load(args)
     out = args.out or _default_out(args.config)
-    train_job(cfg, out=out, resume=args.resume)
+    train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
     return 0
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-import os
+import io
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from pile_jax import io as pio
 
 COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR"))
 
@@ -26,16 +28,25 @@ def markdown_table(systems: Mapping[str, Mapping[str, Mapping[str, float]]]) -> 
     return "\n".join(lines)
 
 
+def save_figure(fig, path) -> None:
+    """Saves a matplotlib figure as PNG to a local path or URL (atomically) and closes it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    pio.write_bytes(path, buf.getvalue())
+
+
 def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], out: str) -> None:
-    """Writes ``results.md`` and ``results.png`` (training curves + NDCG@10 per system)."""
+    """Writes ``results.md`` and ``results.png`` (training curves + NDCG@10 per system) into ``out`` (local or URL)."""
     md = [f"# pile_jax run: {results['collection']} ({results['eval_split']}, {results['eval_queries']} queries)",
           "", markdown_table(results["systems"]), "",
           f"Teachers: {', '.join(results['teachers'])}; best single teacher on dev: {results['best_teacher']}.",
           f"Student seeds: {results['seeds']}. Timings (s): {results['timings_s']}.",
           "Metrics are trec_eval's (`ndcg_cut_10` with linear gains, `recip_rank`, `map`) plus PNR; "
           "run files are in `runs/`."]
-    with open(os.path.join(out, "results.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
+    pio.write_text(pio.as_path(out) / "results.md", "\n".join(md) + "\n")
 
     import matplotlib
 
@@ -65,5 +76,17 @@ def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[
     ax2.set_xlabel("NDCG@10 (mean ± std over seeds)")
     ax2.set_title(f"{results['collection']} {results['eval_split']}")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "results.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, pio.as_path(out) / "results.png")
+
+
+def jsonable(obj):
+    """``obj`` with NumPy arrays / scalars turned into lists / Python numbers (for ``json.dump``)."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    return obj

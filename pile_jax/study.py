@@ -10,12 +10,13 @@ Two studies ship as configs:
   Hofstaetter et al. 2020): cross_encoder, bert_dot, colbert, prett, tk, each with a single
   teacher (T1), the mean ensemble of the teachers (T2) and the no-KD baseline.
 
-What happens (data and teachers as in :mod:`pile_jax.pipeline`):
+What happens (steps 1-3 are :func:`pile_jax.prepare.prepare`, as in the pipeline and ``train``):
 
 1. BM25 candidates (``first_stage.depth``) for the train/dev/test queries of the collection.
 2. Teacher score files ``<out>/teachers/<name>.tsv``: reused from ``teachers_from`` (a pipeline or
-   study output folder, or a folder of score files) or from ``<out>/teachers``, else computed
-   with the pipeline's ``_teacher_scores`` (cross-fitted fine-tuned MiniLM cross-encoders).
+   study output folder, or a folder of score files, when they cover the study's candidates; a
+   spec sidecar that differs is reported), or from ``<out>/teachers`` when their
+   ``<name>.spec.json`` matches, else computed (cross-fitted fine-tuned MiniLM cross-encoders).
 3. Ranking groups per split with every teacher's score (``ensembles.standardize``: ``none`` keeps
    the raw logits, as both papers do; ``global`` = the pipeline's per-teacher z-scores).
 4. Cells = ``study.students`` x the product of the levels of ``study.factors``. A cell's
@@ -42,7 +43,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import json
 import os
 import platform
 import re
@@ -52,9 +52,10 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from pile_jax.pipeline import _jsonable
-
 from pile_jax import config as C
+from pile_jax import io as pio
+from pile_jax.report import jsonable as _jsonable
+from pile_jax.report import save_figure
 
 METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr")
 STUDY_KEYS = ("teacher", "intermediate")
@@ -141,59 +142,14 @@ def resolve_objective(obj: Mapping[str, Any], *, teacher_names: list[str], best_
 
 
 # ---------------------------------------------------------------------------------- teachers
-def _find_teacher_file(name: str, dirs: list[str]) -> str | None:
+def _find_teacher_model(name: str, dirs: list) -> str | None:
     for d in dirs:
-        for p in (os.path.join(d, "teachers", f"{name}.tsv"), os.path.join(d, f"{name}.tsv")):
-            if os.path.isfile(p):
-                return p
+        d = pio.as_path(d)
+        for base in (d / "teacher_models", d.parent / "teacher_models", d):
+            p = base / f"{name}_fold0" / "final_params.npz"
+            if p.is_file():
+                return str(p)
     return None
-
-
-def _find_teacher_model(name: str, dirs: list[str]) -> str | None:
-    for d in dirs:
-        for base in (os.path.join(d, "teacher_models"), os.path.join(os.path.dirname(os.path.abspath(d)), "teacher_models"), d):
-            p = os.path.join(base, f"{name}_fold0", "final_params.npz")
-            if os.path.isfile(p):
-                return p
-    return None
-
-
-def load_teachers(cfg, *, coll, candidates, bm25_run, splits, out, log) -> tuple[dict, dict]:
-    """``({name: {qid: {doc: score}}}, {name: provenance})`` for every ``teachers`` spec."""
-    from pile_jax.data import read_teacher_scores, write_teacher_scores
-    from pile_jax.pipeline import _teacher_scores, teacher_candidates
-
-    src = cfg.get("teachers_from")
-    search = ([src] if src else []) + [out]
-    tdir = os.path.join(out, "teachers")
-    os.makedirs(tdir, exist_ok=True)
-    teachers, prov = {}, {}
-    qids = [q for s in ("train", "dev", "test") for q in splits[s]]
-    scored = teacher_candidates(cfg, coll, candidates, splits["train"])   # as the pipeline's teachers
-    for spec in C.require(cfg, "teachers"):
-        name = spec["name"]
-        path = _find_teacher_file(name, search)
-        if path:
-            scores = read_teacher_scores(path)
-            missing = sum(1 for q in qids for d in scored[q] if d not in scores.get(q, {}))
-            if missing:
-                raise C.ConfigError(f"{cfg.get('_source', 'config')}: teacher file {path} lacks {missing} of the "
-                                    f"study's candidates (different first_stage.depth or queries?)")
-            log(f"teacher {name}: reusing {path}")
-            prov[name] = {"kind": spec.get("kind"), "source": os.path.abspath(path)}
-            if os.path.abspath(path) != os.path.abspath(os.path.join(tdir, f"{name}.tsv")):
-                write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
-        else:
-            t0 = time.perf_counter()
-            scores = _teacher_scores(spec, cfg=cfg, coll=coll, candidates=scored, fit_candidates=candidates,
-                                     bm25_run=bm25_run,
-                                     splits=splits, out_dir=os.path.join(out, "teacher_models"), log=log)
-            write_teacher_scores(os.path.join(tdir, f"{name}.tsv"), scores)
-            log(f"teacher {name} ({spec['kind']}): computed in {time.perf_counter() - t0:.1f}s")
-            prov[name] = {"kind": spec.get("kind"), "source": "computed",
-                          "seconds": round(time.perf_counter() - t0, 1)}
-        teachers[name] = scores
-    return teachers, prov
 
 
 def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tuple[Any, Any, dict]:
@@ -201,8 +157,8 @@ def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tupl
     the intermediate-layer terms (fold-0 model if present, else fine-tuned here on all train
     queries with the pipeline's code path)."""
     from pile_jax.models import CrossEncoder, load_pretrained
-    from pile_jax.pipeline import _train_cross_encoder_teacher
-    from pile_jax.train.loop import _load_params
+    from pile_jax.params import load_params
+    from pile_jax.prepare import train_cross_encoder_teacher
 
     if spec.get("kind") != "cross_encoder":
         raise C.ConfigError(f"study.layer_teacher: {spec['name']!r} is not a cross_encoder teacher")
@@ -215,17 +171,17 @@ def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tupl
     if path is None:
         log(f"layer teacher {spec['name']}: no fine-tuned fold model found; fine-tuning one on all train queries")
         one = dict(spec, folds=1)
-        _train_cross_encoder_teacher(one, cfg=cfg, coll=coll, candidates=candidates, fit_candidates=candidates,
-                                     train_qids=splits["train"],
-                                     dev_qids=splits["dev"], score_qids=[],
-                                     out_dir=os.path.join(out, "layer_teacher_models"), log=log)
-        path = os.path.join(out, "layer_teacher_models", f"{spec['name']}_fold0", "final_params.npz")
+        train_cross_encoder_teacher(one, cfg=cfg, coll=coll, candidates=candidates, fit_candidates=candidates,
+                                    train_qids=splits["train"], score_qids=[], model_cfg=model_cfg,
+                                    batch_size=int(cfg.get("score_batch_size", 64)),
+                                    out_dir=str(pio.as_path(out) / "layer_teacher_models"), log=log)
+        path = str(pio.as_path(out) / "layer_teacher_models" / f"{spec['name']}_fold0" / "final_params.npz")
         how = "fine-tuned here on all train queries (pipeline code path, 1 fold)"
     config, template = load_pretrained(model_cfg.get("base", "all-MiniLM-L6-v2"), num_layers=num_layers,
                                        dtype=model_cfg.get("dtype", "float32"))
-    params = _load_params(path, template)
+    params = load_params(path, template)
     log(f"layer teacher {spec['name']}: {config.num_layers}-layer CrossEncoder from {path}")
-    return CrossEncoder(config), params, {"name": spec["name"], "params": os.path.abspath(path),
+    return CrossEncoder(config), params, {"name": spec["name"], "params": str(path),
                                           "num_layers": config.num_layers, "how": how}
 
 
@@ -308,6 +264,10 @@ def device_description() -> str:
 
 
 # ------------------------------------------------------------------------------------- study
+def _subset(run: Mapping[str, Mapping[str, float]], qids) -> dict:
+    return {q: dict(run.get(q, {})) for q in qids}
+
+
 def _summary(vals: list[float]) -> dict:
     a = np.asarray(vals, np.float64)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0, "n": int(len(a)),
@@ -317,39 +277,37 @@ def _summary(vals: list[float]) -> dict:
 def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | None = None) -> dict:
     """Runs the study of ``cfg`` (module docstring); returns the ``study.json`` content."""
     from pile_jax.bm25 import bm25_search
-    from pile_jax.data import build_groups, iter_group_examples, load_collection, write_run
-    from pile_jax.pipeline import Log, _subset, _train_group_args, standardise, teacher_stats
+    from pile_jax.data import iter_group_examples, write_run
+    from pile_jax.prepare import Log, prepare, ranking_groups_source, standardize_setting
     from pile_jax.train.evaluate import mean_metrics, run_metrics
     from pile_jax.train.loop import score_candidates, train
 
     t_start = time.perf_counter()
-    os.makedirs(out, exist_ok=True)
-    log = log or Log(os.path.join(out, "log.txt"))
+    out_path = pio.as_path(out)
+    out_path.mkdir(parents=True, exist_ok=True)
+    log = log or Log(str(out_path / "log.txt"))
     study = dict(C.require(cfg, "study"))
     cells = expand_cells(study)
     seeds = [int(s) for s in study.get("seeds", [0])]
     timings: dict[str, float] = {}
+    source_kind = study.get("train_source", "memory")
+    if source_kind not in ("tfds", "memory"):
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: study.train_source must be tfds or memory")
+    standardize = standardize_setting(cfg, "ensembles.standardize", "none")
+    C.require(cfg, "teachers")
 
     def phase(name, t0):
         timings[name] = round(time.perf_counter() - t0, 1)
         log(f"{name}: {timings[name]}s")
 
-    # ---- data, first stage
+    # ---- data, first stage, teachers (reused from `teachers_from` or <out>/teachers), groups
     t0 = time.perf_counter()
-    coll = load_collection(C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
-    splits = C.limited_splits(cfg, coll)
-    depth = int(C.require(cfg, "first_stage.depth"))
-    all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
-    bm25_run = bm25_search(coll.docs, {q: coll.queries[q] for q in all_qids}, depth=depth)
-    candidates = {q: list(bm25_run[q]) for q in all_qids}
+    src = cfg.get("teachers_from")
+    prep = prepare(cfg, out=out, log=log, standardize=standardize, reuse_from=[src] if src else [])
+    coll, splits, depth, candidates = prep.coll, prep.splits, prep.depth, prep.candidates
+    bm25_run, teachers, teacher_prov, groups = prep.ranked, prep.teachers, prep.provenance, prep.groups
     log(f"study {study.get('name', '')}: {coll.name}, " + ", ".join(f"{s} {len(q)}" for s, q in splits.items())
         + f" queries, depth {depth}; {len(cells)} cells x {len(seeds)} seeds")
-    phase("bm25", t0)
-
-    # ---- teachers
-    t0 = time.perf_counter()
-    teachers, teacher_prov = load_teachers(cfg, coll=coll, candidates=candidates, bm25_run=bm25_run, splits=splits,
-                                           out=out, log=log)
     teacher_names = list(teachers)
     qrels = coll.qrels
     dev_teacher = {n: mean_metrics(run_metrics(_subset(teachers[n], splits["dev"]), qrels, qids=splits["dev"]))
@@ -367,41 +325,21 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
         module, params, layer_prov = load_layer_teacher(specs[lt], cfg=cfg, coll=coll, candidates=candidates,
                                                         splits=splits, out=out, log=log)
         layer_teacher = (module, params, layer_prov)
-    phase("teachers", t0)
+    phase("prepare", t0)
 
-    # ---- groups
     t0 = time.perf_counter()
-    unjudged = C.get(cfg, "data.unjudged", "zero")
-    groups, gstats = {}, {}
-    for s in ("train",):
-        groups[s], gstats[s] = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=unjudged,
-                                            require_label_pair=True, **_train_group_args(cfg))
-    standardize = C.get(cfg, "ensembles.standardize", "none")
-    if standardize not in ("global", "none"):
-        raise C.ConfigError(f"{cfg.get('_source')}: ensembles.standardize must be global or none")
-    if standardize == "global":
-        mu, sd = teacher_stats(groups["train"])
-        groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
-    source_kind = study.get("train_source", "memory")
     if source_kind == "tfds":
-        from pile_jax.data import build_ranking_groups_dataset
-
-        builder = build_ranking_groups_dataset(
-            {"train": groups["train"]}, os.path.join(out, "tfds"),
-            name=f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}", overwrite=True)
-        train_source = builder.as_data_source()["train"]
-    elif source_kind == "memory":
-        train_source = list(iter_group_examples(groups["train"]))
+        train_source, _ = ranking_groups_source(
+            groups["train"], out_path / "tfds", f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}")
     else:
-        raise C.ConfigError("study.train_source must be tfds or memory")
+        train_source = list(iter_group_examples(groups["train"]))
     log(f"train groups: {len(groups['train']['query_id'])} x {groups['train']['labels'].shape[1]} items "
         f"({source_kind}); teachers {teacher_names}; standardize={standardize}")
     phase("groups", t0)
 
     # ---- the grid
     t0 = time.perf_counter()
-    runs_dir = os.path.join(out, "runs")
-    os.makedirs(runs_dir, exist_ok=True)
+    runs_dir = out_path / "runs"
     eval_qids = splits[C.get(cfg, "eval.split", "test")]
     eval_cands = {q: candidates[q] for q in eval_qids}
     bs = int(cfg.get("score_batch_size", 64))
@@ -419,11 +357,12 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
             train_ranker, eval_ranker, to_eval = make_student(cell, cfg=cfg, seed=seed, layer_teacher=layer_teacher)
             tcfg = dict(tcfg_base, seed=seed)
             result = train(train_ranker, source=train_source, objective=obj, queries=coll.queries, docs=coll.docs,
-                           config=tcfg, workdir=os.path.join(out, "students", f"{cell['slug']}__seed{seed}"), log=log)
+                           config=tcfg, workdir=str(out_path / "students" / f"{cell['slug']}__seed{seed}"), log=log)
             params = to_eval(result.params)
             run_ = score_candidates(eval_ranker, params, eval_cands, coll.queries, coll.docs, batch_size=bs)
             fname = f"{cell['slug']}__seed{seed}.trec"
-            write_run(os.path.join(runs_dir, fname), _subset(run_, eval_qids), tag=cell["slug"])
+            if pio.is_primary():
+                write_run(runs_dir / fname, _subset(run_, eval_qids), tag=cell["slug"])
             runs[fname] = mean_metrics(run_metrics(_subset(run_, eval_qids), qrels, qids=eval_qids))
             files.append(fname)
             secs.append(time.perf_counter() - t1)
@@ -437,8 +376,9 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
             "metrics": {m: _summary([runs[f][m] for f in files]) for m in METRICS},
             "train_seconds": _summary(secs),
         }
-        with open(os.path.join(out, "study.partial.json"), "w") as f:  # progress, if the grid is cut short
-            json.dump(_jsonable({"cells": cell_out, "runs": runs, "best_teacher": best_teacher}), f, indent=1)
+        if pio.is_primary():  # progress, if the grid is cut short
+            pio.write_json(out_path / "study.partial.json",
+                           _jsonable({"cells": cell_out, "runs": runs, "best_teacher": best_teacher}))
     phase("grid", t0)
 
     # ---- latency per student architecture
@@ -484,10 +424,12 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
         "timings_s": timings,
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
-    with open(os.path.join(out, "study.json"), "w") as f:
-        json.dump(_jsonable(results), f, indent=1)
-    write_study_report(results, curves, out)
-    log(f"done in {timings['total']}s: {os.path.join(out, 'study.md')}")
+    if pio.is_primary():
+        pio.write_json(out_path / "study.json", _jsonable(results))
+        write_study_report(results, curves, out)
+    pio.barrier("study_results")
+    log(f"done in {timings['total']}s: {out_path / 'study.md'}")
+    getattr(log, "flush", lambda: None)()
     return results
 
 
@@ -534,8 +476,7 @@ def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], o
                   f"{lat['queries']} test queries of the median of {lat['repeats']} calls after warm-up, no "
                   f"document caching, tokenisation excluded) on {results['device']}.")
     md.append(f"Train groups: {results['train_groups']} x {results['group_size']} items. Timings (s): {results['timings_s']}.")
-    with open(os.path.join(out, "study.md"), "w", encoding="utf-8") as f:
-        f.write("\n".join(md) + "\n")
+    pio.write_text(pio.as_path(out) / "study.md", "\n".join(md) + "\n")
 
     import matplotlib
 
@@ -582,5 +523,4 @@ def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], o
                     ax2.plot(steps, losses, alpha=0.6, label=name if k == 0 else None)
         ax2.set_title("training loss")
     fig.tight_layout()
-    fig.savefig(os.path.join(out, "study.png"), dpi=110)
-    plt.close(fig)
+    save_figure(fig, pio.as_path(out) / "study.png")

@@ -14,12 +14,12 @@ checkpoints (``--resume`` continues exactly), TensorBoard scalars, ``best_params
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping
 
 import numpy as np
 
 from pile_jax import config as C
+from pile_jax import io as pio
 
 
 def _student_ranker(scfg: Mapping[str, Any], seed: int):
@@ -31,66 +31,93 @@ def _student_ranker(scfg: Mapping[str, Any], seed: int):
                                  dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)))
 
 
-def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict:
-    """Runs the job; returns the test metrics."""
+RESUME_KEYS = ("student", "objective", "teachers", "standardize", "learning_rate", "batch_size", "seed")
+
+
+def run_spec(cfg: Mapping[str, Any]) -> dict:
+    """What a resumed run must share with the run it continues (stored in ``model.json``): the
+    student, the objective, the teacher specs, the standardisation, learning rate, batch size, seed."""
+    tcfg = dict(cfg.get("train") or {})
+    return json.loads(json.dumps({
+        "student": dict(cfg.get("student") or {}), "objective": dict(cfg.get("objective") or {}),
+        "teachers": list(cfg.get("teachers") or []), "standardize": cfg.get("standardize", "global"),
+        "learning_rate": tcfg.get("learning_rate"), "batch_size": tcfg.get("batch_size"),
+        "seed": int(tcfg.get("seed", 0))}, default=str))
+
+
+def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool = False) -> None:
+    """Refuses to mix runs in one work folder (config errors naming the folder and the keys):
+
+    * without ``resume``, a folder that already holds checkpoints (a fresh run would keep the old
+      ones and skip its own saves at the same step numbers);
+    * with ``resume``, a ``model.json`` whose run spec (:func:`run_spec`) differs in any of
+      ``RESUME_KEYS``, unless ``force``."""
+    out = pio.as_path(out)
+    ckpt = out / "checkpoints"
+    if not resume:
+        if ckpt.exists() and any(True for _ in ckpt.iterdir()):
+            raise C.ConfigError(f"{out}: holds the checkpoints of an earlier run; pass --resume to continue it, "
+                                "or choose another --out")
+        return
+    meta = out / "model.json"
+    if force or not meta.exists():
+        return
+    old = pio.read_json(meta).get("run_spec")
+    if old is None:
+        return
+    changed = [k for k in RESUME_KEYS if old.get(k) != spec.get(k)]
+    if changed:
+        raise C.ConfigError(f"{out}: --resume with a changed {', '.join(changed)} (the checkpoints were made with "
+                            f"{ {k: old.get(k) for k in changed} }); use another --out, or --force-resume")
+
+
+def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_resume: bool = False) -> dict:
+    """Runs the job; returns the test metrics.
+
+    On several processes (``distributed.enabled``), every process prepares the same data, model
+    teachers score a slice of the queries each (gathered), and process 0 alone writes the shared
+    files (teacher files, the TFDS groups, ``model.json``, the test run and metrics, the export),
+    each followed by a barrier. ``out`` may be a URL (``gs://...``) shared by all hosts."""
     from pile_jax.train.step import maybe_initialize_distributed
 
     dist = cfg.get("distributed") or {}
     if dist.get("enabled"):
         maybe_initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
                                      dist.get("process_id"), auto=dist.get("coordinator_address") is None)
-    import jax
-
-    from pile_jax.data import build_groups, build_ranking_groups_dataset, load_collection, load_ranking_groups, write_run
-    from pile_jax.jobs import _candidates, score_teacher
-    from pile_jax.pipeline import Log, standardise, teacher_stats
+    from pile_jax.data import write_run
+    from pile_jax.prepare import Log, prepare, ranking_groups_source, standardize_setting
     from pile_jax.train.evaluate import mean_metrics, run_metrics
     from pile_jax.train.loop import score_candidates, train
 
-    os.makedirs(out, exist_ok=True)
-    log = Log(os.path.join(out, "log.txt") if jax.process_index() == 0 else None, quiet=jax.process_index() != 0)
-    coll = load_collection(C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
-    splits = C.limited_splits(cfg, coll)
-    qids = [q for s in splits.values() for q in s]
-    cand_cfg = cfg.get("candidates") or {"bm25_depth": 20}
-    depth = int(cand_cfg.get("bm25_depth") or cand_cfg.get("depth", 100))
-    candidates, first_stage = _candidates(coll, run_path=cand_cfg.get("run"), depth=depth, qids=qids)
+    primary = pio.is_primary()
+    out_path = pio.as_path(out)
+    spec = run_spec(cfg)
+    check_work_folder(out_path, spec, resume=resume, force=force_resume)
+    if primary:
+        out_path.mkdir(parents=True, exist_ok=True)
+    log = Log(str(out_path / "log.txt") if primary else None, quiet=not primary)
     scfg = C.require(cfg, "student")
-
-    teachers = {}
-    tdir = os.path.join(out, "teachers")
-    os.makedirs(tdir, exist_ok=True)
-    for spec in cfg.get("teachers") or []:
-        teachers[spec["name"]] = score_teacher(spec, coll, candidates, first_stage,
-                                               max_length=int(scfg.get("max_length", 256)),
-                                               out_path=None if spec.get("kind") == "file" else os.path.join(tdir, spec["name"] + ".tsv"))
-    names = list(teachers)
-    groups = {}
-    for s in ("train", "dev", "test"):
-        groups[s], stats = build_groups(coll, candidates, teachers, group_size=depth, qids=splits[s],
-                                        unjudged=C.get(cfg, "data.unjudged", "zero"), require_label_pair=(s == "train"))
-        if s == "train":
-            log(f"train groups: {len(groups[s]['query_id'])} (skipped without a label pair: "
-                f"{stats.get('skipped_no_label_pair', 0)}), teachers {names}")
-    if names and cfg.get("standardize", "global") == "global":
-        mu, sd = teacher_stats(groups["train"])
-        groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
-    data_dir = os.path.join(out, "tfds")
-    name = f"{coll.name}_d{depth}_t{len(names)}"
-    if jax.process_index() == 0:
-        builder = build_ranking_groups_dataset({"train": groups["train"]}, data_dir, name, overwrite=not resume)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("tfds_ready")
-        builder = load_ranking_groups(os.path.join(data_dir, "ranking_groups", name, "1.0.0"))
-    source = builder.as_data_source()["train"]
+    obj = dict(C.require(cfg, "objective"))
+    standardize = standardize_setting(cfg, "standardize", "global")
+    split = C.get(cfg, "eval.split", "test")
+    prep = prepare(cfg, out=out, log=log, standardize=standardize,
+                   teacher_model={"max_length": int(scfg.get("max_length", 256)), "max_query_length": 64})
+    coll, splits, candidates, groups, names = prep.coll, prep.splits, prep.candidates, prep.groups, prep.teacher_names
+    if split not in splits:
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: eval.split: unknown split {split!r} "
+                            f"(known: {', '.join(splits)})")
+    log(f"train groups: {len(groups['train']['query_id'])} (skipped without a label pair: "
+        f"{prep.group_stats['train'].get('skipped_no_label_pair', 0)}), teachers {names}")
+    source, _ = ranking_groups_source(groups["train"], out_path / "tfds", f"{coll.name}_d{prep.depth}_t{len(names)}",
+                                      overwrite=not resume)
 
     tcfg = dict(cfg.get("train") or {})
     seed = int(tcfg.get("seed", 0))
     ranker = _student_ranker(scfg, seed)
-    obj = dict(C.require(cfg, "objective"))
     if isinstance(obj.get("teacher"), str):
+        if obj["teacher"] not in names:
+            raise C.ConfigError(f"{cfg.get('_source', 'config')}: objective.teacher: unknown teacher "
+                                f"{obj['teacher']!r} (teachers: {names})")
         obj["target"], obj["teacher_index"] = "teacher", names.index(obj.pop("teacher"))
     dev = {q: candidates[q] for q in splits["dev"]}
 
@@ -98,19 +125,21 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False) -> dict
         run = score_candidates(ranker, params, dev, coll.queries, coll.docs)
         return mean_metrics(run_metrics(run, coll.qrels, qids=splits["dev"]))
 
-    with open(os.path.join(out, "model.json"), "w") as f:
-        json.dump({"student": dict(scfg), "seed": seed, "train": tcfg}, f, indent=1)
+    if primary:
+        pio.write_json(out_path / "model.json", {"student": dict(scfg), "seed": seed, "train": tcfg, "run_spec": spec})
+    pio.barrier("train_job_model_json")
     result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
-                   workdir=out, resume=resume, evaluate=dev_eval, log=log)
-    split = C.get(cfg, "eval.split", "test")
+                   workdir=str(out_path), resume=resume, evaluate=dev_eval, log=log)
     run = score_candidates(ranker, result.params, {q: candidates[q] for q in splits[split]}, coll.queries, coll.docs)
     metrics = mean_metrics(run_metrics(run, coll.qrels, qids=splits[split]))
-    if jax.process_index() == 0:
-        write_run(os.path.join(out, f"{split}.trec"), run, tag="pile_jax")
-        with open(os.path.join(out, f"{split}_metrics.json"), "w") as f:
-            json.dump({"metrics": metrics, "best_step": result.best_step, "best_dev": result.best_metric}, f, indent=1)
-        export_params(ranker, result.params, os.path.join(out, "export"))
+    if primary:
+        write_run(out_path / f"{split}.trec", run, tag="pile_jax")
+        pio.write_json(out_path / f"{split}_metrics.json",
+                       {"metrics": metrics, "best_step": result.best_step, "best_dev": result.best_metric})
+        export_params(ranker, result.params, str(out_path / "export"))
+    pio.barrier("train_job_results")
     log(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    getattr(log, "flush", lambda: None)()
     return metrics
 
 
@@ -125,18 +154,18 @@ def export_params(ranker, params, path: str) -> str:
 
 def export_workdir(workdir: str, out: str, *, which: str = "best") -> str:
     """Exports a ``pile-jax train`` work folder's best (or latest) params to ``out``."""
+    from pile_jax.params import load_params
     from pile_jax.train.checkpoint import Checkpointer
-    from pile_jax.train.loop import _load_params
 
-    meta_path = os.path.join(workdir, "model.json")
-    if not os.path.exists(meta_path):
+    work = pio.as_path(workdir)
+    meta_path = work / "model.json"
+    if not meta_path.exists():
         raise FileNotFoundError(f"{meta_path}: not a pile-jax train work folder (model.json missing)")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = pio.read_json(meta_path)
     ranker = _student_ranker(meta["student"], int(meta.get("seed", 0)))
-    best = os.path.join(workdir, "best_params.npz")
-    if which == "best" and os.path.exists(best):
-        params = _load_params(best, ranker.params)
+    best = work / "best_params.npz"
+    if which == "best" and best.exists():
+        params = load_params(best, ranker.params)
     else:
         from pile_jax.train.loop import TrainConfig
         from pile_jax.train.optim import make_optimizer
@@ -145,7 +174,7 @@ def export_workdir(workdir: str, out: str, *, which: str = "best") -> str:
         tc = TrainConfig.from_config(meta.get("train"))
         tx = make_optimizer(learning_rate=tc.learning_rate, warmup_steps=0, total_steps=1, schedule=tc.schedule,
                             weight_decay=tc.weight_decay, clip_norm=tc.clip_norm)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
+        ckpt = Checkpointer(str(work / "checkpoints"))
         template = create_train_state(ranker.params, tx, np.zeros(2, np.uint32))
         restored = ckpt.restore_latest(template)
         if restored is None:

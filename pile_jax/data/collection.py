@@ -8,7 +8,8 @@ Layout of a collection folder::
     splits.json    {"train": [qid, ...], "dev": [...], "test": [...]} (optional)
 
 ``load_collection("cranfield")`` / ``load_collection("scifact")`` read the copies shipped in
-``pile_jax/resources/collections``; any other argument is a folder path.
+``pile_jax/resources/collections``; any other argument is a folder path, local or a URL
+(``gs://bucket/collection``, read through :mod:`pile_jax.io`).
 """
 
 from __future__ import annotations
@@ -17,9 +18,11 @@ import dataclasses
 import importlib.resources
 import json
 import os
-from pathlib import Path
 from typing import Mapping
 
+from etils import epath
+
+from pile_jax import io as pio
 from pile_jax.data.errors import DataError
 from pile_jax.data.trec import read_qrels
 
@@ -89,13 +92,13 @@ def _text(record, path, lineno, field, required=True) -> str:
     return value
 
 
-def _read_jsonl(path: Path, id_field: str, text_fields: tuple[str, ...], optional: tuple[str, ...]):
+def _read_jsonl(path: epath.Path, id_field: str, text_fields: tuple[str, ...], optional: tuple[str, ...]):
     """``{id: text}`` from a JSON-lines file; text = the text fields joined by a space, stripped."""
     out: dict[str, str] = {}
     first: dict[str, int] = {}
     if not path.is_file():
         raise DataError(path, None, "file not found")
-    with open(path, encoding="utf-8") as handle:
+    with path.open("r", encoding="utf-8") as handle:
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
@@ -116,7 +119,7 @@ def _read_jsonl(path: Path, id_field: str, text_fields: tuple[str, ...], optiona
     return out
 
 
-def _read_splits(path: Path, queries: Mapping[str, str]) -> dict[str, list[str]]:
+def _read_splits(path: epath.Path, queries: Mapping[str, str]) -> dict[str, list[str]]:
     if not path.is_file():
         return {}
     raw = path.read_text(encoding="utf-8")
@@ -156,17 +159,18 @@ def _read_splits(path: Path, queries: Mapping[str, str]) -> dict[str, list[str]]
     return splits
 
 
-def _resolve(name_or_path: str | os.PathLike) -> tuple[str, Path]:
-    text = os.fspath(name_or_path)
+def _resolve(name_or_path: str | os.PathLike) -> tuple[str, epath.Path]:
+    text = os.fspath(name_or_path) if not isinstance(name_or_path, epath.Path) else str(name_or_path)
     if text in SHIPPED_COLLECTIONS and not os.path.isdir(text):
         folder = importlib.resources.files("pile_jax.resources") / "collections" / text
-        return text, Path(str(folder))
-    path = Path(text)
+        return text, epath.Path(str(folder))
+    path = pio.as_path(text)
     if not path.is_dir():
         raise FileNotFoundError(
             f"{text!r} is neither a shipped collection {list(SHIPPED_COLLECTIONS)} nor a folder"
         )
-    return path.resolve().name, path
+    name = path.name if pio.is_url(text) else epath.Path(os.path.abspath(text)).name
+    return name or text, path
 
 
 def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels.tsv") -> Collection:

@@ -9,6 +9,9 @@ mappings keyed by id, e.g. :class:`pile_jax.data.collection.Collection`). Unknow
 either raise (``on_unknown="error"``, the default) or the line is dropped and counted
 (``on_unknown="skip"``). With ``return_skipped=True`` a reader returns ``(data, n_skipped)``.
 
+Paths may be local or URLs (``gs://...``; :mod:`pile_jax.io`); writers are atomic (a temporary
+name, then a rename), so a crash never leaves a half-written file under the final name.
+
 Tie-breaking (one convention, :func:`rank_order`): ranked lists are ordered by score
 descending, equal scores by doc id *descending* (code-point order, i.e. the byte order of UTF-8
 ``strcmp``) -- trec_eval's own order, which ignores the rank column. The rank column that
@@ -18,6 +21,7 @@ descending, equal scores by doc id *descending* (code-point order, i.e. the byte
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -25,6 +29,7 @@ from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from pile_jax import io as pio
 from pile_jax.data.errors import DataError, check_on_unknown
 
 __all__ = [
@@ -48,7 +53,7 @@ _INT_RE = re.compile(r"^[+-]?\d+$")
 def _lines(path: PathLike, sep: str | None = None) -> Iterator[tuple[int, list[str]]]:
     """Yield ``(line_number, fields)`` for the non-blank lines of a UTF-8 text file."""
     try:
-        handle = open(path, encoding="utf-8")
+        handle = pio.as_path(path).open("r", encoding="utf-8")
     except FileNotFoundError:
         raise DataError(path, None, "file not found") from None
     with handle:
@@ -162,12 +167,13 @@ def read_qrels(
 
 def write_qrels(path: PathLike, qrels: Mapping[str, Mapping[str, int]]) -> None:
     """Write ``{qid: {docid: grade}}`` as ``qid 0 docid grade`` lines (dict order)."""
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, judged in qrels.items():
-            for docid, grade in judged.items():
-                _check_id(qid, "query id")
-                _check_id(docid, "doc id")
-                out.write(f"{qid} 0 {docid} {int(grade)}\n")
+    out = io.StringIO()
+    for qid, judged in qrels.items():
+        for docid, grade in judged.items():
+            _check_id(qid, "query id")
+            _check_id(docid, "doc id")
+            out.write(f"{qid} 0 {docid} {int(grade)}\n")
+    pio.write_text(path, out.getvalue())
 
 
 # ---------------------------------------------------------------------------------- runs
@@ -247,19 +253,21 @@ def write_run(
     """Write a TREC run: ``qid Q0 docid rank score tag``, ranks 1..n per query.
 
     ``run`` is ``{qid: {docid: score}}`` (or ``{qid: [(docid, score), ...]}``). Docs are ranked by
-    score descending, ties by doc id descending (:func:`rank_order`, trec_eval's order); queries in dict order. Scores are written with
+    score descending, ties by doc id descending (:func:`rank_order`, trec_eval's order); queries in
+    dict order. Scores are written with
     ``repr(float)`` so :func:`read_run` gets the exact same floats back. Non-finite scores or ids
     with whitespace raise ValueError.
     """
     _check_id(tag, "tag")
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, entries in run.items():
-            _check_id(qid, "query id")
-            for rank, (docid, score) in enumerate(rank_order(_as_score_dict(entries)), 1):
-                _check_id(docid, "doc id")
-                if not math.isfinite(score):
-                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
-                out.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+    out = io.StringIO()
+    for qid, entries in run.items():
+        _check_id(qid, "query id")
+        for rank, (docid, score) in enumerate(rank_order(_as_score_dict(entries)), 1):
+            _check_id(docid, "doc id")
+            if not math.isfinite(score):
+                raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+            out.write(f"{qid} Q0 {docid} {rank} {score!r} {tag}\n")
+    pio.write_text(path, out.getvalue())
 
 
 def candidates_from_run(
@@ -321,15 +329,16 @@ def write_teacher_scores(path: PathLike, scores: Mapping[str, Mapping[str, float
     Scores are written with ``repr(float)``: a round trip through :func:`read_teacher_scores`
     is exact. Non-finite scores raise ValueError.
     """
-    with open(path, "w", encoding="utf-8") as out:
-        for qid, per_doc in scores.items():
-            _check_id(qid, "query id")
-            for docid, score in per_doc.items():
-                _check_id(docid, "doc id")
-                score = float(score)
-                if not math.isfinite(score):
-                    raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
-                out.write(f"{qid}\t{docid}\t{score!r}\n")
+    out = io.StringIO()
+    for qid, per_doc in scores.items():
+        _check_id(qid, "query id")
+        for docid, score in per_doc.items():
+            _check_id(docid, "doc id")
+            score = float(score)
+            if not math.isfinite(score):
+                raise ValueError(f"score for query {qid!r} doc {docid!r} is {score}")
+            out.write(f"{qid}\t{docid}\t{score!r}\n")
+    pio.write_text(path, out.getvalue())
 
 
 # ------------------------------------------------------------------------------ triples
@@ -376,6 +385,7 @@ def write_triples(path: PathLike, triples: Mapping[str, Iterable]) -> None:
     columns = [list(triples[k]) for k in keys]
     if len({len(c) for c in columns}) != 1:
         raise ValueError("triples columns have different lengths")
-    with open(path, "w", encoding="utf-8") as out:
-        for pos, neg, qid, pid, nid in zip(*columns):
-            out.write(f"{float(pos)!r}\t{float(neg)!r}\t{qid}\t{pid}\t{nid}\n")
+    out = io.StringIO()
+    for pos, neg, qid, pid, nid in zip(*columns):
+        out.write(f"{float(pos)!r}\t{float(neg)!r}\t{qid}\t{pid}\t{nid}\n")
+    pio.write_text(path, out.getvalue())

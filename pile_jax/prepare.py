@@ -1,0 +1,620 @@
+"""One preparation path for the jobs: collection → candidates → teachers → groups → standardisation.
+
+``pile-jax run`` (:mod:`pile_jax.pipeline`), ``pile-jax study`` (:mod:`pile_jax.study`) and
+``pile-jax train`` (:mod:`pile_jax.train_job`) all call :func:`prepare`; ``pile-jax score`` and
+``pile-jax ensemble`` use its parts (:func:`first_stage`, :func:`obtain_teacher`,
+:func:`teacher_stats`, :func:`standardise`).
+
+1. The collection (shipped name, folder or URL) and its train/dev/test queries
+   (``data.max_queries_per_split``).
+2. Candidates: BM25 top ``depth`` (``first_stage.depth``, or ``candidates.bm25_depth``), or the top
+   ``candidates.depth`` of a TREC run (``candidates.run``).
+3. Teacher scores, one ``<out>/teachers/<name>.tsv`` per ``teachers`` spec (kinds ``bm25``,
+   ``biencoder_cosine``, ``checkpoint``, ``cross_encoder`` = fine-tuned and cross-fitted here,
+   ``file``), each with a sidecar ``<name>.spec.json`` holding the spec that made it. A file is
+   reused only when its sidecar equals the current spec and it covers every candidate; otherwise
+   it is recomputed. Model teachers are scored in slices of queries across processes and gathered.
+4. Ranking groups per split (train: ``train_groups`` size/policy; dev/test: every candidate).
+5. Per-teacher standardisation statistics over the valid train items, in float64.
+
+Every file is written atomically by process 0 (:mod:`pile_jax.io`), followed by a barrier.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from pile_jax import config as C
+from pile_jax import io as pio
+
+__all__ = [
+    "Log", "Prepared", "prepare", "candidate_settings", "first_stage", "train_group_args", "teacher_candidates",
+    "teacher_stats", "standardise", "obtain_teacher", "score_teacher", "teacher_fingerprint", "score_sharded",
+    "check_teacher_name", "TEACHER_KINDS", "train_cross_encoder_teacher", "ranking_groups_source", "standardize_setting",
+]
+
+TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "file")
+
+
+# ------------------------------------------------------------------------------------- log
+class Log:
+    """Prints and keeps a transcript, written to ``path`` (local: appended line by line; a URL:
+    the whole transcript rewritten at most every ``url_interval_s`` seconds and at exit, since
+    object stores cannot append); ``path=None``: not written."""
+
+    def __init__(self, path: str | None = None, quiet: bool = False, url_interval_s: float = 10.0):
+        self.lines: list[str] = []
+        self.path = None if path is None else str(path)
+        self.quiet = quiet
+        self.t0 = time.perf_counter()
+        self.url_interval_s = url_interval_s
+        self._written = 0
+        self._last = float("-inf")
+        if self.path and pio.is_url(self.path):
+            import atexit
+
+            atexit.register(self.flush)
+
+    def __call__(self, msg: str) -> None:
+        line = f"[{time.perf_counter() - self.t0:7.1f}s] {msg}"
+        self.lines.append(line)
+        if not self.quiet:
+            print(line, flush=True)
+        if self.path and not pio.is_url(self.path):
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(line + "\n")
+            self._written = len(self.lines)
+        elif self.path and time.monotonic() - self._last >= self.url_interval_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Writes the transcript to a URL ``path`` now (a no-op when nothing is new)."""
+        if self.path and pio.is_url(self.path) and self._written < len(self.lines):
+            pio.write_text(self.path, "\n".join(self.lines) + "\n")
+            self._written = len(self.lines)
+            self._last = time.monotonic()
+
+
+# ------------------------------------------------------------------------------ candidates
+def candidate_settings(cfg: Mapping[str, Any]) -> tuple[str | None, int]:
+    """``(run file or None, depth)``: the ``candidates`` section (``bm25_depth``, or ``run`` +
+    ``depth``) when present, else ``first_stage.depth`` (BM25)."""
+    cand = cfg.get("candidates")
+    if cand:
+        depth = cand.get("bm25_depth") or cand.get("depth", 100)
+        run = cand.get("run")
+    else:
+        depth, run = C.require(cfg, "first_stage.depth"), None
+    try:
+        depth = int(depth)
+    except (TypeError, ValueError):
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: candidate depth must be a number, got {depth!r}") from None
+    if depth <= 0:
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: candidate depth must be positive, got {depth}")
+    return run, depth
+
+
+def first_stage(coll, *, run_path: str | None, depth: int, qids: Sequence[str]) -> tuple[dict, dict]:
+    """``(candidates {qid: [doc, ...]}, ranked {qid: {doc: first-stage score}})``: BM25 top
+    ``depth`` or the top ``depth`` of the TREC run ``run_path``."""
+    from pile_jax.bm25 import bm25_search
+    from pile_jax.data import read_run
+
+    if run_path:
+        run = read_run(run_path, collection=coll)
+        ranked = {q: dict(run.get(q, [])[:depth]) for q in qids}
+    else:
+        ranked = bm25_search(coll.docs, {q: coll.queries[q] for q in qids}, depth=depth)
+    return {q: list(ranked[q]) for q in qids}, ranked
+
+
+def train_group_args(cfg: Mapping[str, Any], depth: int) -> dict:
+    """Training groups: ``train_groups.size`` items per query (default: the depth), chosen by
+    ``train_groups.policy`` (``top`` | ``positives_top`` | ``positives_sampled``)."""
+    tg = cfg.get("train_groups") or {}
+    return {"group_size": int(tg.get("size", depth)), "policy": tg.get("policy", "top"),
+            "seed": int(tg.get("seed", 0))}
+
+
+def teacher_candidates(cfg: Mapping[str, Any], coll, candidates: Mapping[str, list], train_qids, depth: int) -> dict:
+    """The candidates teachers score: train queries only ever enter training as their training
+    group, so there just its members; dev/test queries keep all ``depth`` candidates (evaluation)."""
+    from pile_jax.data import build_groups
+
+    members, _ = build_groups(coll, candidates, {}, qids=list(train_qids),
+                              unjudged=C.get(cfg, "data.unjudged", "zero"), require_label_pair=False,
+                              **train_group_args(cfg, depth))
+    scored = dict(candidates)
+    for qid, row, mask in zip(members["query_id"], members["doc_ids"], members["mask"]):
+        scored[qid] = [str(d) for d, m in zip(row, mask) if m]
+    return scored
+
+
+# --------------------------------------------------------------------------- standardisation
+def teacher_stats(groups: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-teacher mean and std (float64) of the scores over the valid items of ``groups``.
+
+    ``mu_t = mean(s_t)``, ``sd_t = max(std(s_t), 1e-6)``, both accumulated in float64 so one huge
+    but finite score (float32 squares overflow above ~1.8e19) cannot turn the std into inf."""
+    ts = np.asarray(groups["teacher_scores"], np.float64)
+    mask = np.asarray(groups["mask"], bool)
+    T = ts.shape[1]
+    if T and not mask.any():
+        raise ValueError("teacher standardisation: no valid train items (no train groups?)")
+    mu = np.array([ts[:, t][mask].mean() for t in range(T)], np.float64)
+    sd = np.array([max(ts[:, t][mask].std(), 1e-6) for t in range(T)], np.float64)
+    return mu, sd
+
+
+def standardise(groups: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
+    """Teacher scores ``(s - mu_t) / sd_t`` computed in float64, stored float32 (padding stays 0):
+    one global scale per teacher, so logits of different magnitudes (BM25 ~10, cosine ~0.5) mix
+    without changing any teacher's order or its within-list margins' relative size."""
+    mu, sd = np.asarray(mu, np.float64), np.asarray(sd, np.float64)
+    ts = (np.asarray(groups["teacher_scores"], np.float64) - mu[None, :, None]) / sd[None, :, None]
+    return dict(groups, teacher_scores=(ts * groups["mask"][:, None, :]).astype(np.float32))
+
+
+# ------------------------------------------------------------------------ sharded scoring
+def _allgather(x: np.ndarray) -> np.ndarray:
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
+
+
+def _process() -> tuple[int, int]:
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def score_sharded(score_fn: Callable[[dict], Mapping[str, Mapping[str, float]]], candidates: Mapping[str, Sequence[str]],
+                  *, process_index: int | None = None, process_count: int | None = None,
+                  allgather: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Scores ``candidates`` with ``score_fn`` across processes and returns every score on every process.
+
+    Query ``i`` (in ``candidates`` order) is scored by process ``i % P``; each process packs its
+    scores into a float32 ``[Q, D]`` array (zeros elsewhere), the arrays are all-gathered to
+    ``[P, Q, D]`` and row ``i`` is read from process ``i % P``. Scores are float32 (the models'
+    output type), so the gather is exact. One process: ``score_fn(candidates)``.
+    """
+    if process_index is None or process_count is None:
+        process_index, process_count = _process()
+    if process_count == 1:
+        return {q: dict(s) for q, s in score_fn(dict(candidates)).items()}
+    qids = list(candidates)
+    width = max([len(candidates[q]) for q in qids] + [1])
+    mine = {q: list(candidates[q]) for i, q in enumerate(qids) if i % process_count == process_index}
+    got = score_fn(mine) if mine else {}
+    local = np.zeros((len(qids), width), np.float32)
+    for i, q in enumerate(qids):
+        if q in mine:
+            local[i, :len(mine[q])] = [got[q][d] for d in mine[q]]
+    gathered = np.asarray((allgather or _allgather)(local))
+    if gathered.shape != (process_count, len(qids), width):
+        raise RuntimeError(f"score_sharded: gathered shape {gathered.shape}, expected {(process_count, len(qids), width)}")
+    return {q: {d: float(gathered[i % process_count, i, j]) for j, d in enumerate(candidates[q])}
+            for i, q in enumerate(qids)}
+
+
+def _agree(flag: bool) -> bool:
+    """Process 0's decision on every process (so all processes take the same collective path)."""
+    if _process()[1] == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(int(flag), np.int32)))
+
+
+# ---------------------------------------------------------------------------------- teachers
+def check_teacher_name(name: Any, source: str = "config") -> str:
+    """A teacher name is a file name: non-empty, no path separators, not hidden."""
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
+            or any(c.isspace() for c in name):
+        raise C.ConfigError(f"{source}: teachers: name {name!r} must be a plain file name "
+                            "(no '/', no leading '.', no spaces)")
+    return name
+
+
+def _model_cfg(defaults: Mapping[str, Any], spec: Mapping[str, Any]) -> dict:
+    """The teacher's model settings: the job's defaults, then ``spec.model`` (a mapping, or a model
+    name / folder string)."""
+    model = dict(defaults or {})
+    extra = spec.get("model")
+    if isinstance(extra, str):
+        model["base"] = extra
+    elif isinstance(extra, Mapping):
+        model.update(extra)
+    model.setdefault("base", "all-MiniLM-L6-v2")
+    return model
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def teacher_fingerprint(spec: Mapping[str, Any], *, model: Mapping[str, Any], depth: int,
+                        fit: Mapping[str, Any] | None = None, collection: str | None = None,
+                        first_stage: str | None = None) -> dict:
+    """What made a teacher file (written next to it as ``<name>.spec.json``): the teacher spec,
+    the collection, the first stage (``bm25`` or the run file) and its depth, the model settings
+    and, for a fine-tuned teacher, a digest of what it was fitted on. Equal fingerprints = the
+    same scoring function of (query, doc)."""
+    fp = {"teacher": json.loads(json.dumps(dict(spec), default=str)), "collection": collection,
+          "first_stage": first_stage or "bm25", "depth": int(depth)}
+    if spec.get("kind") in ("biencoder_cosine", "checkpoint", "cross_encoder"):
+        fp["model"] = json.loads(json.dumps(dict(model), default=str))
+    if fit is not None:
+        fp["fit"] = _digest(fit)
+    return fp
+
+
+def _sidecar(path) -> str:
+    p = str(path)
+    return (p[:-4] if p.endswith(".tsv") else p) + ".spec.json"
+
+
+def _read_sidecar(path) -> dict | None:
+    side = pio.as_path(_sidecar(path))
+    if not side.exists():
+        return None
+    try:
+        return pio.read_json(side)
+    except (ValueError, OSError):
+        return None
+
+
+def _diff_keys(a: Mapping | None, b: Mapping) -> list[str]:
+    if a is None:
+        return ["(no spec sidecar)"]
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _covers(scores: Mapping[str, Mapping[str, float]], candidates: Mapping[str, Sequence[str]]) -> int:
+    """Number of (query, doc) candidates missing from ``scores``."""
+    return sum(1 for q, c in candidates.items() for d in c if d not in scores.get(q, {}))
+
+
+def _write_teacher(path, scores, fingerprint) -> None:
+    from pile_jax.data import write_teacher_scores
+
+    write_teacher_scores(path, scores)
+    pio.write_json(_sidecar(path), fingerprint)
+
+
+def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, list], ranked: Mapping,
+                  model: Mapping[str, Any], batch_size: int = 64, done: Mapping | None = None,
+                  save: Callable[[dict], None] | None = None, cfg: Mapping[str, Any] | None = None,
+                  fit_candidates: Mapping[str, list] | None = None, splits: Mapping[str, list] | None = None,
+                  out_dir: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+    """Scores ``candidates`` with one teacher spec.
+
+    Kinds: ``bm25`` (the first-stage scores, BM25 of the missing pairs), ``biencoder_cosine``
+    (``model.base``), ``checkpoint`` (``spec.path``, a Hugging Face cross-encoder folder),
+    ``cross_encoder`` (fine-tuned here on ``fit_candidates``'s train groups, cross-fitted over
+    ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``file`` (``spec.path``). Queries in
+    ``done`` whose candidates it covers are kept; model teachers on one process call ``save`` with
+    the scores so far every 50 queries (a killed run resumes), and on several processes score
+    their slice of the queries (:func:`score_sharded`).
+    """
+    from pile_jax.data import read_teacher_scores
+
+    kind = spec.get("kind")
+    if kind == "file":
+        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll)
+    done = dict(done or {})
+    todo = {q: c for q, c in candidates.items() if not (q in done and set(c) <= set(done[q]))}
+    if kind == "bm25":
+        new = {q: {d: float(ranked.get(q, {}).get(d, 0.0)) for d in c} for q, c in todo.items()}
+        if any(d not in ranked.get(q, {}) for q, c in todo.items() for d in c):
+            from pile_jax.bm25 import bm25_scores_for
+
+            new = bm25_scores_for(coll.docs, coll.queries, todo)
+    elif kind in ("biencoder_cosine", "checkpoint"):
+        from pile_jax import rankers
+
+        if kind == "biencoder_cosine":
+            ranker = rankers.biencoder_cosine(model["base"], max_length=int(model.get("max_length", 128)))
+
+            def score(part, progress):
+                return rankers.biencoder_score_candidates(ranker, part, coll.queries, coll.docs,
+                                                          batch_size=batch_size, progress=progress)
+        else:
+            from pile_jax.train.loop import score_candidates
+
+            ranker = rankers.cross_encoder(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"),
+                                           num_layers=spec.get("num_layers"),
+                                           max_length=int(model.get("max_length", 128)),
+                                           max_query_length=int(model.get("max_query_length", 64)))
+
+            def score(part, progress):
+                return score_candidates(ranker, ranker.params, part, coll.queries, coll.docs,
+                                        batch_size=batch_size, progress=progress)
+        if _process()[1] > 1:
+            new = score_sharded(lambda part: score(part, f"score {spec['name']}"), todo)
+        else:
+            new = {}
+            keys = list(todo)
+            chunk = 50  # save every 50 queries, so a killed scoring run resumes
+            for i in range(0, len(keys), chunk):
+                part = {q: todo[q] for q in keys[i:i + chunk]}
+                new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
+                if save is not None and i + chunk < len(keys):
+                    save({**done, **new})
+    elif kind == "cross_encoder":
+        if _process()[1] > 1:
+            raise C.ConfigError(f"teacher {spec.get('name')!r}: kind cross_encoder (fine-tuned in the job) runs on "
+                                "one process; score it with `pile-jax run` and pass it as kind: file")
+        if cfg is None or splits is None or out_dir is None:
+            raise ValueError("score_teacher: a cross_encoder teacher needs cfg, splits and out_dir")
+        score_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+        new = train_cross_encoder_teacher(spec, cfg=cfg, coll=coll, candidates=candidates,
+                                           fit_candidates=candidates if fit_candidates is None else fit_candidates,
+                                           train_qids=splits["train"], score_qids=score_qids, model_cfg=model,
+                                           batch_size=batch_size, out_dir=out_dir, log=log)
+        new = {q: new[q] for q in candidates if q in new}
+    else:
+        raise C.ConfigError(f"teacher {spec.get('name')!r}: unknown kind {kind!r} (known: {', '.join(TEACHER_KINDS)})")
+    return {**done, **new}
+
+
+def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, train_qids, score_qids, model_cfg,
+                                 batch_size, out_dir, log):
+    """Cross-fitted fine-tuning: fold k's model scores fold k's train queries; every fold model
+    scores the other queries and their logits are averaged."""
+    from pile_jax import rankers
+    from pile_jax.data import build_groups, iter_group_examples
+    from pile_jax.train.loop import score_candidates, train
+
+    depth = candidate_settings(cfg)[1]
+    folds = int(spec.get("folds", 2))
+    seed = int(spec.get("seed", 0))
+    rng = np.random.default_rng(seed)
+    order = list(train_qids)
+    rng.shuffle(order)
+    fold_of = {q: i % folds for i, q in enumerate(order)}
+    scores: dict[str, dict[str, float]] = {}
+    others = [q for q in score_qids if q not in fold_of]
+    for k in range(folds):
+        fit_qids = [q for q in train_qids if fold_of[q] != k] if folds > 1 else list(train_qids)
+        groups, stats = build_groups(coll, fit_candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
+                                     **train_group_args(cfg, depth))
+        ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                       num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
+                                       max_length=int(model_cfg.get("max_length", 128)),
+                                       max_query_length=int(model_cfg.get("max_query_length", 32)),
+                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k)
+        train_cfg = dict(cfg.get("teacher_train", {}))
+        train_cfg.update(spec.get("train", {}))
+        train_cfg["seed"] = seed + 100 * k
+        log(f"teacher {spec['name']}: fold {k + 1}/{folds}: {len(groups['query_id'])} train groups "
+            f"({stats.get('skipped_no_label_pair', 0)} lists without a label pair skipped)")
+        result = train(ranker, source=list(iter_group_examples(groups)), objective=spec["objective"],
+                       queries=coll.queries, docs=coll.docs, config=train_cfg,
+                       workdir=str(pio.as_path(out_dir) / f"{spec['name']}_fold{k}"), log=log)
+        held = [q for q in train_qids if fold_of[q] == k] if folds > 1 else []
+        # dev/test queries: scored by every fold model (averaged), or only by the first one
+        # (`eval_scored_by: first`, half the scoring cost on a CPU).
+        eval_models = folds if spec.get("eval_scored_by", "all") == "all" else 1
+        scored_others = others if k < eval_models else []
+        part = score_candidates(ranker, result.params, {q: candidates[q] for q in held + scored_others},
+                                coll.queries, coll.docs, batch_size=batch_size,
+                                progress=f"score {spec['name']} fold {k + 1}")
+        for q in held:
+            scores[q] = part[q]
+        for q in scored_others:
+            acc = scores.setdefault(q, {d: 0.0 for d in candidates[q]})
+            for d, s in part[q].items():
+                acc[d] += s / eval_models
+    return scores
+
+
+def _fit_description(spec, cfg, coll, fit_candidates, splits, depth) -> dict | None:
+    """What a fine-tuned teacher was fitted on (hashed into its fingerprint)."""
+    if spec.get("kind") != "cross_encoder":
+        return None
+    train_qids = list(splits["train"])
+    return {"collection": coll.name, "qrels": C.get(cfg, "data.qrels_file", "qrels.tsv"),
+            "unjudged": C.get(cfg, "data.unjudged", "zero"), "train_qids": train_qids,
+            "groups": train_group_args(cfg, depth), "teacher_train": cfg.get("teacher_train") or {},
+            "fit_candidates": _digest({q: list(fit_candidates.get(q, [])) for q in train_qids}),
+            "all_qids": [q for s in ("train", "dev", "test") for q in splits[s]]}
+
+
+def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, model, depth: int, batch_size: int = 64,
+                   run_path: str | None = None, cfg=None, fit_candidates=None, splits=None, out_dir=None, reuse_from: Sequence = (),
+                   log: Callable[[str], None] = lambda s: None) -> tuple[dict, dict]:
+    """``(scores, provenance)`` of one teacher, reused or computed, written to ``path`` (with its
+    ``.spec.json`` sidecar; process 0 writes, then a barrier).
+
+    Reuse: ``path`` is reused (and completed, for a partial file) only when its sidecar equals
+    :func:`teacher_fingerprint`; a stale or missing sidecar means the file is recomputed. A file
+    in ``reuse_from`` (folders named by the user, e.g. ``teachers_from``) is reused when it
+    covers every candidate; a sidecar that differs is reported in the log and the provenance.
+    """
+    name = spec["name"]
+    if spec.get("kind") == "file":
+        scores = score_teacher(spec, coll=coll, candidates=candidates, ranked=ranked, model=model)
+        missing = _covers(scores, candidates)
+        if missing:
+            from pile_jax.data import DataError
+
+            raise DataError(spec["path"], None, f"teacher {name!r} lacks {missing} of the job's candidate pairs")
+        return scores, {"kind": "file", "source": str(spec["path"])}
+    fit = _fit_description(spec, cfg, coll, fit_candidates if fit_candidates is not None else candidates, splits, depth) \
+        if cfg is not None and splits is not None else None
+    fp = teacher_fingerprint(spec, model=model, depth=depth, fit=fit, collection=coll.name,
+                             first_stage=None if run_path is None else str(run_path))
+    from pile_jax.data import read_teacher_scores
+
+    # explicitly named folders first (study's teachers_from)
+    for src in reuse_from:
+        src = pio.as_path(src)
+        if str(src) == str(pio.as_path(path)):
+            continue
+        if not _agree(src.exists()):
+            continue
+        scores = read_teacher_scores(str(src))
+        missing = _covers(scores, candidates)
+        if missing:
+            raise C.ConfigError(f"teacher file {src} lacks {missing} of the job's candidates "
+                                "(different depth or queries?)")
+        diff = [] if _read_sidecar(src) == fp else _diff_keys(_read_sidecar(src), fp)
+        log(f"teacher {name}: reusing {src}" + (f" (its spec differs: {', '.join(diff)})" if diff else ""))
+        if pio.is_primary():
+            _write_teacher(path, scores, fp)
+        pio.barrier(f"teacher_{name}")
+        return scores, {"kind": spec.get("kind"), "source": str(src), **({"spec_differs": diff} if diff else {})}
+
+    done: dict = {}
+    here = pio.as_path(path)
+    side = _read_sidecar(here) if here.exists() else None
+    reuse = _agree(here.exists() and side == fp)
+    if reuse:
+        done = read_teacher_scores(str(here))
+        if not _covers(done, candidates):
+            log(f"teacher {name}: reusing {here}")
+            return {q: done[q] for q in candidates}, {"kind": spec.get("kind"), "source": str(here)}
+        log(f"teacher {name}: completing {here} ({len(done)} queries done)")
+    elif here.exists():
+        log(f"teacher {name}: {here} was made by another spec ({', '.join(_diff_keys(side, fp))} differ): recomputing")
+    if pio.is_primary() and not reuse:
+        pio.as_path(_sidecar(here)).unlink(missing_ok=True)
+
+    def save(partial):
+        if pio.is_primary():
+            _write_teacher(here, partial, fp)
+
+    t0 = time.perf_counter()
+    scores = score_teacher(spec, coll=coll, candidates=candidates, ranked=ranked, model=model, batch_size=batch_size,
+                           done=done, save=save, cfg=cfg, fit_candidates=fit_candidates, splits=splits,
+                           out_dir=out_dir, log=log)
+    scores = {q: scores[q] for q in candidates if q in scores}
+    if pio.is_primary():
+        _write_teacher(here, scores, fp)
+    pio.barrier(f"teacher_{name}")
+    secs = round(time.perf_counter() - t0, 1)
+    log(f"teacher {name} ({spec.get('kind')}): scored {sum(map(len, scores.values()))} pairs in {secs}s -> {here}")
+    return scores, {"kind": spec.get("kind"), "source": "computed", "seconds": secs}
+
+
+# ------------------------------------------------------------------------- TFDS train source
+def ranking_groups_source(groups: Mapping[str, Any], data_dir, name: str, *, overwrite: bool = True):
+    """The TFDS ArrayRecord data source of ``groups`` (one split, ``train``): process 0 writes
+    ``data_dir/ranking_groups/<name>/1.0.0``, a barrier, the other processes open it."""
+    from pile_jax.data import build_ranking_groups_dataset, load_ranking_groups
+
+    builder = None
+    if pio.is_primary():
+        builder = build_ranking_groups_dataset({"train": groups}, str(data_dir), name, overwrite=overwrite)
+    pio.barrier(f"tfds_{name}")
+    if builder is None:
+        builder = load_ranking_groups(str(pio.as_path(data_dir) / "ranking_groups" / name / "1.0.0"))
+    return builder.as_data_source()["train"], builder
+
+
+def standardize_setting(cfg: Mapping[str, Any], key: str, default: str) -> str:
+    """``cfg[key]`` (``global`` | ``none``), checked, with a config error naming the key."""
+    value = C.get(cfg, key, default)
+    if value not in ("global", "none"):
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: {key} must be global or none, got {value!r}")
+    return value
+
+
+# ----------------------------------------------------------------------------------- prepare
+@dataclasses.dataclass
+class Prepared:
+    """What the jobs share: the collection, its splits, the candidates, the teachers' scores, the
+    ranking groups per split (standardised when asked) and the standardisation statistics."""
+
+    coll: Any
+    splits: dict[str, list[str]]
+    depth: int
+    ranked: dict[str, dict[str, float]]          # first-stage scores {qid: {doc: score}}
+    candidates: dict[str, list[str]]             # {qid: [doc, ...]} in first-stage order
+    teachers: dict[str, dict[str, dict[str, float]]]
+    provenance: dict[str, dict]
+    groups: dict[str, dict]
+    group_stats: dict[str, dict]
+    mu: np.ndarray                               # float64 [T]
+    sd: np.ndarray                               # float64 [T]
+    standardize: str
+
+    @property
+    def teacher_names(self) -> list[str]:
+        return list(self.teachers)
+
+
+def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None,
+            standardize: str = "global", teacher_model: Mapping[str, Any] | None = None,
+            reuse_from: Sequence[str] = ()) -> Prepared:
+    """Collection → candidates → teachers → groups → standardisation for ``cfg`` (module docstring).
+
+    Teacher files go to ``<out>/teachers``, fine-tuned teacher models to ``<out>/teacher_models``.
+    ``teacher_model``: the model settings teachers start from (default ``cfg.model``).
+    ``reuse_from``: folders whose ``teachers/<name>.tsv`` or ``<name>.tsv`` may be reused.
+    """
+    from pile_jax.data import build_groups, load_collection
+
+    log = log or (lambda s: None)
+    source = cfg.get("_source", "config")
+    if standardize not in ("global", "none"):
+        raise C.ConfigError(f"{source}: standardize must be global or none, got {standardize!r}")
+    specs = list(cfg.get("teachers") or [])
+    for spec in specs:
+        if not isinstance(spec, Mapping):
+            raise C.ConfigError(f"{source}: teachers: each teacher is a mapping {{name, kind, ...}}, got {spec!r}")
+        check_teacher_name(spec.get("name"), source)
+        if spec.get("kind") not in TEACHER_KINDS:
+            raise C.ConfigError(f"{source}: teachers: {spec.get('name')}: unknown kind {spec.get('kind')!r} "
+                                f"(known: {', '.join(TEACHER_KINDS)})")
+    names = [s["name"] for s in specs]
+    if len(set(names)) != len(names):
+        raise C.ConfigError(f"{source}: teachers: duplicate names {names}")
+    run_path, depth = candidate_settings(cfg)
+    unjudged = C.get(cfg, "data.unjudged", "zero")
+
+    coll = load_collection(data or C.require(cfg, "data.collection"), qrels_file=C.get(cfg, "data.qrels_file", "qrels.tsv"))
+    splits = C.limited_splits(cfg, coll)
+    log(f"collection {coll.name}: {len(coll.docs)} docs, {len(coll.queries)} queries; "
+        + ", ".join(f"{s} {len(q)}" for s, q in splits.items()))
+    all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+    candidates, ranked = first_stage(coll, run_path=run_path, depth=depth, qids=all_qids)
+    scored = teacher_candidates(cfg, coll, candidates, splits["train"], depth)
+
+    tdir = pio.as_path(out) / "teachers"
+    model_defaults = dict(cfg.get("model") or {}) if teacher_model is None else dict(teacher_model)
+    batch_size = int(cfg.get("score_batch_size", 64))
+    teachers, prov = {}, {}
+    for spec in specs:
+        name = spec["name"]
+        dirs = [pio.as_path(d) for d in reuse_from if d]
+        found = [p for d in dirs for p in (d / "teachers" / f"{name}.tsv", d / f"{name}.tsv")
+                 if _agree(p.exists())][:1]
+        teachers[name], prov[name] = obtain_teacher(
+            spec, path=tdir / f"{name}.tsv", coll=coll, candidates=scored, ranked=ranked,
+            model=_model_cfg(model_defaults, spec), depth=depth, batch_size=batch_size, run_path=run_path, cfg=cfg,
+            fit_candidates=candidates, splits=splits, out_dir=str(pio.as_path(out) / "teacher_models"),
+            reuse_from=found, log=log)
+
+    groups, gstats = {}, {}
+    for s in ("train", "dev", "test"):
+        size_args = train_group_args(cfg, depth) if s == "train" else {"group_size": depth}
+        groups[s], gstats[s] = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=unjudged,
+                                            require_label_pair=(s == "train"), **size_args)
+    if teachers:
+        mu, sd = teacher_stats(groups["train"])
+    else:
+        mu, sd = np.zeros(0, np.float64), np.ones(0, np.float64)
+    if standardize == "global" and teachers:
+        groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
+    return Prepared(coll=coll, splits=splits, depth=depth, ranked=ranked, candidates=candidates, teachers=teachers,
+                    provenance=prov, groups=groups, group_stats=gstats, mu=mu, sd=sd, standardize=standardize)

@@ -1,0 +1,36 @@
+"""`pile-jax train` work-folder rules (pile_jax.train_job): a fresh run refuses a folder holding
+an earlier run's checkpoints; --resume refuses a changed student/objective/teachers/learning rate/
+batch size/seed unless forced. (The full job runs in test_train_resume.py.)"""
+
+import json
+
+import pytest
+
+from pile_jax import config as C
+from pile_jax.train_job import check_work_folder, run_spec
+
+
+def _cfg(**train):
+    return {"student": {"num_layers": 2}, "objective": {"label_losses": {"pairwise_logistic": 1.0}},
+            "teachers": [{"name": "bm25", "kind": "bm25"}], "train": {"learning_rate": 1e-4, "batch_size": 4, **train}}
+
+
+def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
+    check_work_folder(tmp_path, run_spec(_cfg()), resume=False)  # empty folder: fine
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    with pytest.raises(C.ConfigError, match="--resume"):
+        check_work_folder(tmp_path, run_spec(_cfg()), resume=False)
+
+
+def test_resume_refuses_a_changed_run_spec_unless_forced(tmp_path):
+    (tmp_path / "model.json").write_text(json.dumps({"run_spec": run_spec(_cfg())}))
+    check_work_folder(tmp_path, run_spec(_cfg(steps=99, log_every=3)), resume=True)  # length/logging may change
+    with pytest.raises(C.ConfigError, match="learning_rate"):
+        check_work_folder(tmp_path, run_spec(_cfg(learning_rate=3e-4)), resume=True)
+    with pytest.raises(C.ConfigError, match="seed"):
+        check_work_folder(tmp_path, run_spec(_cfg(seed=1)), resume=True)
+    other = _cfg()
+    other["teachers"] = [{"name": "bm25", "kind": "biencoder_cosine"}]
+    with pytest.raises(C.ConfigError, match="teachers"):
+        check_work_folder(tmp_path, run_spec(other), resume=True)
+    check_work_folder(tmp_path, run_spec(_cfg(seed=1)), resume=True, force=True)
