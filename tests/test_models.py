@@ -358,3 +358,53 @@ def test_encoder_fused_path_equals_explicit_path_and_attention_dropout_still_wor
     np.testing.assert_allclose(np.asarray(det), np.asarray(fused.last_hidden_state), atol=1e-5)
     with pytest.raises(ValueError, match="attention_impl"):
         EncoderConfig(attention_impl="flash")
+
+
+# ----------------------------------------------------------------------------- float32 score head
+def _kendall_tau(a, b):
+    """Kendall's tau-a of two score lists (pairs tied in either list count as discordant-free zeros)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    i, j = np.triu_indices(len(a), 1)
+    return float(np.sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])) / len(i))
+
+
+def test_bf16_scores_rank_real_cranfield_lists_like_float32(minilm):
+    """Real MiniLM (2 layers, its new score head) on Cranfield (query, candidates) lists: bf16 compute
+    gives no ties and nearly the float32 order; the head itself runs in float32 (float64 reference).
+    A bf16 head (the old behaviour) turns half of each list into ties, tau ~0.8 (checked by hand)."""
+    from pile_jax.data import load_collection
+    from pile_jax.models import PairTokenizer
+
+    path, config, params = minilm
+    config = config.replace(num_layers=2)
+    params = {"encoder": {k: v for k, v in params["encoder"].items() if k not in
+                          {f"layer_{i}" for i in range(2, 6)}}, "head": params["head"]}
+    col = load_collection("cranfield")
+    n_lists, n = 3, 24
+    queries, docs = [], []
+    for qid in list(col.queries)[:n_lists]:
+        rel = list(col.qrels.get(qid, {}))[:8]
+        cand = rel + [d for d in list(col.docs)[:60] if d not in rel][:n - len(rel)]
+        queries += [col.queries[qid]] * n
+        docs += [col.docs[d] for d in cand]
+    enc = PairTokenizer(path, max_length=96, max_query_length=32).encode(queries, docs)
+
+    def run(cfg):
+        model = CrossEncoder(cfg)
+        return jax.jit(lambda p: model.apply({"params": p}, enc["input_ids"], enc["attention_mask"],
+                                             enc["token_type_ids"], output_hidden_states=True))(params)
+
+    f32, _ = run(config)
+    bf16, out = run(config.replace(dtype="bfloat16"))
+    f32, bf16 = np.asarray(f32).reshape(n_lists, n), np.asarray(bf16).reshape(n_lists, n)
+    for a, b in zip(f32, bf16):
+        assert len(set(b.tolist())) == n, "bf16 scores have ties"
+        assert _kendall_tau(a, b) >= 0.9
+    # the head on the bf16 [CLS] vectors, against float64 NumPy: tanh(x W_p + b_p) W_c + b_c
+    x = np.asarray(out.last_hidden_state[:, 0].astype(jnp.float32), np.float64)
+    h = {k: {kk: np.asarray(vv, np.float64) for kk, vv in v.items()} for k, v in params["head"].items()}
+    ref = (np.tanh(x @ h["pooler"]["kernel"] + h["pooler"]["bias"]) @ h["classifier"]["kernel"]
+           + h["classifier"]["bias"])[:, 0]
+    np.testing.assert_allclose(bf16.reshape(-1), ref, rtol=1e-5, atol=1e-7)
+    assert (np.argsort(-bf16, axis=1, kind="stable") == np.argsort(-ref.reshape(n_lists, n), axis=1,
+                                                                  kind="stable")).all()
