@@ -89,7 +89,7 @@ def score_teacher(spec: Mapping[str, Any], coll, candidates: Mapping[str, list],
             ranker = rankers.biencoder_cosine(spec.get("model", "all-MiniLM-L6-v2"), max_length=max_length)
         else:
             ranker = rankers.cross_encoder(spec["path"], num_layers=spec.get("num_layers"), max_length=max_length,
-                                           max_query_length=max_query_length)
+                                           max_query_length=max_query_length, new_head=False)
         new = {}
         keys = list(todo)
         chunk = 50  # write every 50 queries, so a killed scoring run resumes
@@ -186,7 +186,7 @@ def cmd_eval(args) -> int:
         from pile_jax import rankers
         from pile_jax.train.loop import score_candidates
 
-        ranker = rankers.cross_encoder(args.model, max_length=args.max_length)
+        ranker = rankers.cross_encoder(args.model, max_length=args.max_length, new_head=False)
         cands = {q: [d for d, _ in sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])][: args.depth] for q in qids}
         run = score_candidates(ranker, ranker.params, cands, coll.queries, coll.docs, progress="re-rank")
         if args.out_run:

@@ -139,7 +139,7 @@ def _train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates,
                                        num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
                                        max_length=int(model_cfg.get("max_length", 128)),
                                        max_query_length=int(model_cfg.get("max_query_length", 32)),
-                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k)
+                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
         train_cfg = dict(cfg.get("teacher_train", {}))
         train_cfg.update(spec.get("train", {}))
         train_cfg["seed"] = seed + 100 * k
@@ -342,7 +342,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
                             f"(known: {', '.join(STUDENT_KINDS)})")
     student_extra = dict(scfg.get("options") or {})
     if kind == "cross_encoder" and not student_extra:
-        make_student = rankers.cross_encoder
+        make_student = functools.partial(rankers.cross_encoder, new_head=True)
     else:
         make_student = functools.partial(rankers.student, kind)
         if kind != "cross_encoder":
