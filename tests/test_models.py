@@ -358,6 +358,9 @@ def test_encoder_fused_path_equals_explicit_path_and_attention_dropout_still_wor
     np.testing.assert_allclose(np.asarray(det), np.asarray(fused.last_hidden_state), atol=1e-5)
     with pytest.raises(ValueError, match="attention_impl"):
         EncoderConfig(attention_impl="flash")
+    with pytest.raises(ValueError, match="bfloat16"):
+        EncoderConfig(attention_impl="cudnn")            # cuDNN flash attention has no float32 kernel
+    assert EncoderConfig(attention_impl="cudnn", dtype="bfloat16").attention_impl == "cudnn"
 
 
 # ----------------------------------------------------------------------------- float32 score head

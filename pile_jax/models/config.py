@@ -89,6 +89,9 @@ class EncoderConfig:
         if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
                 f"EncoderConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("EncoderConfig.attention_impl='cudnn' (cuDNN flash attention) needs dtype='bfloat16', "
+                             f"got {self.dtype!r}; use attention_impl=None or 'xla' for float32")
         if not 0.0 <= float(self.attention_dropout) < 1.0:
             raise ValueError(f"EncoderConfig.attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.hidden_act not in ACTIVATIONS:
