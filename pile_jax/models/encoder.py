@@ -42,8 +42,8 @@ keeps no ``[B, heads, L, L]`` probabilities for the backward pass. The written-o
 softmax (:func:`explicit_attention`) runs only when the probabilities are wanted
 (``output_attentions=True``, attention distillation) or attention-probability dropout is on
 (``config.attention_dropout > 0`` in training; off by default, since no fused kernel has it).
-Both give the same numbers (tests/test_models.py checks them against a float64 reference). ``config.remat`` wraps each
-layer in ``nn.remat`` (same parameter tree).
+Both give the same numbers (tests/test_models.py checks them against a float64 reference).
+``config.remat`` wraps each layer in ``nn.remat`` (same parameter tree).
 """
 
 from __future__ import annotations
