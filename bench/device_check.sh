@@ -24,7 +24,7 @@
 #   DEVICE_CHECK_WHEELS    wheel folder made by make_wheelhouse.sh (default .whl in the repo root)
 #   DEVICE_CHECK_BUDGET_S  total wall budget in seconds (default 540 = 9 min)
 #   DEVICE_CHECK_SMOKE=1   CPU dry run of the real thing: no installs, every bench with --smoke,
-#                          every limit and the budget x4 (about 6 minutes on 2 busy CPU cores)
+#                          every limit and the budget x4 (2.5 to 6 minutes on 2 CPU cores)
 #   DEVICE_CHECK_DRY=1     no installs and no benches: each bench command line is only parsed by
 #                          that script's own argument parser (seconds; what the test suite runs)
 set -u -o pipefail
