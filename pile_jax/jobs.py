@@ -150,7 +150,7 @@ def cmd_eval(args) -> int:
         from pile_jax import rankers
         from pile_jax.train.loop import score_candidates
 
-        ranker = rankers.cross_encoder(args.model, max_length=args.max_length)
+        ranker = rankers.cross_encoder(args.model, max_length=args.max_length, new_head=False)
         cands = {q: [d for d, _ in sorted(run.get(q, {}).items(), key=lambda kv: -kv[1])][: args.depth] for q in qids}
         run = score_candidates(ranker, ranker.params, cands, coll.queries, coll.docs, progress="re-rank")
         if args.out_run:

@@ -179,7 +179,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     kind = _student_kind(cfg)
     student_extra = dict(scfg.get("options") or {})
     if kind == "cross_encoder" and not student_extra:
-        make_student = rankers.cross_encoder
+        make_student = functools.partial(rankers.cross_encoder, new_head=True)
     else:
         make_student = functools.partial(rankers.student, kind)
         if kind != "cross_encoder":

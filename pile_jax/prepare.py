@@ -333,7 +333,8 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
             ranker = rankers.cross_encoder(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"),
                                            num_layers=spec.get("num_layers"),
                                            max_length=int(model.get("max_length", 128)),
-                                           max_query_length=int(model.get("max_query_length", 64)))
+                                           max_query_length=int(model.get("max_query_length", 64)),
+                                           new_head=False)
 
             def score(part, progress):
                 return score_candidates(ranker, ranker.params, part, coll.queries, coll.docs,
@@ -391,7 +392,7 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
                                        num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
                                        max_length=int(model_cfg.get("max_length", 128)),
                                        max_query_length=int(model_cfg.get("max_query_length", 32)),
-                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k)
+                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
         train_cfg = dict(cfg.get("teacher_train", {}))
         train_cfg.update(spec.get("train", {}))
         train_cfg["seed"] = seed + 100 * k

@@ -64,15 +64,18 @@ def cross_encoder(
     dtype: str = "float32",
     seed: int = 0,
     remat: bool = False,
+    new_head: bool | None = None,
 ) -> Ranker:
     """Cross-encoder from a Hugging Face folder (or "all-MiniLM-L6-v2"), first ``num_layers``
-    layers; a new score head is initialised (seeded) when the checkpoint has none."""
+    layers. A checkpoint without a score head gets a new one (seeded) when ``new_head=True``
+    (logged at INFO: building a teacher/student to train), is an error with ``new_head=False``
+    (scoring with a checkpoint), and gets one with a WARNING when ``new_head`` is None."""
     from pile_jax.models import load_pretrained, resolve_model_path
 
     path = str(resolve_model_path(base))
     config, model, tokenizer, score_fn, featurize = _cross_encoder_parts(
         path, None if num_layers is None else int(num_layers), int(max_length), int(max_query_length), dtype, bool(remat))
-    _, params = load_pretrained(path, num_layers=num_layers, seed=seed)
+    _, params = load_pretrained(path, num_layers=num_layers, seed=seed, new_head=new_head)
     return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind="cross_encoder",
                   meta={"config": config, "path": path, "tokenizer": tokenizer, "model": model})
 
@@ -91,7 +94,7 @@ def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 1
     from pile_jax.models import Encoder, load_pretrained, resolve_model_path
 
     path = resolve_model_path(base)
-    config, params = load_pretrained(path)
+    config, params = load_pretrained(path, new_head=True)  # the head is not used: only the encoder
     encoder = Encoder(config)
     hf_tok = AutoTokenizer.from_pretrained(path)
     buckets = tuple(b for b in buckets if b < max_length) + (max_length,)

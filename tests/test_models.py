@@ -118,6 +118,10 @@ def test_minilm_encoder_and_attention_parity(minilm):
     assert_attn_close(ref.attentions, out.attentions)
     real = mask.astype(bool)
     assert np.abs(ref.last_hidden_state.numpy()[real] - np.asarray(out.last_hidden_state)[real]).max() <= ATOL
+    # without attentions requested the layers take jax.nn.dot_product_attention: same parity
+    fused = jax.jit(lambda p: enc.apply({"params": p}, ids, mask, types, output_hidden_states=True))(params["encoder"])
+    assert fused.attentions is None
+    assert_hidden_close(ref.hidden_states, fused.hidden_states, mask)
 
 
 def test_tiny_family_parity(tiny):
@@ -134,9 +138,10 @@ def test_tiny_family_parity(tiny):
     assert_hidden_close(base.hidden_states, out.hidden_states, mask)
     assert_attn_close(base.attentions, out.attentions)
     assert np.abs(np.asarray(scores) - logits).max() <= ATOL
-    # plain call returns scores only, identical
+    # the plain call (fused attention: no probabilities requested) returns scores only, same parity
     plain = CrossEncoder(config).apply({"params": params}, ids, mask, types)
-    np.testing.assert_array_equal(np.asarray(plain), np.asarray(scores))
+    assert plain.shape == (3,)
+    assert np.abs(np.asarray(plain) - logits).max() <= ATOL
 
 
 def test_roberta_position_ids_follow_padding():
@@ -264,3 +269,145 @@ def test_config_round_trips_through_transformers():
         EncoderConfig(dtype="float16")
     with pytest.raises(ValueError, match="divisible"):
         EncoderConfig(hidden_size=30, num_heads=4)
+
+
+# ----------------------------------------------------------------------------- attention paths
+def _softmax_attention_f64(q, k, v, keep):
+    """float64 NumPy reference: softmax(q·kᵀ/√d) v over the kept keys; a row with no kept key is
+    uniform over all keys (what Hugging Face's additive finfo.min mask gives)."""
+    q, k, v = (np.asarray(t, np.float64) for t in (q, k, v))
+    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+    keep = np.broadcast_to(keep, logits.shape)
+    logits = np.where(keep, logits, -np.inf)
+    empty = ~keep.any(-1, keepdims=True)
+    logits = np.where(empty, 0.0, logits)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bhqk,bkhd->bqhd", probs, v), probs
+
+
+@pytest.mark.parametrize("mask_kind", ["padding", "3d"])
+def test_fused_and_explicit_attention_match_a_float64_reference(mask_kind):
+    from pile_jax.models.encoder import attention_keep, explicit_attention, fused_attention
+
+    rng = np.random.default_rng(1)
+    B, L, h, d = 4, 7, 2, 8
+    q, k, v = (rng.normal(size=(B, L, h, d)).astype(np.float32) * 2 for _ in range(3))
+    mask = np.zeros((B, L), np.int32)
+    for r, n in enumerate((7, 4, 1, 0)):     # full, padded, one token, no token at all
+        mask[r, :n] = 1
+    if mask_kind == "3d":                    # [B, Lq, Lk]: also a PreTT-like gap (keys 0-1 and 4-5)
+        mask = np.broadcast_to(mask[:, None, :], (B, L, L)).copy()
+        mask[1] = 0
+        mask[1][:, [0, 1, 4, 5]] = 1
+    keep = np.asarray(attention_keep(mask))
+    ref_ctx, ref_probs = _softmax_attention_f64(q, k, v, keep)
+    ctx, probs = explicit_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(keep))
+    np.testing.assert_allclose(np.asarray(ctx), ref_ctx, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(probs), ref_probs, atol=1e-6)
+    for impl in (None, "xla"):
+        out = jax.jit(lambda a, b, c, m: fused_attention(a, b, c, m, implementation=impl))(q, k, v, keep)
+        assert np.isfinite(np.asarray(out)).all()
+        np.testing.assert_allclose(np.asarray(out), ref_ctx, atol=1e-5)
+
+
+def test_encoder_fused_path_equals_explicit_path_and_attention_dropout_still_works():
+    config = _tiny_config(num_layers=2, hidden_dropout=0.0)
+    params, _ = _init(config)
+    ids, mask, types = batch_for(config, lengths=(9, 5, 2))
+    mask[2] = 0                                   # a row with no real token: finite, no NaN
+    enc, p = Encoder(config), {"params": params["encoder"]}
+
+    @jax.jit
+    def both(p):
+        fused = enc.apply(p, ids, mask, types, output_hidden_states=True)
+        explicit = enc.apply(p, ids, mask, types, output_hidden_states=True, output_attentions=True)
+        return fused, explicit
+
+    fused, explicit = both(p)
+    assert fused.attentions is None and len(explicit.attentions) == 2
+    for a, b in zip(fused.hidden_states, explicit.hidden_states):
+        assert np.isfinite(np.asarray(a)).all()
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)
+
+    # attention-probability dropout (off by default) falls back to the explicit path in training
+    assert EncoderConfig().attention_dropout == 0.0
+    assert EncoderConfig.from_hf(tiny_hf_config("bert")).attention_dropout == 0.0
+    dropping = Encoder(config.replace(attention_dropout=0.5))
+
+    @jax.jit
+    def train(p, seed):
+        r = {"dropout": jax.random.PRNGKey(seed)}
+        out = dropping.apply(p, ids, mask, types, deterministic=False, rngs=r).last_hidden_state
+        no_drop = enc.apply(p, ids, mask, types, deterministic=False, rngs=r).last_hidden_state
+        grad = jax.grad(lambda p: jnp.sum(dropping.apply(p, ids, mask, types, deterministic=False,
+                                                         rngs=r).last_hidden_state ** 2))(p)
+        return out, no_drop, grad
+
+    d1, no_drop, grad = train(p, 0)
+    d1b, _, _ = train(p, 0)
+    d2, _, _ = train(p, 1)
+    real = mask.astype(bool)
+    np.testing.assert_array_equal(np.asarray(d1), np.asarray(d1b))
+    np.testing.assert_allclose(np.asarray(no_drop), np.asarray(fused.last_hidden_state), atol=1e-5)
+    assert np.abs(np.asarray(d1)[real] - np.asarray(no_drop)[real]).max() > 1e-3
+    assert np.abs(np.asarray(d1)[real] - np.asarray(d2)[real]).max() > 1e-3
+    assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grad))
+    # evaluation ignores the rate: the fused path, same numbers
+    det = dropping.apply(p, ids, mask, types).last_hidden_state
+    np.testing.assert_allclose(np.asarray(det), np.asarray(fused.last_hidden_state), atol=1e-5)
+    with pytest.raises(ValueError, match="attention_impl"):
+        EncoderConfig(attention_impl="flash")
+    with pytest.raises(ValueError, match="bfloat16"):
+        EncoderConfig(attention_impl="cudnn")            # cuDNN flash attention has no float32 kernel
+    assert EncoderConfig(attention_impl="cudnn", dtype="bfloat16").attention_impl == "cudnn"
+
+
+# ----------------------------------------------------------------------------- float32 score head
+def _kendall_tau(a, b):
+    """Kendall's tau-a of two score lists (pairs tied in either list count as discordant-free zeros)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    i, j = np.triu_indices(len(a), 1)
+    return float(np.sum(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j])) / len(i))
+
+
+def test_bf16_scores_rank_real_cranfield_lists_like_float32(minilm):
+    """Real MiniLM (2 layers, its new score head) on Cranfield (query, candidates) lists: bf16 compute
+    gives no ties and nearly the float32 order; the head itself runs in float32 (float64 reference).
+    A bf16 head (the old behaviour) turns half of each list into ties, tau ~0.8 (checked by hand)."""
+    from pile_jax.data import load_collection
+    from pile_jax.models import PairTokenizer
+
+    path, config, params = minilm
+    config = config.replace(num_layers=2)
+    params = {"encoder": {k: v for k, v in params["encoder"].items() if k not in
+                          {f"layer_{i}" for i in range(2, 6)}}, "head": params["head"]}
+    col = load_collection("cranfield")
+    n_lists, n = 3, 24
+    queries, docs = [], []
+    for qid in list(col.queries)[:n_lists]:
+        rel = list(col.qrels.get(qid, {}))[:8]
+        cand = rel + [d for d in list(col.docs)[:60] if d not in rel][:n - len(rel)]
+        queries += [col.queries[qid]] * n
+        docs += [col.docs[d] for d in cand]
+    enc = PairTokenizer(path, max_length=96, max_query_length=32).encode(queries, docs)
+
+    def run(cfg):
+        model = CrossEncoder(cfg)
+        return jax.jit(lambda p: model.apply({"params": p}, enc["input_ids"], enc["attention_mask"],
+                                             enc["token_type_ids"], output_hidden_states=True))(params)
+
+    f32, _ = run(config)
+    bf16, out = run(config.replace(dtype="bfloat16"))
+    f32, bf16 = np.asarray(f32).reshape(n_lists, n), np.asarray(bf16).reshape(n_lists, n)
+    for a, b in zip(f32, bf16):
+        assert len(set(b.tolist())) == n, "bf16 scores have ties"
+        assert _kendall_tau(a, b) >= 0.9
+    # the head on the bf16 [CLS] vectors, against float64 NumPy: tanh(x W_p + b_p) W_c + b_c
+    x = np.asarray(out.last_hidden_state[:, 0].astype(jnp.float32), np.float64)
+    h = {k: {kk: np.asarray(vv, np.float64) for kk, vv in v.items()} for k, v in params["head"].items()}
+    ref = (np.tanh(x @ h["pooler"]["kernel"] + h["pooler"]["bias"]) @ h["classifier"]["kernel"]
+           + h["classifier"]["bias"])[:, 0]
+    np.testing.assert_allclose(bf16.reshape(-1), ref, rtol=1e-5, atol=1e-7)
+    assert (np.argsort(-bf16, axis=1, kind="stable") == np.argsort(-ref.reshape(n_lists, n), axis=1,
+                                                                  kind="stable")).all()

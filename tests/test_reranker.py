@@ -33,7 +33,9 @@ def hf_tok():
 
 @pytest.fixture(scope="module")
 def reranker():
-    return Reranker.from_pretrained("all-MiniLM-L6-v2", num_layers=2, max_length=64, max_query_length=16)
+    # all-MiniLM-L6-v2 is a bi-encoder: a new (random) score head must be asked for
+    return Reranker.from_pretrained("all-MiniLM-L6-v2", num_layers=2, max_length=64, max_query_length=16,
+                                    new_head=True)
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,78 @@ def test_sentence_transformers_cross_encoder_scores_the_export_identically(reran
     ours = reranker.predict(short, batch_size=4)
     theirs = ce.predict(short, batch_size=8)
     np.testing.assert_allclose(np.asarray(theirs, np.float32), ours, atol=1e-5, rtol=0)
+
+
+def test_a_checkpoint_without_score_head_is_an_error_for_scoring_unless_asked(exported, caplog):
+    import logging
+
+    from pile_jax.models import load_pretrained
+
+    with pytest.raises(ValueError, match=r"no score head.*new_head=True"):
+        Reranker.from_pretrained("all-MiniLM-L6-v2", num_layers=1, max_length=32)
+    with pytest.raises(ValueError, match="no score head"):
+        load_pretrained(MINILM, num_layers=1, new_head=False)
+    caplog.set_level(logging.INFO, logger="pile_jax.models.hf_io")
+    load_pretrained(MINILM, num_layers=1, new_head=True)          # asked for: an expected step, INFO
+    assert [r.levelname for r in caplog.records if "score head" in r.message] == ["INFO"]
+    caplog.clear()
+    load_pretrained(MINILM, num_layers=1)                         # not said: initialised, with a WARNING
+    assert [r.levelname for r in caplog.records if "score head" in r.message] == ["WARNING"]
+    caplog.clear()
+    rr = Reranker.from_pretrained(exported, max_length=64, max_query_length=16)   # has its head: fine
+    assert not [r for r in caplog.records if "score head" in r.message]
+    assert rr.config.num_layers == 2
+
+
+def _with_head(reranker, scale=200.0, num_labels=1, seed=0):
+    """The fixture's model with a head that spreads scores apart (a random head scores every pair
+    within ~1e-3, where a ranking comparison is meaningless); ``num_labels=2`` for a two-label head."""
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(seed)
+    head = {k: dict(v) for k, v in reranker.params["head"].items()}
+    kernel = np.asarray(head["classifier"]["kernel"])
+    if num_labels != 1:
+        kernel = rng.normal(0.0, 0.02, (kernel.shape[0], num_labels))
+        head["classifier"]["bias"] = jnp.zeros((num_labels,), jnp.float32)
+    head["classifier"]["kernel"] = jnp.asarray(kernel * scale, jnp.float32)
+    return Reranker(reranker.config.replace(num_labels=num_labels), {**reranker.params, "head": head},
+                    reranker.tokenizer)
+
+
+def test_rank_and_predict_options_match_sentence_transformers(reranker, tmp_path):
+    st = pytest.importorskip("sentence_transformers")
+    rr = _with_head(reranker)
+    ce = st.CrossEncoder(str(rr.save_pretrained(tmp_path / "one")), device="cpu", max_length=64)
+    query = "what is a cat"
+    docs = [d for q, d in PAIRS if q is not LONG_QUERY]
+    ours = rr.rank(query, docs, top_k=4, return_documents=True, batch_size=4)
+    theirs = ce.rank(query, docs, top_k=4, return_documents=True, batch_size=4)
+    assert [r["corpus_id"] for r in ours] == [r["corpus_id"] for r in theirs]
+    assert [r["text"] for r in ours] == [r["text"] for r in theirs] == [docs[r["corpus_id"]] for r in ours]
+    np.testing.assert_allclose([r["score"] for r in ours], [float(r["score"]) for r in theirs], atol=1e-5)
+    full = rr.rank(query, docs, batch_size=4)
+    assert len(full) == len(docs) and "text" not in full[0]
+    assert [r["score"] for r in full] == sorted((r["score"] for r in full), reverse=True)
+    assert len(set(r["score"] for r in full)) == len(docs)    # distinct scores: the order above is meaningful
+    # predict options: activation_fn (torch module or NumPy callable), convert_to_numpy
+    pairs = [(query, d) for d in docs]
+    raw = rr.predict(pairs, batch_size=4)
+    sig = rr.predict(pairs, batch_size=4, activation_fn=torch.nn.Sigmoid())
+    np.testing.assert_allclose(sig, 1.0 / (1.0 + np.exp(-raw.astype(np.float64))), atol=1e-6)
+    np.testing.assert_allclose(sig, ce.predict(pairs, batch_size=4, activation_fn=torch.nn.Sigmoid()), atol=1e-5)
+    np.testing.assert_allclose(rr.predict(pairs, batch_size=4, activation_fn=lambda x: 2 * x), 2 * raw, atol=1e-6)
+    as_list = rr.predict(pairs, batch_size=4, convert_to_numpy=False)
+    assert isinstance(as_list, list) and all(type(x) is float for x in as_list)
+    np.testing.assert_allclose(as_list, raw, atol=0)
+    # two labels: apply_softmax over the labels, as sentence-transformers
+    rr2 = _with_head(reranker, scale=50.0, num_labels=2)
+    ce2 = st.CrossEncoder(str(rr2.save_pretrained(tmp_path / "two")), device="cpu", max_length=64)
+    logits = rr2.predict(pairs, batch_size=4)
+    probs = rr2.predict(pairs, batch_size=4, apply_softmax=True)
+    assert logits.shape == probs.shape == (len(pairs), 2)
+    e = np.exp(logits.astype(np.float64))
+    np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), atol=1e-6)
+    np.testing.assert_allclose(probs, ce2.predict(pairs, batch_size=4, apply_softmax=True), atol=1e-5)
+    with pytest.raises(ValueError, match="num_labels=2"):
+        rr2.rank(query, docs)

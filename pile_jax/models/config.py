@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 FAMILIES = ("bert", "electra", "roberta", "xlm-roberta", "distilbert")
 DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 ACTIVATIONS = (
     "gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "quick_gelu", "relu", "silu", "swish", "tanh",
 )
@@ -51,6 +52,12 @@ class EncoderConfig:
     ``offset, offset+1, ...`` counted over non-pad tokens, pad tokens get ``offset - 1``.
     ``type_vocab_size`` is 0 for families without token-type embeddings (DistilBERT).
     ``embedding_size`` differs from ``hidden_size`` only for ELECTRA (``embeddings_project``).
+
+    ``attention_impl`` selects ``jax.nn.dot_product_attention``'s implementation: ``None`` (JAX
+    chooses; XLA today), ``"xla"`` or ``"cudnn"`` (cuDNN flash attention; GPU, bf16 only).
+    ``attention_dropout`` (dropout on the attention probabilities) is 0 by default, whatever
+    the checkpoint says: no fused attention kernel has it, so a rate > 0 makes training take
+    the written-out einsum + softmax path (see ``encoder.py``).
     """
 
     family: str = "bert"
@@ -67,17 +74,26 @@ class EncoderConfig:
     pad_token_id: int = 0
     position_offset: int = 0
     hidden_dropout: float = 0.1
-    attention_dropout: float = 0.1
+    attention_dropout: float = 0.0
     classifier_dropout: float | None = None
     dtype: str = "float32"
     remat: bool = False
     num_labels: int = 1
+    attention_impl: str | None = None
 
     def __post_init__(self):
         if self.family not in FAMILIES:
             raise ValueError(f"EncoderConfig.family must be one of {FAMILIES}, got {self.family!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"EncoderConfig.dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(
+                f"EncoderConfig.attention_impl must be one of {ATTENTION_IMPLS}, got {self.attention_impl!r}")
+        if self.attention_impl == "cudnn" and self.dtype != "bfloat16":
+            raise ValueError("EncoderConfig.attention_impl='cudnn' (cuDNN flash attention) needs dtype='bfloat16', "
+                             f"got {self.dtype!r}; use attention_impl=None or 'xla' for float32")
+        if not 0.0 <= float(self.attention_dropout) < 1.0:
+            raise ValueError(f"EncoderConfig.attention_dropout must be in [0, 1), got {self.attention_dropout}")
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"EncoderConfig.hidden_act {self.hidden_act!r} is not supported; use one of {ACTIVATIONS}")
         if self.hidden_size % self.num_heads:
@@ -119,7 +135,9 @@ class EncoderConfig:
         """Build from a ``transformers`` config object or a ``config.json`` dict.
 
         ``overrides`` (e.g. ``num_layers=2, dtype="bfloat16", num_labels=1``) are applied last;
-        ``num_labels`` is never read from the checkpoint (default 1: a single relevance logit).
+        ``num_labels`` is never read from the checkpoint (default 1: a single relevance logit),
+        nor is the attention-probability dropout (pile_jax's default 0 keeps the fused attention
+        path; pass ``attention_dropout=`` to turn it on).
         Non-absolute ``position_embedding_type`` raises ``ValueError``.
         """
         get = _getter(hf_config)
@@ -146,7 +164,6 @@ class EncoderConfig:
                 hidden_act=str(get("activation", "gelu")),
                 pad_token_id=int(_or(get("pad_token_id"), 0)), position_offset=0,
                 hidden_dropout=float(get("dropout", 0.1)),
-                attention_dropout=float(get("attention_dropout", 0.1)),
                 classifier_dropout=float(get("seq_classif_dropout", 0.2)),
             )
         else:
@@ -166,7 +183,6 @@ class EncoderConfig:
                 hidden_act=str(get("hidden_act", "gelu")),
                 pad_token_id=pad, position_offset=pad + 1 if roberta_like else 0,
                 hidden_dropout=float(get("hidden_dropout_prob", 0.1)),
-                attention_dropout=float(get("attention_probs_dropout_prob", 0.1)),
                 classifier_dropout=None if cd is None else float(cd),
             )
         kw["family"] = family

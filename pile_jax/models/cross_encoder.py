@@ -9,7 +9,7 @@ Heads (parameter names match Hugging Face so exports load without warnings):
 
 Parameter tree: ``{"encoder": <Encoder tree>, "head": {...}}``.
 ``CrossEncoder(cfg).apply({"params": p}, input_ids, attention_mask, token_type_ids)`` returns
-float32 scores ``[N]`` (``[N, num_labels]`` when ``num_labels > 1``), or
+float32 scores (the head computes in float32 even under bf16 compute) ``[N]`` (``[N, num_labels]`` when ``num_labels > 1``), or
 ``(scores, EncoderOutput)`` when hidden states or attentions are requested.
 """
 
@@ -20,23 +20,29 @@ import jax
 import jax.numpy as jnp
 
 from .config import EncoderConfig
-from .encoder import Encoder, EncoderOutput, compute_dtype, dense_init
+from .encoder import Encoder, EncoderOutput, dense_init
 
 __all__ = ["CrossEncoder", "ScoreHead"]
 
 
 class ScoreHead(nn.Module):
-    """Family-specific classification head on the ``[CLS]``/``<s>`` vector ``[N, H]`` -> ``[N, labels]``."""
+    """Family-specific classification head on the ``[CLS]``/``<s>`` vector ``[N, H]`` -> ``[N, labels]``.
+
+    Always computes in float32, whatever ``config.dtype``: the input is cast up and every dense
+    layer runs in float32, so bf16 compute does not quantise the logits into ties (bf16 keeps
+    8 significant bits: scores 0.01 apart near 4 would collide). The head is two small matrix
+    products per pair, so this costs nothing measurable.
+    """
 
     config: EncoderConfig
 
     @nn.compact
     def __call__(self, cls_vector, *, deterministic: bool = True):
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, dtype=compute_dtype(cfg), param_dtype=jnp.float32,
+        dense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=jnp.float32,
                                          kernel_init=dense_init(), name=name)
         drop = nn.Dropout(cfg.head_dropout)
-        x = cls_vector
+        x = jnp.asarray(cls_vector).astype(jnp.float32)
         if cfg.family == "bert":
             x = jnp.tanh(dense(cfg.hidden_size, "pooler")(x))
             x = drop(x, deterministic=deterministic)

@@ -34,8 +34,16 @@ so a params tree holding just some layers works for the matching ``layer_range``
 
 Numerics: parameters are float32; ``config.dtype`` is the compute dtype (bf16 or f32);
 attention logits/softmax and LayerNorm statistics are computed in float32. Dropout is active
-when ``deterministic=False`` and draws from the ``"dropout"`` rng. ``config.remat`` wraps each
-layer in ``nn.remat`` (same parameter tree).
+when ``deterministic=False`` and draws from the ``"dropout"`` rng.
+
+Attention: ``jax.nn.dot_product_attention`` (:func:`fused_attention`; ``config.attention_impl``
+= ``None`` lets JAX choose, ``"xla"``, or ``"cudnn"`` for cuDNN flash attention on GPU), which
+keeps no ``[B, heads, L, L]`` probabilities for the backward pass. The written-out einsum +
+softmax (:func:`explicit_attention`) runs only when the probabilities are wanted
+(``output_attentions=True``, attention distillation) or attention-probability dropout is on
+(``config.attention_dropout > 0`` in training; off by default, since no fused kernel has it).
+Both give the same numbers (tests/test_models.py checks them against a float64 reference).
+``config.remat`` wraps each layer in ``nn.remat`` (same parameter tree).
 """
 
 from __future__ import annotations
@@ -50,7 +58,7 @@ import jax.numpy as jnp
 from .config import EncoderConfig
 
 __all__ = ["Encoder", "EncoderLayer", "Embeddings", "EncoderOutput", "activation", "attention_bias",
-           "compute_dtype", "dense_init"]
+           "attention_keep", "explicit_attention", "fused_attention", "compute_dtype", "dense_init"]
 
 
 @flax.struct.dataclass
@@ -91,14 +99,7 @@ def activation(name: str):
 
 def attention_bias(attention_mask: jax.Array) -> jax.Array:
     """Additive float32 bias ``[B, 1, Lq|1, Lk]`` from a ``[B, Lk]`` or ``[B, Lq, Lk]`` mask (1 = keep)."""
-    mask = jnp.asarray(attention_mask)
-    if mask.ndim == 2:
-        mask = mask[:, None, None, :]
-    elif mask.ndim == 3:
-        mask = mask[:, None, :, :]
-    else:
-        raise ValueError(f"attention_mask must be [B, L] or [B, Lq, Lk], got shape {mask.shape}")
-    return jnp.where(mask > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    return jnp.where(attention_keep(attention_mask), 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
 
 
 def _dense(config: EncoderConfig, features: int, name: str) -> nn.Dense:
@@ -144,15 +145,66 @@ def position_ids_for(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
     return jnp.cumsum(real, axis=-1) * real + (config.position_offset - 1)
 
 
+def attention_keep(attention_mask: jax.Array) -> jax.Array:
+    """Boolean ``[B, 1, Lq|1, Lk]`` (True = the key takes part) from a ``[B, Lk]`` or ``[B, Lq, Lk]`` mask."""
+    mask = jnp.asarray(attention_mask)
+    if mask.ndim == 2:
+        mask = mask[:, None, None, :]
+    elif mask.ndim == 3:
+        mask = mask[:, None, :, :]
+    else:
+        raise ValueError(f"attention_mask must be [B, L] or [B, Lq, Lk], got shape {mask.shape}")
+    return mask > 0
+
+
+def explicit_attention(q, k, v, keep, *, dropout=None, deterministic: bool = True):
+    """``softmax(q·kᵀ/√d + bias) v`` written out, returning ``(context [B, Lq, h, d], probs [B, h, Lq, Lk])``.
+
+    ``bias = 0`` where ``keep`` else ``finfo(float32).min`` (Hugging Face's additive mask: a row
+    with no kept key becomes uniform, never NaN); logits and softmax in float32, the probabilities
+    cast to ``v.dtype`` for the second product. ``dropout`` (a ``nn.Dropout``) acts on the
+    probabilities. Used when the probabilities are needed (``output_attentions``) or
+    attention-probability dropout is on; otherwise :func:`fused_attention` computes the same thing.
+    """
+    bias = jnp.where(keep, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits * (q.shape[-1] ** -0.5) + bias
+    probs = jax.nn.softmax(logits, axis=-1)
+    dropped = probs if dropout is None else dropout(probs, deterministic=deterministic)
+    ctx = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(v.dtype), v)
+    return ctx, probs
+
+
+def fused_attention(q, k, v, keep, *, implementation: Optional[str] = None):
+    """The same attention through ``jax.nn.dot_product_attention`` (no probabilities kept).
+
+    ``q, k, v [B, L, heads, head_dim]`` in the compute dtype, ``keep`` boolean ``[B, 1, Lq|1, Lk]``
+    (broadcast to ``[B, 1, Lq, Lk]`` for cuDNN, which wants the full query length). JAX's XLA
+    implementation computes logits and softmax in float32 and fills masked logits with a large
+    negative number (a row with no kept key becomes uniform, as in :func:`explicit_attention`);
+    ``implementation`` is ``None`` (JAX chooses), ``"xla"`` or ``"cudnn"`` (GPU only: bf16/fp16,
+    head_dim a multiple of 8 up to 128).
+    """
+    if implementation == "cudnn":
+        keep = jnp.broadcast_to(keep, (keep.shape[0], 1, q.shape[1], k.shape[1]))
+    return jax.nn.dot_product_attention(q, k, v, mask=keep, scale=q.shape[-1] ** -0.5,
+                                        implementation=implementation)
+
+
 class EncoderLayer(nn.Module):
-    """One post-LN Transformer block. Returns ``(hidden [B, L, H], probs [B, h, Lq, Lk] | None)``."""
+    """One post-LN Transformer block. Returns ``(hidden [B, L, H], probs [B, h, Lq, Lk] | None)``.
+
+    ``keep`` is the boolean mask of :func:`attention_keep`. Attention goes through
+    :func:`fused_attention` unless the probabilities are requested (``output_attentions``) or
+    attention-probability dropout is active (``attention_dropout > 0`` and not ``deterministic``),
+    which take :func:`explicit_attention`.
+    """
 
     config: EncoderConfig
 
     @nn.compact
-    def __call__(self, hidden, bias, deterministic: bool = True, output_attentions: bool = False):
+    def __call__(self, hidden, keep, deterministic: bool = True, output_attentions: bool = False):
         cfg = self.config
-        dtype = compute_dtype(cfg)
         batch, length = hidden.shape[:2]
         heads, head_dim = cfg.num_heads, cfg.head_dim
 
@@ -162,11 +214,13 @@ class EncoderLayer(nn.Module):
         q = split(_dense(cfg, cfg.hidden_size, "query")(hidden))
         k = split(_dense(cfg, cfg.hidden_size, "key")(hidden))
         v = split(_dense(cfg, cfg.hidden_size, "value")(hidden))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits * (head_dim ** -0.5) + bias
-        probs = jax.nn.softmax(logits, axis=-1)
-        dropped = nn.Dropout(cfg.attention_dropout)(probs, deterministic=deterministic)
-        ctx = jnp.einsum("bhqk,bkhd->bqhd", dropped.astype(dtype), v).reshape(batch, length, cfg.hidden_size)
+        probs = None
+        if output_attentions or (cfg.attention_dropout > 0 and not deterministic):
+            ctx, probs = explicit_attention(q, k, v, keep, dropout=nn.Dropout(cfg.attention_dropout),
+                                            deterministic=deterministic)
+        else:
+            ctx = fused_attention(q, k, v, keep, implementation=cfg.attention_impl)
+        ctx = ctx.reshape(batch, length, cfg.hidden_size)
         attn = _dense(cfg, cfg.hidden_size, "attention_out")(ctx)
         if cfg.family != "distilbert":  # DistilBERT has no dropout after its out_lin
             attn = nn.Dropout(cfg.hidden_dropout)(attn, deterministic=deterministic)
@@ -207,12 +261,12 @@ class Encoder(nn.Module):
         start, stop, _ = slice(start, stop).indices(n)
         if attention_mask is None:
             attention_mask = jnp.ones(hidden_states.shape[:2], jnp.int32)
-        bias = attention_bias(attention_mask)
+        keep = attention_keep(attention_mask)
         hidden = hidden_states.astype(compute_dtype(self.config))
         all_hidden = [hidden] if output_hidden_states else None
         all_attn = [] if output_attentions else None
         for i in range(start, stop):
-            hidden, probs = self.layers[i](hidden, bias, deterministic, output_attentions)
+            hidden, probs = self.layers[i](hidden, keep, deterministic, output_attentions)
             if output_hidden_states:
                 all_hidden.append(hidden)
             if output_attentions:

@@ -7,7 +7,8 @@
   read only when torch is importable. Keys may carry the base-model prefix (``bert.``,
   ``roberta.``, ``electra.``, ``distilbert.``) or be bare (``AutoModel`` / sentence-transformers
   folders). ``num_layers=k`` keeps the first ``k`` layers. A score head absent from the checkpoint
-  is initialised (normal(0.02) kernels, zero biases, from ``seed``) and reported; a missing
+  is initialised (normal(0.02) kernels, zero biases, from ``seed``) and reported (INFO with
+  ``new_head=True``, WARNING by default; ``new_head=False`` makes it a ``ValueError``); a missing
   encoder weight, a shape mismatch, a missing ``config.json`` or an unsupported ``model_type``
   raise ``ValueError``/``FileNotFoundError`` naming the file and the key. Checkpoint keys that are
   not used (MLM heads, a RoBERTa pooler, dropped layers) are reported; ``strict=True`` turns any
@@ -266,10 +267,15 @@ def state_dict_to_params(state: Mapping[str, Any], config: EncoderConfig, *, sou
 
 
 def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1, dtype: str = "float32",
-                    seed: int = 0, strict: bool = False, return_report: bool = False, remat: bool = False):
+                    seed: int = 0, strict: bool = False, return_report: bool = False, remat: bool = False,
+                    new_head: bool | None = None, attention_impl: str | None = None):
     """Load a local Hugging Face folder as ``(EncoderConfig, params)`` for ``CrossEncoder``.
 
     See the module docstring. ``num_layers`` keeps the first k layers (1 <= k <= checkpoint layers).
+    ``new_head`` says what a checkpoint without a score head means: ``True`` = initialise one, an
+    expected step (logged at INFO: a teacher or student built from a bi-encoder); ``False`` = a
+    ``ValueError`` (scoring needs a trained head); ``None`` (default) = initialise it with a
+    WARNING. ``attention_impl`` goes to ``EncoderConfig.attention_impl``.
     """
     folder = resolve_model_path(path)
     cfg_file = folder / "config.json"
@@ -280,7 +286,8 @@ def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1,
     except json.JSONDecodeError as err:
         raise ValueError(f"{cfg_file}: invalid JSON ({err})") from err
     try:
-        config = EncoderConfig.from_hf(hf_cfg, num_labels=num_labels, dtype=dtype, remat=remat)
+        config = EncoderConfig.from_hf(hf_cfg, num_labels=num_labels, dtype=dtype, remat=remat,
+                                       attention_impl=attention_impl)
     except ValueError as err:
         raise ValueError(f"{cfg_file}: {err}") from err
     original = config.num_layers
@@ -291,10 +298,16 @@ def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1,
     state, source = read_state_dict(folder)
     params, report = state_dict_to_params(state, config, source=str(source), seed=seed, original_layers=original)
     if report.initialized:
-        msg = f"{source}: no score head in the checkpoint; initialised {list(report.initialized)}"
-        if strict:
-            raise ValueError(msg)
-        log.warning(msg)
+        msg = f"{source}: no score head in the checkpoint"
+        if new_head is False or (strict and not new_head):
+            raise ValueError(f"{msg} (missing {list(report.initialized)}); it cannot score as it is. Load a "
+                             "cross-encoder checkpoint, or pass new_head=True to initialise a new head to train")
+        if new_head:
+            log.info("%s: initialised a new score head %s, as requested (new_head=True)", msg,
+                     list(report.initialized))
+        else:
+            log.warning("%s; initialised %s at random (pass new_head=True when that is intended, "
+                        "new_head=False to make it an error)", msg, list(report.initialized))
     if report.unexpected:
         msg = f"{source}: unused checkpoint weights {list(report.unexpected)}"
         if strict:

