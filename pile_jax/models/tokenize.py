@@ -40,7 +40,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 __all__ = [
-    "PairTokenizer", "TwoTowerTokenizer", "TokenStore", "SpecialTemplate", "tokenize_texts", "bucket_length",
+    "PairTokenizer", "TwoTowerTokenizer", "TokenStore", "SpecialTemplate", "tokenize_texts", "load_or_tokenize",
+    "store_fingerprint", "bucket_length",
     "bucket_set", "assemble_pairs", "assemble_texts", "bucketed_batches", "ragged_arange", "DEFAULT_BUCKETS",
     "TWO_TOWER_BUCKETS",
 ]
@@ -98,7 +99,7 @@ class TokenStore:
             self.keys = self.keys + ("",)
             self.offsets = np.append(self.offsets, self.offsets[-1])
         self.index = {k: i for i, k in enumerate(self.keys)}
-        self.index.update({k.encode("utf-8"): i for k, i in list(self.index.items())})
+        self._bytes_index = None
         self.lengths = np.diff(self.offsets)
 
     def __len__(self) -> int:
@@ -110,6 +111,10 @@ class TokenStore:
         arr = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) or keys.dtype.kind != "O" else keys
         flat = arr.ravel().tolist()
         index = self.index
+        if flat and isinstance(flat[0], bytes):   # TFDS records carry bytes ids
+            if self._bytes_index is None:
+                self._bytes_index = {k.encode("utf-8"): i for k, i in self.index.items()}
+            index = self._bytes_index
         try:
             out = np.fromiter((index[k] for k in flat), np.int64, len(flat))
         except KeyError as e:
@@ -119,20 +124,28 @@ class TokenStore:
     def ids(self, row: int) -> np.ndarray:
         return self.tokens[self.offsets[row]:self.offsets[row + 1]]
 
-    def save(self, path) -> None:
-        """One ``.npz`` (``keys``, ``tokens``, ``offsets``) at a local path or URL, atomically."""
+    def save(self, path, *, fingerprint: str = "") -> None:
+        """One ``.npz`` (``keys``, ``tokens``, ``offsets``, ``fingerprint``) at a local path or URL,
+        atomically."""
         from pile_jax.io import save_npz
 
-        save_npz(path, {"keys": np.asarray(self.keys, dtype=np.str_), "tokens": self.tokens, "offsets": self.offsets})
+        save_npz(path, {"keys": np.asarray(self.keys, dtype=np.str_), "tokens": self.tokens, "offsets": self.offsets,
+                        "fingerprint": np.asarray(fingerprint)})
 
     @classmethod
-    def load(cls, path) -> "TokenStore":
-        from pile_jax.io import load_npz
+    def load(cls, path, *, fingerprint: str | None = None) -> "TokenStore | None":
+        """The store saved at ``path``; with ``fingerprint``: ``None`` when the file was made
+        from other texts or another tokenizer (or does not exist)."""
+        from pile_jax.io import as_path, load_npz
 
+        if fingerprint is not None and not as_path(path).exists():
+            return None
         data = load_npz(path)
         missing = {"keys", "tokens", "offsets"} - set(data)
         if missing:
             raise ValueError(f"{path}: not a token store (missing {sorted(missing)})")
+        if fingerprint is not None and str(data.get("fingerprint", "")) != fingerprint:
+            return None
         return cls(tuple(data["keys"].tolist()), data["tokens"], data["offsets"])
 
 
@@ -168,6 +181,35 @@ def tokenize_texts(backend, texts: Sequence[str], keys: Sequence[str] | None = N
     tokens = (np.concatenate([np.asarray(e.ids, np.int32) for e in enc]) if offsets[-1]
               else np.zeros(0, np.int32))
     return TokenStore(tuple(keys), tokens, offsets)
+
+
+def store_fingerprint(backend, keys: Sequence[str], texts: Sequence[str]) -> str:
+    """sha256 (16 hex digits) of the tokenizer definition, the keys and the texts."""
+    import hashlib
+
+    h = hashlib.sha256(backend.to_str().encode("utf-8"))
+    for part in (keys, texts):
+        h.update("\x00".join(map(str, part)).encode("utf-8"))
+        h.update(b"\x01")
+    return h.hexdigest()[:16]
+
+
+def load_or_tokenize(featurizer, texts: Mapping[str, str], path=None) -> TokenStore:
+    """The token store of ``texts`` (``{id: text}``) under ``featurizer``'s tokenizer: read from
+    ``path`` (local or URL) when it holds the same texts and tokenizer, else tokenised once
+    and (with ``path``, on process 0) saved there for the next run."""
+    keys, values = list(texts), [str(texts[k]) for k in texts]
+    if path is None:
+        return featurizer.tokenize_texts(values, keys)
+    fp = store_fingerprint(featurizer._backend, keys, values)
+    store = TokenStore.load(path, fingerprint=fp)
+    if store is None:
+        from pile_jax.io import is_primary
+
+        store = featurizer.tokenize_texts(values, keys)
+        if is_primary():
+            store.save(path, fingerprint=fp)
+    return store
 
 
 # ============================================================================ special-token template

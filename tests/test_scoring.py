@@ -1,0 +1,116 @@
+"""Train collate from ids and data-parallel scoring (4 forced CPU devices), on real Cranfield text.
+
+References: the per-pair tokenizer path of ``test_tokenize_once.reference_encode`` and one
+unsorted, unbucketed single-device forward over every pair.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+transformers = pytest.importorskip("transformers")
+
+from pile_jax.data import load_collection  # noqa: E402
+from pile_jax.scoring import make_collate, score_candidates, score_pairs  # noqa: E402
+from pile_jax.train.loop import Ranker  # noqa: E402
+
+from helpers.pair_reference import reference_encode  # noqa: E402
+from pile_jax.models import resolve_model_path  # noqa: E402
+
+MINILM = resolve_model_path("all-MiniLM-L6-v2")
+
+
+@pytest.fixture(scope="module")
+def coll():
+    return load_collection("cranfield")
+
+
+@pytest.fixture(scope="module")
+def ranker():
+    from pile_jax import rankers
+
+    return rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=2, max_length=128, max_query_length=24)
+
+
+def _records(coll, n=6, groups=10, as_bytes=False, seed=0):
+    rng = np.random.default_rng(seed)
+    qids, dids = list(coll.queries), list(coll.docs)
+    out = []
+    for g in range(groups):
+        k = n if g % 3 else n - 2       # some groups padded with ""
+        docs = [dids[i] for i in rng.integers(0, len(dids), k)] + [""] * (n - k)
+        rec = {"query_id": qids[int(rng.integers(0, len(qids)))], "doc_ids": docs,
+               "labels": rng.integers(0, 3, n).astype(np.float32), "label_mask": np.arange(n) < k,
+               "mask": np.arange(n) < k, "teacher_scores": rng.normal(size=(2, n)).astype(np.float32)}
+        if as_bytes:
+            rec["query_id"] = rec["query_id"].encode()
+            rec["doc_ids"] = np.asarray([d.encode() for d in docs], dtype=object)
+        out.append(rec)
+    return out
+
+
+@pytest.mark.parametrize("as_bytes", [False, True])
+def test_collate_from_ids_equals_per_pair_tokenisation(coll, ranker, as_bytes):
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    records = _records(coll, as_bytes=as_bytes)
+    collate = make_collate(ranker, coll.queries, coll.docs)
+    batch = collate(records)
+    s = lambda x: x.decode() if isinstance(x, bytes) else x
+    qs = [coll.queries[s(r["query_id"])] for r in records for _ in r["doc_ids"]]
+    ds = [coll.docs[s(d)] if s(d) else "" for r in records for d in r["doc_ids"]]
+    ref = reference_encode(hf_tok, qs, ds, max_length=128, max_query_length=24)
+    B, n = len(records), len(records[0]["doc_ids"])
+    for k, v in ref.items():
+        np.testing.assert_array_equal(batch[k], v.reshape(B, n, -1), err_msg=k)
+    for k in ("labels", "label_mask", "mask", "teacher_scores"):
+        np.testing.assert_array_equal(batch[k], np.stack([r[k] for r in records]))
+    lengths = collate.group_lengths([r["query_id"] for r in records], np.stack([r["doc_ids"] for r in records]))
+    assert lengths.dtype == np.int64
+    np.testing.assert_array_equal(lengths, ref["attention_mask"].sum(1).reshape(B, n).max(1))
+
+
+def test_two_tower_collate_equals_text_featurize(coll):
+    from pile_jax.models.students import make_features
+
+    feats = make_features("two_tower_prett", MINILM, max_query_length=8, max_doc_length=40)
+    ranker = Ranker(params=None, score_fn=None, featurize=feats.featurize, meta={"features": feats})
+    records = _records(coll, n=4, groups=5)
+    got = make_collate(ranker, coll.queries, coll.docs)(records)
+    texts = ([coll.queries[r["query_id"]] for r in records],
+             [[coll.docs[d] if d else "" for d in r["doc_ids"]] for r in records])
+    ref = feats.featurize(*texts)
+    for k in ("query_ids", "query_mask", "doc_ids", "doc_mask"):
+        np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+    # the text-only fallback (a ranker without a tokenise-once featuriser) gives the same batch
+    fallback = make_collate(Ranker(params=None, score_fn=None, featurize=feats.featurize), coll.queries, coll.docs)
+    for k in ("query_ids", "doc_ids", "doc_mask"):
+        np.testing.assert_array_equal(fallback(records)[k], ref[k])
+
+
+def test_data_parallel_scores_equal_single_device_and_the_unsorted_reference(coll, ranker):
+    assert jax.local_device_count() == 4
+    rng = np.random.default_rng(1)
+    qids, dids = list(coll.queries), list(coll.docs)
+    pairs = [(coll.queries[qids[i]], coll.docs[dids[j]])
+             for i, j in zip(rng.integers(0, len(qids), 90), rng.integers(0, len(dids), 90))]
+    pairs += pairs[:5]          # repeated texts are tokenised once, scored in place
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    ref_batch = reference_encode(hf_tok, [q for q, _ in pairs], [d for _, d in pairs], max_length=128,
+                                 max_query_length=24, buckets=(128,))
+    ref_batch = {k: v[:, None] for k, v in ref_batch.items()}
+    ref = np.asarray(jax.jit(lambda p, b: ranker.score_fn(p, b))(ranker.params, ref_batch))[:, 0]
+    one = score_pairs(ranker, ranker.params, pairs, batch_size=16, devices=jax.local_devices()[:1])
+    four = score_pairs(ranker, ranker.params, pairs, batch_size=14, distributed=False)   # rows rounded to 16
+    gathered = score_pairs(ranker, ranker.params, pairs, batch_size=16, distributed=True)  # one process: gather path
+    np.testing.assert_allclose(one, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(four, one, atol=1e-6, rtol=0)
+    np.testing.assert_allclose(gathered, one, atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(one[-5:], one[:5])
+    assert score_pairs(ranker, ranker.params, []).shape == (0,)
+    cands = {qids[0]: dids[:3], qids[1]: dids[2:4]}
+    got = score_candidates(ranker, ranker.params, cands, coll.queries, coll.docs, batch_size=4)
+    flat = score_pairs(ranker, ranker.params, [(coll.queries[q], coll.docs[d]) for q in cands for d in cands[q]],
+                       batch_size=4, devices=jax.local_devices()[:1])
+    np.testing.assert_allclose([got[q][d] for q in cands for d in cands[q]], flat, atol=1e-6)
