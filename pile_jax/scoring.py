@@ -27,7 +27,7 @@ import jax
 import numpy as np
 
 __all__ = ["make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
-           "data_parallel", "GROUP_KEYS"]
+           "data_parallel", "pair_batches", "GROUP_KEYS"]
 
 GROUP_KEYS = ("labels", "label_mask", "mask", "teacher_scores")
 
@@ -220,31 +220,27 @@ def score_pairs(
     featuriser are featurised per batch from text (sorted by character length).
     """
     scorer = scorer or cached_scorer(ranker.score_fn)
-    n = len(pairs)
-    if n == 0:
+    if len(pairs) == 0:
         return np.zeros(0, np.float32)
     run, multiple = data_parallel(scorer, params, devices)
     rows = -(-batch_size // multiple) * multiple
+    lengths, make_batch = pair_batches(ranker, pairs)
+
+    def score(batch):
+        return scorer_first_column(run(batch))
+
+    return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
+
+
+def pair_batches(ranker, pairs: Sequence[tuple[str, str]]):
+    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one:
+    each unique text tokenised once (the Rust batch path), ``lengths`` the tokens per pair
+    (:meth:`item_lengths`), ``make_batch`` assembles pairs ``idx`` from ids, padded with empty
+    pairs to ``rows`` rows, ``mask [rows, 1]`` all True. Rankers without a tokenise-once
+    featuriser: character lengths and ``featurize`` per batch."""
     feats = features_of(ranker)
-    if feats is not None:
-        from pile_jax.models.tokenize import tokenize_texts
-
-        texts = list(dict.fromkeys([str(q) for q, _ in pairs] + [str(d) for _, d in pairs]))
-        store = tokenize_texts(feats._backend, texts, texts)
-        q_rows = store.rows(np.asarray([str(q) for q, _ in pairs], dtype=object))
-        d_rows = store.rows(np.asarray([str(d) for _, d in pairs], dtype=object))
-        lengths = feats.item_lengths(store, q_rows, store, d_rows)
-        empty = store.index[""]
-
-        def make_batch(idx, size):
-            q = np.full(size, empty, np.int64)
-            d = np.full(size, empty, np.int64)
-            q[:len(idx)], d[:len(idx)] = q_rows[idx], d_rows[idx]
-            batch = feats.assemble(store, q, store, d[:, None])
-            batch["mask"] = np.ones((size, 1), bool)
-            return batch
-    else:
-        lengths = [len(q) + len(d) for q, d in pairs]
+    if feats is None:
+        lengths = np.asarray([len(q) + len(d) for q, d in pairs], np.int64)
 
         def make_batch(idx, size):
             qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))
@@ -252,11 +248,24 @@ def score_pairs(
             batch = dict(ranker.featurize(qs, ds))
             batch["mask"] = np.ones((size, 1), bool)
             return batch
+        return lengths, make_batch
+    from pile_jax.models.tokenize import tokenize_texts
 
-    def score(batch):
-        return scorer_first_column(run(batch))
+    qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
+    texts = list(dict.fromkeys(qs + ds))
+    store = tokenize_texts(feats._backend, texts, texts)
+    q_rows = store.rows(np.asarray(qs, dtype=object))
+    d_rows = store.rows(np.asarray(ds, dtype=object))
+    empty = store.index[""]
 
-    return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
+    def make_batch(idx, size):
+        q = np.full(size, empty, np.int64)
+        d = np.full(size, empty, np.int64)
+        q[:len(idx)], d[:len(idx)] = q_rows[idx], d_rows[idx]
+        batch = feats.assemble(store, q, store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+    return feats.item_lengths(store, q_rows, store, d_rows), make_batch
 
 
 @jax.jit
