@@ -108,8 +108,11 @@ class TokenStore:
     def rows(self, keys) -> np.ndarray:
         """Rows of ``keys`` (any shape; str or bytes), int64 of the same shape; unknown keys raise
         a ``KeyError`` naming the key."""
-        arr = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) or keys.dtype.kind != "O" else keys
-        flat = arr.ravel().tolist()
+        if isinstance(keys, list) and not (keys and isinstance(keys[0], (list, tuple, np.ndarray))):
+            flat, shape = keys, (len(keys),)     # the collate's flat id lists: no array round trip
+        else:
+            arr = np.asarray(keys, dtype=object) if not isinstance(keys, np.ndarray) or keys.dtype.kind != "O" else keys
+            flat, shape = arr.ravel().tolist(), arr.shape
         index = self.index
         if flat and isinstance(flat[0], bytes):   # TFDS records carry bytes ids
             if self._bytes_index is None:
@@ -119,7 +122,7 @@ class TokenStore:
             out = np.fromiter((index[k] for k in flat), np.int64, len(flat))
         except KeyError as e:
             raise KeyError(f"text id {e.args[0]!r} is not in the token store ({len(self.keys)} texts)") from None
-        return out.reshape(arr.shape)
+        return out.reshape(shape)
 
     def ids(self, row: int) -> np.ndarray:
         return self.tokens[self.offsets[row]:self.offsets[row + 1]]
@@ -287,10 +290,13 @@ def _put_specials(ids, types, L, row_base, start, specials):
 
 
 def _put_content(ids, types, store, rows, lengths, row_base, start, ttype):
-    """Write the first ``lengths[i]`` tokens of store row ``rows[i]`` at columns ``start[i] + j``."""
-    j = ragged_arange(lengths)
-    src = np.repeat(store.offsets[rows], lengths) + j
-    dst = np.repeat(row_base + start, lengths) + j
+    """Write the first ``lengths[i]`` tokens of store row ``rows[i]`` at flat positions
+    ``row_base[i] + start[i] + j``: one ``np.repeat`` per index array over the run of all tokens."""
+    ends = np.cumsum(lengths)
+    shift = ends - lengths                 # where row i's tokens start in the run
+    ar = np.arange(int(ends[-1]) if len(ends) else 0)
+    src = np.repeat(store.offsets[rows] - shift, lengths) + ar
+    dst = np.repeat(row_base + start - shift, lengths) + ar
     ids[dst] = store.tokens[src]
     if ttype:
         types[dst] = ttype
