@@ -114,3 +114,39 @@ def test_data_parallel_scores_equal_single_device_and_the_unsorted_reference(col
     flat = score_pairs(ranker, ranker.params, [(coll.queries[q], coll.docs[d]) for q in cands for d in cands[q]],
                        batch_size=4, devices=jax.local_devices()[:1])
     np.testing.assert_allclose([got[q][d] for q in cands for d in cands[q]], flat, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_two_processes_each_score_a_slice_and_gather_everything(tmp_path):
+    """Two CPU processes (2 devices each): batches dealt round-robin, all-gathered; both return
+    the single-process scores of every pair, in input order."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import score_dist_worker as worker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, worker.__file__, str(pid), "2", str(port), str(tmp_path)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for pid in range(2)]
+    r = worker.ranker()
+    ref = score_pairs(r, r.params, worker.pairs(), batch_size=16, distributed=False)
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=240)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, log in zip(procs, logs):
+        assert p.returncode == 0, log[-3000:]
+    assert len(set(ref.tolist())) > 100      # distinct scores: a misplaced pair would show
+    for pid in range(2):
+        np.testing.assert_array_equal(np.load(tmp_path / f"p{pid}.npy"), ref)
