@@ -250,7 +250,7 @@ def run_pile_jax(args) -> dict:
     tokenizer = ranker.meta["tokenizer"]
     pairs = data["pairs"]
     t0 = time.perf_counter()
-    lengths, make_batch = pair_batches(ranker, pairs)   # what score_pairs does: tokenise each unique text once
+    lengths, make_batch = pair_batches(ranker.meta["features"], pairs)   # what score_pairs does: tokenise each unique text once
     tokenize_s = time.perf_counter() - t0
     out = {"env": C.jax_env(), "queries": len(data["qids"]), "pairs": len(pairs), "groups": len(data["groups"]),
            "bm25_s": data["bm25_s"], "avg_tokens": float(lengths.mean()), "median_tokens": float(np.median(lengths)),

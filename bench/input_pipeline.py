@@ -107,7 +107,7 @@ def main(argv=None) -> dict:
     from pile_jax.bm25 import bm25_search
     from pile_jax.data import load_collection
     from pile_jax.data.tfds_builder import build_ranking_groups_dataset
-    from pile_jax.scoring import data_parallel, make_collate, map_sorted, pair_batches, score_pairs
+    from pile_jax.scoring import make_collate, pair_batches, score_pairs
     from pile_jax.train.loop import Ranker
 
     logging.getLogger("bm25s").setLevel(logging.WARNING)
@@ -170,19 +170,18 @@ def main(argv=None) -> dict:
         order = np.argsort(lengths, kind="stable")
         return [make_batch(order[i:i + S], S) for i in range(0, len(order), S)]
 
-    lengths, make_batch = pair_batches(ranker, pairs)
+    lengths, make_batch = pair_batches(ranker.meta["features"], pairs)
     t = C.time_calls(lambda: assemble_all(lengths, make_batch), warmup=1, iters=args.repeats, sync=lambda x: x)
     out["score_assemble_pairs_per_s"] = len(pairs) / t["median"]
     padded = [b["input_ids"].shape[-1] for b in assemble_all(lengths, make_batch)]
     out["score_avg_padded_tokens"] = float(np.mean(padded))
     out["score_avg_tokens"] = float(np.mean(lengths))
-    t = C.time_calls(lambda: assemble_all(*pair_batches(ranker, pairs)), warmup=1, iters=args.repeats,
+    t = C.time_calls(lambda: assemble_all(*pair_batches(ranker.meta["features"], pairs)), warmup=1, iters=args.repeats,
                      sync=lambda x: x)
     out["score_text_in_host_pairs_per_s"] = len(pairs) / t["median"]
     t = C.time_calls(lambda: score_pairs(ranker, ranker.params, pairs, batch_size=S), warmup=1,
                      iters=args.repeats, sync=lambda x: x)
     out["score_pairs_e2e_trivial_model_pairs_per_s"] = len(pairs) / t["median"]
-    del data_parallel, map_sorted
 
     md = (f"input pipeline ({'SMOKE, ' if args.smoke else ''}{args.collection} BM25 top-{args.depth}, "
           f"{len(qids)} queries, {len(pairs)} pairs, max_length {args.max_length}, {os.cpu_count()} CPUs, "

@@ -224,7 +224,8 @@ def score_pairs(
         return np.zeros(0, np.float32)
     run, multiple = data_parallel(scorer, params, devices)
     rows = -(-batch_size // multiple) * multiple
-    lengths, make_batch = pair_batches(ranker, pairs)
+    feats = features_of(ranker)
+    lengths, make_batch = pair_batches(feats, pairs) if feats is not None else _text_pair_batches(ranker, pairs)
 
     def score(batch):
         return scorer_first_column(run(batch))
@@ -232,28 +233,16 @@ def score_pairs(
     return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
 
 
-def pair_batches(ranker, pairs: Sequence[tuple[str, str]]):
-    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one:
-    each unique text tokenised once (the Rust batch path), ``lengths`` the tokens per pair
-    (:meth:`item_lengths`), ``make_batch`` assembles pairs ``idx`` from ids, padded with empty
-    pairs to ``rows`` rows, ``mask [rows, 1]`` all True. Rankers without a tokenise-once
-    featuriser: character lengths and ``featurize`` per batch."""
-    feats = features_of(ranker)
-    if feats is None:
-        lengths = np.asarray([len(q) + len(d) for q, d in pairs], np.int64)
-
-        def make_batch(idx, size):
-            qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))
-            ds = [[pairs[i][1]] for i in idx] + [[""]] * (size - len(idx))
-            batch = dict(ranker.featurize(qs, ds))
-            batch["mask"] = np.ones((size, 1), bool)
-            return batch
-        return lengths, make_batch
+def pair_batches(features, pairs: Sequence[tuple[str, str]]):
+    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one
+    with a tokenise-once featuriser: each unique text tokenised once (the Rust batch path),
+    ``lengths`` the tokens per pair (``item_lengths``), ``make_batch`` assembles pairs ``idx``
+    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True."""
     from pile_jax.models.tokenize import tokenize_texts
 
     qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
     texts = list(dict.fromkeys(qs + ds))
-    store = tokenize_texts(feats._backend, texts, texts)
+    store = tokenize_texts(features._backend, texts, texts)
     q_rows = store.rows(np.asarray(qs, dtype=object))
     d_rows = store.rows(np.asarray(ds, dtype=object))
     empty = store.index[""]
@@ -262,10 +251,23 @@ def pair_batches(ranker, pairs: Sequence[tuple[str, str]]):
         q = np.full(size, empty, np.int64)
         d = np.full(size, empty, np.int64)
         q[:len(idx)], d[:len(idx)] = q_rows[idx], d_rows[idx]
-        batch = feats.assemble(store, q, store, d[:, None])
+        batch = features.assemble(store, q, store, d[:, None])
         batch["mask"] = np.ones((size, 1), bool)
         return batch
-    return feats.item_lengths(store, q_rows, store, d_rows), make_batch
+    return features.item_lengths(store, q_rows, store, d_rows), make_batch
+
+
+def _text_pair_batches(ranker, pairs):
+    """:func:`pair_batches` for rankers with a text ``featurize`` only (character lengths)."""
+    lengths = np.asarray([len(q) + len(d) for q, d in pairs], np.int64)
+
+    def make_batch(idx, size):
+        qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))
+        ds = [[pairs[i][1]] for i in idx] + [[""]] * (size - len(idx))
+        batch = dict(ranker.featurize(qs, ds))
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+    return lengths, make_batch
 
 
 @jax.jit
