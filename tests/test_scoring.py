@@ -150,3 +150,26 @@ def test_two_processes_each_score_a_slice_and_gather_everything(tmp_path):
     assert len(set(ref.tolist())) > 100      # distinct scores: a misplaced pair would show
     for pid in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"p{pid}.npy"), ref)
+
+
+def test_token_stores_saved_beside_the_data_are_reused_only_for_the_same_texts(tmp_path, monkeypatch):
+    from pile_jax.models import tokenize as T
+    from pile_jax.models.tokenize import PairTokenizer
+
+    tok = PairTokenizer(MINILM, max_length=32, max_query_length=8)
+    ranker = Ranker(params=None, score_fn=None, featurize=tok.featurize, meta={"features": tok})
+    queries, docs = {"q1": "boundary layer", "q2": "heat transfer"}, {"d1": "a flat plate", "d2": "shock waves in air"}
+    records = [{"query_id": "q2", "doc_ids": ["d2", "d1"], "labels": np.zeros(2), "label_mask": np.ones(2, bool),
+                "mask": np.ones(2, bool), "teacher_scores": np.zeros((1, 2))}]
+    first = make_collate(ranker, queries, docs, store_dir=tmp_path)(records)
+    assert (tmp_path / "queries.tokens.npz").exists() and (tmp_path / "docs.tokens.npz").exists()
+    calls = []
+    real = tok.tokenize_texts
+    monkeypatch.setattr(tok, "tokenize_texts", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = make_collate(ranker, queries, docs, store_dir=tmp_path)(records)
+    assert calls == []                                     # both stores read from disk
+    np.testing.assert_array_equal(again["input_ids"], first["input_ids"])
+    changed = make_collate(ranker, queries, {**docs, "d2": "supersonic flow"}, store_dir=tmp_path)(records)
+    assert len(calls) == 1                                 # the documents changed: tokenised again
+    assert not np.array_equal(changed["input_ids"][0, 0], first["input_ids"][0, 0])
+    np.testing.assert_array_equal(changed["input_ids"][0, 1], first["input_ids"][0, 1])
