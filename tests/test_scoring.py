@@ -46,7 +46,7 @@ def _records(coll, n=6, groups=10, as_bytes=False, seed=0):
                "mask": np.arange(n) < k, "teacher_scores": rng.normal(size=(2, n)).astype(np.float32)}
         if as_bytes:
             rec["query_id"] = rec["query_id"].encode()
-            rec["doc_ids"] = np.asarray([d.encode() for d in docs], dtype=object)
+            rec["doc_ids"] = [d.encode() for d in docs]          # as the TFDS data source gives them
         out.append(rec)
     return out
 
@@ -173,3 +173,22 @@ def test_token_stores_saved_beside_the_data_are_reused_only_for_the_same_texts(t
     assert len(calls) == 1                                 # the documents changed: tokenised again
     assert not np.array_equal(changed["input_ids"][0, 0], first["input_ids"][0, 0])
     np.testing.assert_array_equal(changed["input_ids"][0, 1], first["input_ids"][0, 1])
+
+
+def test_collate_through_the_loader_with_padding_rows(coll, ranker):
+    """TFDS-like bytes records and the loader's padding records ("" ids, zeros) in one batch."""
+    from pile_jax.data.sampler import BatchLoader, EpochSampler
+
+    records = _records(coll, n=4, groups=6, as_bytes=True)
+    collate = make_collate(ranker, coll.queries, coll.docs)
+    loader = BatchLoader(records, EpochSampler(6, 4, seed=0, shuffle=False, drop_remainder=False), collate_fn=collate)
+    loader.next_batch()
+    last = loader.next_batch()                      # records 4, 5 + two padding rows
+    want = collate(records[4:6])
+    assert last["input_ids"].shape[:2] == (4, 4) and not last["mask"][2:].any()
+    L = want["input_ids"].shape[-1]
+    np.testing.assert_array_equal(last["input_ids"][:2, :, :L], want["input_ids"])
+    # a padding row is the pair ("", "") for every item: [CLS] [SEP] [SEP]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
+    empty = [hf_tok.cls_token_id, hf_tok.sep_token_id, hf_tok.sep_token_id]
+    assert last["input_ids"][3, 0, :3].tolist() == empty and last["attention_mask"][3].sum() == 4 * 3

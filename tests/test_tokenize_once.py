@@ -159,6 +159,7 @@ def test_token_store_round_trip_and_lookup(tmp_path, bert_tok):
     assert store.rows(np.array([["d3", ""], ["d1", "d2"]])).tolist() == [[2, 3], [0, 1]]   # "" = an added empty row
     assert store.lengths.tolist()[1:] == [0, len(store.ids(2)), 0]
     assert store.rows([b"d3"]).tolist() == [2]                                            # TFDS bytes ids
+    assert store.rows([b"d3", "", b"d1"]).tolist() == [2, 3, 0]                           # mixed with "" padding
     with pytest.raises(KeyError, match="nope"):
         store.rows(["d1", "nope"])
     store.save(tmp_path / "docs.tokens.npz")

@@ -120,9 +120,15 @@ class TokenStore:
             index = self._bytes_index
         try:
             out = np.fromiter((index[k] for k in flat), np.int64, len(flat))
-        except KeyError as e:
-            raise KeyError(f"text id {e.args[0]!r} is not in the token store ({len(self.keys)} texts)") from None
+        except KeyError:   # mixed str / bytes ids (e.g. "" padding records among TFDS records)
+            out = np.fromiter((self._row(k) for k in flat), np.int64, len(flat))
         return out.reshape(shape)
+
+    def _row(self, key) -> int:
+        text = key.decode("utf-8") if isinstance(key, bytes) else str(key)
+        if text not in self.index:
+            raise KeyError(f"text id {text!r} is not in the token store ({len(self.keys)} texts)")
+        return self.index[text]
 
     def ids(self, row: int) -> np.ndarray:
         return self.tokens[self.offsets[row]:self.offsets[row + 1]]
