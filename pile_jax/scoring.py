@@ -144,13 +144,25 @@ def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
 
     devices = list(devices or jax.local_devices())
     mesh = Mesh(np.asarray(devices), ("data",))
-    replicated = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    replicated = jax.device_put(jax.tree_util.tree_map(_addressable, params), NamedSharding(mesh, PartitionSpec()))
     split = NamedSharding(mesh, PartitionSpec("data"))
 
     def run(batch):
         return fn(replicated, jax.device_put(batch, split))
 
     return run, len(devices)
+
+
+def _addressable(x):
+    """A value this process can place on its own devices: params of a multi-process
+    ``jit`` + sharding run (global arrays) are read from the local replica, or gathered."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
 
 
 def map_sorted(lengths, batch_size: int, make_batch: Callable, run: Callable, *, tail: tuple = (),
