@@ -31,7 +31,7 @@ def coll():
 def ranker():
     from pile_jax import rankers
 
-    return rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=2, max_length=128, max_query_length=24)
+    return rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=1, max_length=128, max_query_length=24)
 
 
 def _records(coll, n=6, groups=10, as_bytes=False, seed=0):
