@@ -239,7 +239,7 @@ def run_pile_jax(args) -> dict:
     import jax.numpy as jnp
 
     from pile_jax import rankers
-    from pile_jax.train.loop import cached_scorer, score_pairs
+    from pile_jax.scoring import cached_scorer, pair_batches, score_pairs
     from pile_jax.train.objective import Objective
     from pile_jax.train.optim import make_optimizer
     from pile_jax.train.step import create_train_state, make_train_step
@@ -250,7 +250,7 @@ def run_pile_jax(args) -> dict:
     tokenizer = ranker.meta["tokenizer"]
     pairs = data["pairs"]
     t0 = time.perf_counter()
-    lengths = np.asarray([len(ids) for ids, _ in tokenizer.tokenize([q for q, _ in pairs], [d for _, d in pairs])])
+    lengths, make_batch = pair_batches(ranker.meta["features"], pairs)   # what score_pairs does: tokenise each unique text once
     tokenize_s = time.perf_counter() - t0
     out = {"env": C.jax_env(), "queries": len(data["qids"]), "pairs": len(pairs), "groups": len(data["groups"]),
            "bm25_s": data["bm25_s"], "avg_tokens": float(lengths.mean()), "median_tokens": float(np.median(lengths)),
@@ -259,8 +259,8 @@ def run_pile_jax(args) -> dict:
     S = args.score_batch
 
     if not args.skip_score:
-        # the padded length each score_pairs batch computes on (its own ordering: text length)
-        order = np.argsort([len(q) + len(d) for q, d in pairs], kind="stable")
+        # the padded length each score_pairs batch computes on (pairs sorted by token length)
+        order = np.argsort(lengths, kind="stable")
         padded = [tokenizer.bucket_for(int(lengths[order[i:i + S]].max())) for i in range(0, len(pairs), S)]
         out["score_avg_padded_tokens"] = float(np.mean(padded))
         out["score_bucket_counts"] = {int(b): padded.count(b) for b in sorted(set(padded))}
@@ -273,12 +273,7 @@ def run_pile_jax(args) -> dict:
         # device only: the same batches, tokenised up front
         feats = []
         for i in range(0, len(pairs), S):
-            idx = order[i:i + S]
-            qs = [pairs[j][0] for j in idx] + [""] * (S - len(idx))
-            ds = [[pairs[j][1]] for j in idx] + [[""]] * (S - len(idx))
-            f = ranker.featurize(qs, ds)
-            f["mask"] = np.ones((S, 1), bool)
-            feats.append(jax.device_put(f))
+            feats.append(jax.device_put(make_batch(order[i:i + S], S)))
 
         def dev():
             return [scorer(params, f) for f in feats]

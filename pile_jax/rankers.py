@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from pile_jax.models.tokenize import bucketed_batches
 from pile_jax.train.loop import Ranker
 
 
@@ -26,8 +25,10 @@ def _cross_encoder_parts(path: str, num_layers, max_length: int, max_query_lengt
     """Model, tokenizer and the (identity-stable) score/featurize functions for one shape config.
 
     Cached, so runs that differ only in seed or objective reuse the same functions and hence
-    JAX's compiled executables (compilation dominates short CPU runs)."""
+    JAX's compiled executables (compilation dominates short CPU runs). The score function is
+    the students' cross-encoder one (:func:`pile_jax.models.students.make_score_fn`)."""
     from pile_jax.models import CrossEncoder, EncoderConfig, PairTokenizer
+    from pile_jax.models.students import make_score_fn
 
     hf = json.loads((Path(path) / "config.json").read_text())
     config = EncoderConfig.from_hf(hf, num_labels=1, dtype=dtype, remat=remat)
@@ -35,24 +36,7 @@ def _cross_encoder_parts(path: str, num_layers, max_length: int, max_query_lengt
         config = config.replace(num_layers=int(num_layers))
     model = CrossEncoder(config)
     tokenizer = PairTokenizer(path, max_length=max_length, max_query_length=max_query_length)
-
-    def score_fn(params, batch, *, rng=None, train=False):
-        ids = batch["input_ids"]
-        B, n, L = ids.shape
-        flat = lambda x: None if x is None else x.reshape(B * n, L)
-        rngs = {"dropout": rng} if (train and rng is not None) else {}
-        scores = model.apply({"params": params}, flat(ids), flat(batch["attention_mask"]),
-                             flat(batch.get("token_type_ids")), deterministic=not train, rngs=rngs)
-        return jnp.asarray(scores, jnp.float32).reshape(B, n)
-
-    def featurize(queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
-        B, n = len(docs), len(docs[0])
-        flat_q = [q for q, row in zip(queries, docs) for _ in row]
-        flat_d = [d for row in docs for d in row]
-        enc = tokenizer.encode(flat_q, flat_d)
-        return {k: np.asarray(v).reshape(B, n, -1) for k, v in enc.items()}
-
-    return config, model, tokenizer, score_fn, featurize
+    return config, model, tokenizer, make_score_fn(model, "cross_encoder"), tokenizer.featurize
 
 
 def cross_encoder(
@@ -77,27 +61,23 @@ def cross_encoder(
         path, None if num_layers is None else int(num_layers), int(max_length), int(max_query_length), dtype, bool(remat))
     _, params = load_pretrained(path, num_layers=num_layers, seed=seed, new_head=new_head)
     return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind="cross_encoder",
-                  meta={"config": config, "path": path, "tokenizer": tokenizer, "model": model})
-
-
-def _bucket(length: int, buckets: Sequence[int]) -> int:
-    for b in buckets:
-        if b >= length:
-            return b
-    return buckets[-1]
+                  meta={"config": config, "path": path, "tokenizer": tokenizer, "features": tokenizer, "model": model})
 
 
 def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 128, 192, 256, 384, 512)) -> Ranker:
-    """Zero-shot bi-encoder: cosine of mean-pooled, L2-normalised token vectors (no training)."""
-    from transformers import AutoTokenizer
+    """Zero-shot bi-encoder: cosine of mean-pooled, L2-normalised token vectors (no training).
 
+    Texts are ``[CLS] text [SEP]`` with at most ``max_length - 2`` content tokens (the two-tower
+    featuriser, both towers alike); ``meta["encode_texts"]`` encodes texts once each."""
     from pile_jax.models import Encoder, load_pretrained, resolve_model_path
+    from pile_jax.models.tokenize import TwoTowerTokenizer
+    from pile_jax.scoring import data_parallel, map_sorted
 
     path = resolve_model_path(base)
     config, params = load_pretrained(path, new_head=True)  # the head is not used: only the encoder
     encoder = Encoder(config)
-    hf_tok = AutoTokenizer.from_pretrained(path)
-    buckets = tuple(b for b in buckets if b < max_length) + (max_length,)
+    features = TwoTowerTokenizer(path, max_query_length=max_length - 2, max_doc_length=max_length - 2,
+                                 query_special=True, doc_special="cls_sep", buckets=buckets)
 
     def encode(enc_params, ids, mask):
         out = encoder.apply({"params": enc_params}, ids, mask, jnp.zeros_like(ids), deterministic=True)
@@ -112,45 +92,32 @@ def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 1
         d = encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L)).reshape(B, n, -1)
         return jnp.einsum("bh,bnh->bn", q, d)
 
-    def tok(texts):
-        enc = hf_tok(list(texts), truncation=True, max_length=max_length, padding=False)
-        L = _bucket(max(len(x) for x in enc["input_ids"]), buckets)
-        ids = np.zeros((len(texts), L), np.int32)
-        mask = np.zeros((len(texts), L), np.int32)
-        for i, row in enumerate(enc["input_ids"]):
-            ids[i, : len(row)] = row
-            mask[i, : len(row)] = 1
-        return ids, mask
+    encode_jit = jax.jit(lambda p, batch: encode(p, batch["ids"], batch["mask"]))
 
-    def featurize(queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
-        B, n = len(docs), len(docs[0])
-        qi, qm = tok(queries)
-        di, dm = tok([d for row in docs for d in row])
-        return {"query_ids": qi, "query_mask": qm,
-                "doc_ids": di.reshape(B, n, -1), "doc_mask": dm.reshape(B, n, -1)}
-
-    encode_jit = jax.jit(encode)
-
-    def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None) -> np.ndarray:
-        """L2-normalised vectors [N, H] of ``texts``, encoded once each, in length-sorted batches."""
-        texts = list(texts)
-        out = np.zeros((len(texts), config.hidden_size), np.float32)
+    def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None,
+                     devices=None, distributed: bool | None = None) -> np.ndarray:
+        """L2-normalised vectors [N, H] of ``texts``, each unique text tokenised once, encoded in
+        length-sorted batches, data-parallel (:func:`pile_jax.scoring.map_sorted`)."""
+        texts = [str(t) for t in texts]
         if not texts:
-            return out
-        lengths = [len(x) for x in hf_tok(texts, truncation=True, max_length=max_length)["input_ids"]]
-        chunks = bucketed_batches(lengths, batch_size)
-        if progress:
-            from tqdm.auto import tqdm
+            return np.zeros((0, config.hidden_size), np.float32)
+        unique = list(dict.fromkeys(texts))
+        store = features.tokenize_texts(unique, unique)
+        rows = store.rows(np.asarray(texts, dtype=object))
+        run, multiple = data_parallel(encode_jit, enc_params, devices)
+        size = -(-batch_size // multiple) * multiple
 
-            chunks = tqdm(chunks, desc=progress, unit="batch", leave=False)
-        for idx in chunks:
-            rows = [texts[i] for i in idx] + [""] * (batch_size - len(idx))   # one compiled row count
-            ids, mask = tok(rows)
-            out[idx] = np.asarray(encode_jit(enc_params, ids, mask))[: len(idx)]
-        return out
+        def make_batch(idx, n_rows):
+            r = np.full(n_rows, store.index[""], np.int64)   # padding rows: "" ([CLS] [SEP])
+            r[:len(idx)] = rows[idx]
+            ids, mask = features.encode_query_rows(store, r)
+            return {"ids": ids, "mask": mask}
 
-    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=featurize, kind="biencoder_cosine",
-                  meta={"config": config, "path": path, "encode_texts": encode_texts})
+        return map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
+                          tail=(config.hidden_size,), progress=progress, distributed=distributed)
+
+    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=features.featurize, kind="biencoder_cosine",
+                  meta={"config": config, "path": path, "encode_texts": encode_texts, "features": features})
 
 
 def biencoder_score_candidates(
@@ -180,22 +147,22 @@ _STUDENT_PARTS: dict = {}
 
 def _student_parts(kind: str, path: str, num_layers, max_length: int, max_query_length: int, max_doc_length: int,
                    dtype, remat, opts: tuple, seed: int):
-    """``(module, score_fn, featurize, input_kind, params or None)`` of one student shape config.
+    """``(module, score_fn, features, input_kind, params or None)`` of one student shape config.
 
     Cached (module, score function, featuriser), so seeds and objectives reuse the compiled
     train/score steps (see :func:`_cross_encoder_parts`); on a cache miss the params built for
     ``seed`` come back too (the checkpoint is read once)."""
-    from pile_jax.models.students import build_student, make_featurizer
+    from pile_jax.models.students import build_student, make_features
 
     key = (kind, path, num_layers, max_length, max_query_length, max_doc_length, dtype, remat, opts)
     if key in _STUDENT_PARTS:
         return (*_STUDENT_PARTS[key], None)
     module, params, score_fn, input_kind = build_student(kind, path, seed=seed, num_layers=num_layers, dtype=dtype,
                                                          remat=remat, **dict(opts))
-    featurize = make_featurizer(input_kind, path, max_query_length=max_query_length,
-                                max_doc_length=max_doc_length, max_length=max_length)
-    _STUDENT_PARTS[key] = (module, score_fn, featurize, input_kind)
-    return module, score_fn, featurize, input_kind, params
+    features = make_features(input_kind, path, max_query_length=max_query_length, max_doc_length=max_doc_length,
+                             max_length=max_length)
+    _STUDENT_PARTS[key] = (module, score_fn, features, input_kind)
+    return module, score_fn, features, input_kind, params
 
 
 def _hashable(value):
@@ -227,7 +194,8 @@ def student(
     options (e.g. ``split_layer`` for prett, ``compress_dim`` for colbert, ``tk_layers`` for tk).
 
     The module, score function and featuriser are cached per shape config, so rankers that differ
-    only in ``seed`` share JAX's compiled steps. ``meta``: ``module``, ``input_kind``, ``path``.
+    only in ``seed`` share JAX's compiled steps. ``meta``: ``module``, ``input_kind``, ``path``,
+    ``features`` (the tokenise-once featuriser: ``tokenize_texts`` / ``assemble`` / ``item_lengths``).
     """
     from pile_jax.models import resolve_model_path
     from pile_jax.models.students import build_student
@@ -235,9 +203,10 @@ def student(
     path = str(resolve_model_path(base))
     nl = None if num_layers is None else int(num_layers)
     key_opts = _hashable(dict(opts))
-    module, score_fn, featurize, input_kind, params = _student_parts(
+    module, score_fn, features, input_kind, params = _student_parts(
         kind, path, nl, int(max_length), int(max_query_length), int(max_doc_length), dtype, remat, key_opts, int(seed))
     if params is None:
         _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat, **opts)
-    return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind=kind,
-                  meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl})
+    return Ranker(params=params, score_fn=score_fn, featurize=features.featurize, kind=kind,
+                  meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl,
+                        "features": features})

@@ -255,3 +255,46 @@ def test_bad_arguments_are_named():
         make_train_loader(_records(3), global_batch_size=4, seed=0)
     with pytest.raises(ValueError, match="window"):
         make_train_loader(_records(8), global_batch_size=4, seed=0, window=0)
+
+
+class _DecodingSource:
+    """A TFDS-like data source: strings come back as bytes, and every read is counted."""
+
+    def __init__(self, records):
+        self.records, self.reads = records, 0
+
+    def __len__(self):
+        return len(self.records)
+
+    def __getitem__(self, i):
+        self.reads += 1
+        r = self.records[i]
+        return dict(r, query_id=r["query_id"].encode(), doc_ids=[d.encode() for d in r["doc_ids"]])
+
+
+def test_columnar_source_reads_once_and_yields_the_same_batches_as_direct_reads():
+    from pile_jax.data.loader import ColumnarSource
+
+    recs = _records(10)
+    disk = _DecodingSource(recs)
+    col = ColumnarSource(disk, chunk=4)
+    assert disk.reads == 10 and len(col) == 10
+    r = col[7]
+    assert r["query_id"] == recs[7]["query_id"] and list(r["doc_ids"]) == recs[7]["doc_ids"]
+    np.testing.assert_array_equal(r["gid"], recs[7]["gid"])
+    with pytest.raises(IndexError):
+        col[10]
+
+    def collate(records):
+        return {"qid": [r["query_id"] if isinstance(r["query_id"], str) else r["query_id"].decode() for r in records],
+                "gid": np.stack([r["gid"] for r in records])}
+
+    kw = dict(global_batch_size=4, seed=3, collate=collate, prefetch=0)
+    a = make_train_loader(disk, in_memory=True, **kw)
+    reads = disk.reads
+    b = make_train_loader(disk, in_memory=False, **kw)
+    for _ in range(5):
+        x, y = a.next_batch(), b.next_batch()
+        assert x["qid"] == y["qid"]
+        np.testing.assert_array_equal(x["gid"], y["gid"])
+    assert reads == 20 and disk.reads > reads   # the in-memory loader read the source once, at construction

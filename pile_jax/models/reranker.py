@@ -5,9 +5,10 @@
     rr.rank(query, docs, top_k=10)                              # [{"corpus_id", "score"}, ...]
     rr.save_pretrained("out/")                                  # HF folder + tokenizer
 
-``predict`` tokenises every pair once, sorts pairs by length, pads each batch to a bucket
-length and the last batch to the full ``batch_size`` (static shapes: at most one compilation
-per bucket), runs a jit-compiled ``CrossEncoder`` and returns one raw logit per pair
+``predict`` tokenises every unique text once, sorts pairs by token length, assembles each batch
+from ids padded to a bucket length and the last batch to the full ``batch_size`` (static shapes:
+at most one compilation per bucket; :func:`pile_jax.scoring.map_sorted`), runs a jit-compiled
+``CrossEncoder`` and returns one raw logit per pair
 (``[N, num_labels]`` when ``num_labels > 1``). A single ``(query, document)`` tuple gives a 0-d array.
 ``predict`` and ``rank`` take sentence-transformers' ``CrossEncoder`` options (``activation_fn``,
 ``apply_softmax``, ``show_progress_bar``, ``convert_to_numpy``; ``rank``: ``top_k``,
@@ -32,7 +33,7 @@ from .config import EncoderConfig
 from .cross_encoder import CrossEncoder
 from .hf_io import export_pretrained, load_pretrained
 from .hub import resolve_model_path
-from .tokenize import DEFAULT_BUCKETS, PairTokenizer, bucketed_batches
+from .tokenize import DEFAULT_BUCKETS, PairTokenizer
 
 __all__ = ["Reranker"]
 
@@ -98,17 +99,17 @@ class Reranker:
         out_shape = (len(pairs),) if self.config.num_labels == 1 else (len(pairs), self.config.num_labels)
         scores = np.zeros(out_shape, np.float32)
         if pairs:
-            encoded = self.tokenizer.tokenize([p[0] for p in pairs], [p[1] for p in pairs])
-            batches = bucketed_batches([len(ids) for ids, _ in encoded], batch_size)
-            if show_progress_bar:
-                from tqdm.auto import tqdm
+            from pile_jax.scoring import map_sorted, pair_batches
 
-                batches = tqdm(batches, desc="Scoring")
-            for idx in batches:
-                arrays = self.tokenizer.pad([encoded[i] for i in idx], rows=batch_size)
-                out = self._score(self.params, arrays["input_ids"], arrays["attention_mask"],
-                                  arrays["token_type_ids"])
-                scores[idx] = np.asarray(out)[:len(idx)]
+            lengths, make_batch = pair_batches(self.tokenizer, pairs)   # each unique text tokenised once
+
+            def run(arrays):   # groups of one pair -> rows
+                return self._score(self.params, *(arrays[k][:, 0] for k in ("input_ids", "attention_mask",
+                                                                             "token_type_ids")))
+
+            scores[:] = map_sorted(lengths, batch_size, make_batch, run,
+                                   tail=out_shape[1:], progress="Scoring" if show_progress_bar else None,
+                                   distributed=False)
         scores = _postprocess(scores, activation_fn, apply_softmax)
         if single:
             return scores[0] if convert_to_numpy else (scores[0].tolist() if scores.ndim > 1 else float(scores[0]))

@@ -58,7 +58,7 @@ __all__ = [
     # index-time document representations, query-time scoring
     "precompute_documents", "score_with_cache",
     # factory + featurisers
-    "build_student", "make_score_fn", "TwoTowerTokenizer", "make_featurizer", "STUDENT_KINDS",
+    "build_student", "make_score_fn", "TwoTowerTokenizer", "make_featurizer", "make_features", "STUDENT_KINDS",
     "INPUT_KINDS",
 ]
 
@@ -716,121 +716,22 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
 
 
 # ============================================================================ featurisers
-TWO_TOWER_BUCKETS = (8, 16, 32, 64, 128, 192, 256, 384, 512)
+# One tokenisation path (pile_jax.models.tokenize): texts are tokenised once into token stores and
+# batches are assembled from ids; TwoTowerTokenizer lives there and is re-exported here.
+from .tokenize import TWO_TOWER_BUCKETS, TwoTowerTokenizer  # noqa: E402
 
 
-class TwoTowerTokenizer:
-    """Queries and documents tokenised apart with the checkpoint's tokenizer, padded to buckets.
-
-    ``encode(queries [B], docs [B][n_b]) -> {query_ids, query_mask [B, Lq], doc_ids, doc_mask
-    [B, n, Ld]}`` int32 (``n = max n_b``; missing documents are all padding, mask 0). Each text
-    keeps at most ``max_query_length`` / ``max_doc_length`` content tokens. ``doc_special``:
-    ``"cls_sep"`` (``[CLS] d [SEP]``, bi-encoders), ``"sep"`` (``d [SEP]``, PreTT) or ``"none"``;
-    ``query_special``: ``True`` (``[CLS] q [SEP]``) or ``False``. ``fixed_query_length=True`` pads
-    every query batch to the full query budget (PreTT: precomputed document halves stay valid).
-    ``tokenizer_or_path``: a transformers tokenizer, or a folder / name for ``resolve_model_path``.
-    """
-
-    def __init__(self, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
-                 query_special: bool = True, doc_special: str = "cls_sep", fixed_query_length: bool = False,
-                 buckets: Sequence[int] = TWO_TOWER_BUCKETS):
-        if isinstance(tokenizer_or_path, (str, Path)):
-            from transformers import AutoTokenizer
-
-            from .hub import resolve_model_path
-
-            tokenizer_or_path = AutoTokenizer.from_pretrained(str(resolve_model_path(tokenizer_or_path)))
-        if doc_special not in ("cls_sep", "sep", "none"):
-            raise ValueError(f"doc_special must be 'cls_sep', 'sep' or 'none', got {doc_special!r}")
-        self.tokenizer = tokenizer_or_path
-        self.max_query_length = int(max_query_length)
-        self.max_doc_length = int(max_doc_length)
-        self.query_special = bool(query_special)
-        self.doc_special = doc_special
-        self.fixed_query_length = bool(fixed_query_length)
-        self.buckets = tuple(sorted(int(b) for b in buckets))
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = int(0 if pad is None else pad)
-        n_special = int(self.tokenizer.num_special_tokens_to_add(pair=False))
-        self.query_total = self.max_query_length + (n_special if self.query_special else 0)
-        doc_extra = {"cls_sep": n_special, "sep": max(n_special - 1, 0), "none": 0}[doc_special]
-        self.doc_total = self.max_doc_length + doc_extra
-
-    def _ids(self, texts: Sequence[str], budget: int, special: str) -> list:
-        texts = [str(t) for t in texts]
-        if special == "none":
-            return [list(r) for r in self.tokenizer(texts, add_special_tokens=False, truncation=True,
-                                                    max_length=budget)["input_ids"]]
-        n_special = int(self.tokenizer.num_special_tokens_to_add(pair=False))
-        rows = self.tokenizer(texts, add_special_tokens=True, truncation=True,
-                              max_length=budget + n_special)["input_ids"]
-        cls = self.tokenizer.cls_token_id
-        if special == "sep" and cls is not None:
-            rows = [r[1:] if r[:1] == [cls] else r for r in rows]
-        return [list(r) for r in rows]
-
-    def _bucket(self, length: int, cap: int) -> int:
-        for b in self.buckets:
-            if b >= length:
-                return min(b, cap)
-        return cap
-
-    def _pad(self, rows: list, length: int):
-        ids = np.full((len(rows), length), self.pad_token_id, np.int32)
-        mask = np.zeros((len(rows), length), np.int32)
-        for i, r in enumerate(rows):
-            ids[i, :len(r)] = r
-            mask[i, :len(r)] = 1
-        return ids, mask
-
-    def encode_queries(self, queries: Sequence[str]):
-        """``-> (ids, mask)`` int32 ``[N, Lq]``."""
-        rows = self._ids(queries, self.max_query_length, "cls_sep" if self.query_special else "none")
-        length = self.query_total if self.fixed_query_length else \
-            self._bucket(max((len(r) for r in rows), default=1), self.query_total)
-        return self._pad(rows, length)
-
-    def encode_documents(self, docs: Sequence[str]):
-        """``-> (ids, mask)`` int32 ``[N, Ld]``."""
-        rows = self._ids(docs, self.max_doc_length, self.doc_special)
-        return self._pad(rows, self._bucket(max((len(r) for r in rows), default=1), self.doc_total))
-
-    def encode(self, queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
-        queries, docs = list(queries), [list(row) for row in docs]
-        if len(queries) != len(docs):
-            raise ValueError(f"queries ({len(queries)}) and docs ({len(docs)}) differ in length")
-        qi, qm = self.encode_queries(queries)
-        n = max((len(r) for r in docs), default=0)
-        flat = [d for row in docs for d in row]
-        di, dm = self.encode_documents(flat) if flat else (np.zeros((0, 1), np.int32), np.zeros((0, 1), np.int32))
-        Ld = di.shape[1]
-        doc_ids = np.full((len(docs), n, Ld), self.pad_token_id, np.int32)
-        doc_mask = np.zeros((len(docs), n, Ld), np.int32)
-        k = 0
-        for b, row in enumerate(docs):
-            doc_ids[b, :len(row)] = di[k:k + len(row)]
-            doc_mask[b, :len(row)] = dm[k:k + len(row)]
-            k += len(row)
-        return {"query_ids": qi, "query_mask": qm, "doc_ids": doc_ids, "doc_mask": doc_mask}
-
-    __call__ = encode
-
-
-def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
-                    max_length: int = 256) -> Callable[[Sequence[str], Sequence[Sequence[str]]], dict]:
-    """``featurize(queries [B], docs [B][n]) -> batch arrays`` for a student's ``input_kind``
-    (``"pair"`` uses ``PairTokenizer(max_length, max_query_length)``; the two-tower kinds use
-    :class:`TwoTowerTokenizer` with the matching special-token layout)."""
+def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
+                  max_length: int = 256):
+    """The featuriser object of a student's ``input_kind``: a
+    :class:`~pile_jax.models.tokenize.PairTokenizer` (``"pair"``: ``max_length``,
+    ``max_query_length``) or a :class:`TwoTowerTokenizer` with the matching special-token layout.
+    Both offer ``featurize(queries [B], docs [B][n])`` (text in) and ``tokenize_texts`` /
+    ``assemble`` / ``item_lengths`` (tokenise once, assemble from ids: the train loop, the scorers)."""
     if input_kind == "pair":
         from .tokenize import PairTokenizer
 
-        tok = PairTokenizer(tokenizer_or_path, max_length=max_length, max_query_length=max_query_length)
-
-        def featurize(queries, docs):
-            B, n = len(docs), len(docs[0])
-            enc = tok.encode([q for q, row in zip(queries, docs) for _ in row], [d for row in docs for d in row])
-            return {k: np.asarray(v).reshape(B, n, -1) for k, v in enc.items()}
-        return featurize
+        return PairTokenizer(tokenizer_or_path, max_length=max_length, max_query_length=max_query_length)
     layouts = {
         "two_tower": dict(query_special=True, doc_special="cls_sep"),
         "two_tower_prett": dict(query_special=True, doc_special="sep", fixed_query_length=True),
@@ -840,3 +741,10 @@ def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int
         raise ValueError(f"unknown input_kind {input_kind!r}; use one of {INPUT_KINDS}")
     return TwoTowerTokenizer(tokenizer_or_path, max_query_length=max_query_length, max_doc_length=max_doc_length,
                              **layouts[input_kind])
+
+
+def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
+                    max_length: int = 256) -> Callable[[Sequence[str], Sequence[Sequence[str]]], dict]:
+    """``featurize(queries [B], docs [B][n]) -> batch arrays`` of :func:`make_features`."""
+    return make_features(input_kind, tokenizer_or_path, max_query_length=max_query_length,
+                         max_doc_length=max_doc_length, max_length=max_length).featurize

@@ -138,105 +138,17 @@ class Preempted(RuntimeError):
     """Raised after a SIGTERM-triggered checkpoint; rerun with resume to continue."""
 
 
-def lookup_texts(queries: Mapping[str, str], docs: Mapping[str, str], qids: Sequence[str], doc_ids) -> tuple[list[str], list[list[str]]]:
-    """Texts for a batch of groups; padding doc ids ("") map to ""."""
-    q_texts = [queries[q] if q else "" for q in qids]
-    d_texts = [[docs[d] if d else "" for d in row] for row in np.asarray(doc_ids).tolist()]
-    return q_texts, d_texts
+# The collate and the scorers live in pile_jax.scoring (tokenise once, assemble from ids,
+# data-parallel scoring); re-exported here for existing imports.
+from pile_jax.scoring import (  # noqa: E402
+    cached_scorer,
+    lookup_texts,
+    make_collate,
+    score_candidates,
+    score_pairs,
+)
 
-
-def make_collate(ranker: Ranker, queries: Mapping[str, str], docs: Mapping[str, str]):
-    """Records -> train batch: the group arrays plus the ranker's token arrays."""
-
-    def collate(records):
-        groups = stack_records(records)
-        q_texts, d_texts = lookup_texts(queries, docs, groups["query_id"], groups["doc_ids"])
-        batch = {k: np.asarray(groups[k]) for k in ("labels", "label_mask", "mask", "teacher_scores")}
-        if "target" in groups:
-            batch["target"] = np.asarray(groups["target"], np.float32)
-        batch.update(ranker.featurize(q_texts, d_texts))
-        return batch
-
-    return collate
-
-
-_SCORERS: dict = {}
 _STEPS: dict = {}
-
-
-def cached_scorer(score_fn: Callable) -> Callable:
-    """One jit-compiled scorer per score function (so compiled shapes are reused)."""
-    if score_fn not in _SCORERS:
-        _SCORERS[score_fn] = eval_scores_fn(score_fn)
-    return _SCORERS[score_fn]
-
-
-def score_pairs(
-    ranker: Ranker,
-    params: Any,
-    pairs: Sequence[tuple[str, str]],
-    *,
-    batch_size: int = 64,
-    scorer: Callable | None = None,
-    progress: str | None = None,
-) -> np.ndarray:
-    """Scores (query text, doc text) pairs; float32 [N] in input order.
-
-    Pairs are sorted by length and cut into batches of ``batch_size`` (the last one padded), so
-    each batch pads to a small length bucket: on real collections this is most of the speed.
-    The length is the token count when the ranker's ``meta["tokenizer"]`` has ``pair_lengths``
-    (cross-encoders), otherwise the character count.
-    """
-    scorer = scorer or cached_scorer(ranker.score_fn)
-    n = len(pairs)
-    out = np.zeros(n, np.float32)
-    if n == 0:
-        return out
-    tokenizer = (ranker.meta or {}).get("tokenizer")
-    if hasattr(tokenizer, "pair_lengths"):
-        lengths = tokenizer.pair_lengths([q for q, _ in pairs], [d for _, d in pairs])
-    else:
-        lengths = [len(q) + len(d) for q, d in pairs]
-    order = np.argsort(lengths, kind="stable")
-    chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    it = chunks
-    if progress:
-        from tqdm.auto import tqdm
-
-        it = tqdm(chunks, desc=progress, unit="batch", leave=False)
-    for idx in it:
-        qs = [pairs[i][0] for i in idx]
-        ds = [[pairs[i][1]] for i in idx]
-        pad = batch_size - len(idx)
-        if pad:
-            qs += [""] * pad
-            ds += [[""]] * pad
-        feats = ranker.featurize(qs, ds)
-        feats["mask"] = np.ones((batch_size, 1), bool)
-        scores = np.asarray(scorer(params, feats))[:, 0]
-        out[idx] = scores[: len(idx)]
-    return out
-
-
-def score_candidates(
-    ranker: Ranker,
-    params: Any,
-    candidates: Mapping[str, Sequence[str]],
-    queries: Mapping[str, str],
-    docs: Mapping[str, str],
-    *,
-    batch_size: int = 64,
-    scorer: Callable | None = None,
-    progress: str | None = None,
-) -> dict[str, dict[str, float]]:
-    """``{qid: {doc_id: score}}`` for every candidate of every query."""
-    keys = [(q, d) for q, ds in candidates.items() for d in ds]
-    scores = score_pairs(ranker, params, [(queries[q], docs[d]) for q, d in keys],
-                         batch_size=batch_size, scorer=scorer, progress=progress)
-    out: dict[str, dict[str, float]] = {q: {} for q in candidates}
-    for (q, d), s in zip(keys, scores):
-        out[q][d] = float(s)
-    return out
 
 
 def _host(tree):

@@ -1,0 +1,310 @@
+"""From ids to batches: the train collate and data-parallel scoring, on tokenise-once features.
+
+A ranker's featuriser (``ranker.meta["features"]``: a
+:class:`~pile_jax.models.tokenize.PairTokenizer` or
+:class:`~pile_jax.models.tokenize.TwoTowerTokenizer`) tokenises every text once into a token store
+and assembles batches from store rows with NumPy. Rankers without one (custom ``featurize``
+only) still work through the text path.
+
+* :func:`make_collate`: records (``query_id``, ``doc_ids [n]``, labels, masks, teacher scores) ->
+  train batch; all query and document texts are tokenised when the collate is built.
+  ``collate.group_lengths(query_ids, doc_ids [G, n])`` gives the padded length each group needs
+  (its longest pair / item in tokens), for length-aware loaders.
+* :func:`score_pairs` / :func:`score_candidates`: each unique text tokenised once, pairs sorted
+  by token length, batches assembled from ids and scored **data-parallel**: each batch is split
+  over the local devices (params replicated, batch sharded on its leading axis under ``jit``)
+  and, on several processes, process ``p`` scores batches ``p, p + P, ...``; the scores are
+  all-gathered so every process returns the full array in input order (every process must
+  call; ``distributed=False`` scores everything locally instead).
+* :func:`map_sorted`: the one length-sorted batching loop (scoring pairs, encoding texts).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+__all__ = ["make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
+           "data_parallel", "pair_batches", "GROUP_KEYS"]
+
+GROUP_KEYS = ("labels", "label_mask", "mask", "teacher_scores")
+
+
+def features_of(ranker):
+    """The ranker's tokenise-once featuriser, or ``None`` (text-only ``featurize``)."""
+    return (getattr(ranker, "meta", None) or {}).get("features")
+
+
+# ============================================================================ train collate
+def lookup_texts(queries: Mapping[str, str], docs: Mapping[str, str], qids: Sequence[str], doc_ids) -> tuple[list[str], list[list[str]]]:
+    """Texts for a batch of groups; padding doc ids ("") map to ""."""
+    q_texts = [queries[q] if q else "" for q in qids]
+    d_texts = [[docs[d] if d else "" for d in row] for row in np.asarray(doc_ids).tolist()]
+    return q_texts, d_texts
+
+
+def _group_arrays(records) -> dict:
+    batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in GROUP_KEYS}
+    if "target" in records[0]:
+        batch["target"] = np.stack([np.asarray(r["target"]) for r in records]).astype(np.float32)
+    return batch
+
+
+def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *, store_dir=None):
+    """Records -> train batch: the group arrays (``labels``, ``label_mask``, ``mask``,
+    ``teacher_scores``, optional ``target``) plus the ranker's token arrays.
+
+    With a tokenise-once featuriser every query and document text is tokenised here, once (or
+    read from ``store_dir/{queries,docs}.tokens.npz`` when those hold the same texts and
+    tokenizer; written there otherwise); each batch is then one dict lookup per id and NumPy.
+    ``collate.group_lengths(query_ids [G], doc_ids [G, n]) -> int64 [G]``: the tokens of each
+    group's longest pair (cross-encoders) or longest query / document item (two towers).
+    """
+    feats = features_of(ranker)
+    if feats is None:
+        return _text_collate(ranker, queries, docs)
+    from pile_jax.models.tokenize import load_or_tokenize
+
+    path = (lambda name: None) if store_dir is None else (lambda name: _join(store_dir, f"{name}.tokens.npz"))
+    q_store = load_or_tokenize(feats, queries, path("queries"))
+    d_store = load_or_tokenize(feats, docs, path("docs"))
+
+    def rows(records):
+        q_rows = q_store.rows([r["query_id"] for r in records])
+        flat = [d for r in records for d in r["doc_ids"]]
+        return q_rows, d_store.rows(flat).reshape(len(records), -1)
+
+    def collate(records):
+        batch = _group_arrays(records)
+        q_rows, d_rows = rows(records)
+        batch.update(feats.assemble(q_store, q_rows, d_store, d_rows))
+        return batch
+
+    def group_lengths(query_ids: Sequence[str], doc_ids) -> np.ndarray:
+        d_rows = d_store.rows(np.asarray(doc_ids, dtype=object))
+        lengths = feats.item_lengths(q_store, q_store.rows(list(query_ids)), d_store, d_rows)
+        return lengths.reshape(len(d_rows), -1).max(-1).astype(np.int64)
+
+    collate.group_lengths = group_lengths
+    collate.query_store, collate.doc_store, collate.features = q_store, d_store, feats
+    return collate
+
+
+def _join(folder, name):
+    from pile_jax.io import as_path
+
+    return as_path(folder) / name
+
+
+def _text_collate(ranker, queries, docs):
+    """The text path, for rankers with a ``featurize`` only."""
+    def collate(records):
+        batch = _group_arrays(records)
+        qids = [_str(r["query_id"]) for r in records]
+        dids = [[_str(d) for d in r["doc_ids"]] for r in records]
+        batch.update(ranker.featurize(*lookup_texts(queries, docs, qids, dids)))
+        return batch
+
+    def group_lengths(query_ids, doc_ids) -> np.ndarray:
+        out = []
+        for q, row in zip(query_ids, np.asarray(doc_ids).tolist()):
+            f = ranker.featurize(*lookup_texts(queries, docs, [_str(q)], [[_str(d) for d in row]]))
+            out.append(max(int(np.asarray(v).sum(-1).max()) for k, v in f.items() if k.endswith("mask")))
+        return np.asarray(out, np.int64)
+
+    collate.group_lengths = group_lengths
+    return collate
+
+
+def _str(x) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+# ============================================================================ scoring
+_SCORERS: dict = {}
+
+
+def cached_scorer(score_fn: Callable) -> Callable:
+    """One jit-compiled ``(params, batch) -> float32 [B, n]`` scorer per score function (so
+    compiled shapes are reused)."""
+    if score_fn not in _SCORERS:
+        from pile_jax.train.step import eval_scores_fn
+
+        _SCORERS[score_fn] = eval_scores_fn(score_fn)
+    return _SCORERS[score_fn]
+
+
+def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
+    """``(run(batch) -> device array, rows multiple)``: ``fn(params, batch)`` with ``params``
+    replicated on ``devices`` (default: all local devices) and ``batch`` split on its leading
+    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings."""
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    devices = list(devices or jax.local_devices())
+    mesh = Mesh(np.asarray(devices), ("data",))
+    replicated = jax.device_put(jax.tree_util.tree_map(_addressable, params), NamedSharding(mesh, PartitionSpec()))
+    split = NamedSharding(mesh, PartitionSpec("data"))
+
+    def run(batch):
+        return fn(replicated, jax.device_put(batch, split))
+
+    return run, len(devices)
+
+
+def _addressable(x):
+    """A value this process can place on its own devices: params of a multi-process
+    ``jit`` + sharding run (global arrays) are read from the local replica, or gathered."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return x
+
+
+def map_sorted(lengths, batch_size: int, make_batch: Callable, run: Callable, *, tail: tuple = (),
+               progress: str | None = None, distributed: bool | None = None) -> np.ndarray:
+    """``out [N, *tail]`` float32: item ``i``'s row of ``run(make_batch(idx, rows))``.
+
+    Items are stably sorted by ``lengths`` and cut into batches of ``batch_size``;
+    ``make_batch(idx, rows)`` builds the batch of items ``idx`` padded to ``rows = batch_size``
+    rows, ``run`` returns ``[rows, *tail]`` (a device array: the next batch is assembled while
+    it computes). ``distributed`` (default: more than one process): process ``p`` of ``P`` runs
+    batches ``p, p + P, ...`` and the results are all-gathered (every process must call).
+    """
+    n = len(lengths)
+    out = np.zeros((n, *tail), np.float32)
+    order = np.argsort(np.asarray(lengths, np.int64), kind="stable")
+    chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+    pc, pi = jax.process_count(), jax.process_index()
+    distributed = pc > 1 if distributed is None else bool(distributed)
+    mine = chunks[pi::pc] if distributed else chunks
+    local = np.zeros((len(mine), batch_size, *tail), np.float32)
+    it = range(len(mine))
+    if progress:
+        from tqdm.auto import tqdm
+
+        it = tqdm(it, desc=progress, unit="batch", leave=False)
+    pending = None
+    for k in it:
+        res = run(make_batch(mine[k], batch_size))
+        if pending is not None:
+            local[pending[0]] = np.asarray(pending[1])
+        pending = (k, res)
+    if pending is not None:
+        local[pending[0]] = np.asarray(pending[1])
+    if not distributed:
+        for idx, res in zip(mine, local):
+            out[idx] = res[:len(idx)]
+        return out
+    from jax.experimental import multihost_utils
+
+    per = -(-len(chunks) // pc)
+    padded = np.zeros((per, batch_size, *tail), np.float32)
+    padded[:len(local)] = local
+    gathered = np.asarray(multihost_utils.process_allgather(padded))      # [P, per, rows, *tail]
+    for c, idx in enumerate(chunks):
+        out[idx] = gathered[c % pc, c // pc, :len(idx)]
+    return out
+
+
+def score_pairs(
+    ranker,
+    params: Any,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_size: int = 64,
+    scorer: Callable | None = None,
+    progress: str | None = None,
+    devices: Sequence | None = None,
+    distributed: bool | None = None,
+) -> np.ndarray:
+    """Scores (query text, doc text) pairs; float32 [N] in input order.
+
+    Each unique text is tokenised once; pairs are sorted by token length (so each batch pads to
+    a small bucket) and cut into batches of ``batch_size`` pairs (rounded up to a multiple of the
+    device count; the last batch padded with empty pairs); batches are assembled from ids and
+    scored data-parallel over ``devices`` (default: all local devices) and, with
+    ``distributed``, over processes (see the module doc). Rankers without a tokenise-once
+    featuriser are featurised per batch from text (sorted by character length).
+    """
+    scorer = scorer or cached_scorer(ranker.score_fn)
+    if len(pairs) == 0:
+        return np.zeros(0, np.float32)
+    run, multiple = data_parallel(scorer, params, devices)
+    rows = -(-batch_size // multiple) * multiple
+    feats = features_of(ranker)
+    lengths, make_batch = pair_batches(feats, pairs) if feats is not None else _text_pair_batches(ranker, pairs)
+
+    def score(batch):
+        return scorer_first_column(run(batch))
+
+    return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
+
+
+def pair_batches(features, pairs: Sequence[tuple[str, str]]):
+    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one
+    with a tokenise-once featuriser: each unique text tokenised once (the Rust batch path),
+    ``lengths`` the tokens per pair (``item_lengths``), ``make_batch`` assembles pairs ``idx``
+    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True."""
+    from pile_jax.models.tokenize import tokenize_texts
+
+    qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
+    texts = list(dict.fromkeys(qs + ds))
+    store = tokenize_texts(features._backend, texts, texts)
+    q_rows = store.rows(np.asarray(qs, dtype=object))
+    d_rows = store.rows(np.asarray(ds, dtype=object))
+    empty = store.index[""]
+
+    def make_batch(idx, size):
+        q = np.full(size, empty, np.int64)
+        d = np.full(size, empty, np.int64)
+        q[:len(idx)], d[:len(idx)] = q_rows[idx], d_rows[idx]
+        batch = features.assemble(store, q, store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+    return features.item_lengths(store, q_rows, store, d_rows), make_batch
+
+
+def _text_pair_batches(ranker, pairs):
+    """:func:`pair_batches` for rankers with a text ``featurize`` only (character lengths)."""
+    lengths = np.asarray([len(q) + len(d) for q, d in pairs], np.int64)
+
+    def make_batch(idx, size):
+        qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))
+        ds = [[pairs[i][1]] for i in idx] + [[""]] * (size - len(idx))
+        batch = dict(ranker.featurize(qs, ds))
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+    return lengths, make_batch
+
+
+@jax.jit
+def scorer_first_column(scores):
+    return scores[:, 0]
+
+
+def score_candidates(
+    ranker,
+    params: Any,
+    candidates: Mapping[str, Sequence[str]],
+    queries: Mapping[str, str],
+    docs: Mapping[str, str],
+    *,
+    batch_size: int = 64,
+    scorer: Callable | None = None,
+    progress: str | None = None,
+    devices: Sequence | None = None,
+    distributed: bool | None = None,
+) -> dict[str, dict[str, float]]:
+    """``{qid: {doc_id: score}}`` for every candidate of every query (see :func:`score_pairs`)."""
+    keys = [(q, d) for q, ds in candidates.items() for d in ds]
+    scores = score_pairs(ranker, params, [(queries[q], docs[d]) for q, d in keys], batch_size=batch_size,
+                         scorer=scorer, progress=progress, devices=devices, distributed=distributed)
+    out: dict[str, dict[str, float]] = {q: {} for q in candidates}
+    for (q, d), s in zip(keys, scores.tolist()):
+        out[q][d] = s
+    return out
