@@ -70,7 +70,7 @@ def test_pmap_and_shard_map_match_single_device(steps):
         s3, m3 = steps["shard_map"](s3, put_batch(b, mesh))
         assert set(m1) == set(m2) == set(m3) == {
             "loss", "label/pointwise_mse", "label/pairwise_logistic", "distill/margin_mse",
-            "grad_norm", "learning_rate", "nonfinite"}
+            "grad_norm", "learning_rate", "nonfinite", "nonfinite_run", "skipped"}
         for k in m1:
             np.testing.assert_allclose(np.asarray(m2[k]), float(m1[k]), rtol=1e-5, atol=1e-6)
             np.testing.assert_allclose(float(m3[k]), float(m1[k]), rtol=1e-5, atol=1e-6)
@@ -107,6 +107,7 @@ def test_grad_accumulation_matches_big_batch(steps):
 @pytest.mark.parametrize("field", ["teacher_scores", "labels"])
 def test_nonfinite_batch_skips_update(steps, field):
     pstep = steps["pmap"]
+    lr = learning_rate_schedule(**OPT)
     state = replicate(create_train_state(steps["params"], steps["tx"], jax.random.PRNGKey(0)))
     state, m = pstep(state, shard_batch(make_batch(1, 8, ragged=False), D))
     assert int(m["nonfinite"][0]) == 0
@@ -118,15 +119,33 @@ def test_nonfinite_batch_skips_update(steps, field):
     before = unreplicate(state)
     after, m = pstep(state, shard_batch(bad, D))
     assert np.all(np.asarray(m["nonfinite"]) == 1)  # every device agrees
+    assert np.all(np.asarray(m["nonfinite_run"]) == 1) and np.all(np.asarray(m["skipped"]) == 1)
     assert not np.isfinite(np.asarray(m["loss"])).all()
     after1 = unreplicate(after)
     assert _maxdiff(after1.params, before.params) == 0.0
-    assert _maxdiff(after1.opt_state, before.opt_state) == 0.0
-    assert int(after1.step) == int(before.step) == 1
+    # moments and Adam's count unchanged; only the schedule's counter advanced (with the step)
+    counts = lambda s: [int(x.count) for x in jax.tree_util.tree_leaves(
+        s.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByScheduleState))
+        if isinstance(x, optax.ScaleByScheduleState)]
+    assert counts(before) == [1] and counts(after1) == [2]
+    floats = lambda s: [x for x in jax.tree_util.tree_leaves(s.opt_state) if jnp.issubdtype(x.dtype, jnp.floating)]
+    assert _maxdiff(floats(after1), floats(before)) == 0.0
+    adam = [x for x in jax.tree_util.tree_leaves(after1.opt_state, is_leaf=lambda x: isinstance(x, optax.ScaleByAdamState))
+            if isinstance(x, optax.ScaleByAdamState)]
+    assert [int(a.count) for a in adam] == [1]
+    # the step (data position, LR schedule) advanced; the skip counters went up
+    assert (int(before.step), int(after1.step)) == (1, 2)
+    assert (int(after1.skipped), int(after1.nonfinite_run)) == (1, 1)
     assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree_util.tree_leaves(after1.params))
-    # training resumes on a clean batch
+    # a second bad batch: two in a row
+    after, m = pstep(after, shard_batch(bad, D))
+    assert int(m["nonfinite_run"][0]) == 2 and int(unreplicate(after).skipped) == 2
+    # training resumes on a clean batch, at LR lr(3): the skipped steps used their schedule slots
     after, m = pstep(after, shard_batch(make_batch(3, 8, ragged=False), D))
-    assert int(m["nonfinite"][0]) == 0 and int(unreplicate(after).step) == 2
+    a = unreplicate(after)
+    assert int(m["nonfinite"][0]) == 0 and (int(a.step), int(a.skipped), int(a.nonfinite_run)) == (4, 2, 0)
+    np.testing.assert_allclose(float(m["learning_rate"][0]), float(lr(3)), rtol=1e-6)
+    assert int(m["nonfinite_run"][0]) == 0 and int(m["skipped"][0]) == 2
 
 
 def test_padded_nan_is_ignored(steps):
