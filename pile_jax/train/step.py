@@ -76,9 +76,9 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, rng) -> Tr
     params = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
         params)
-    zero = jnp.zeros((), jnp.int32)
-    return TrainState(step=zero, params=params, opt_state=tx.init(params), rng=_raw_key(rng),
-                      skipped=zero, nonfinite_run=zero)
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers (the step donates the state)
+    return TrainState(step=zero(), params=params, opt_state=tx.init(params), rng=_raw_key(rng),
+                      skipped=zero(), nonfinite_run=zero())
 
 
 def _split_output(out) -> tuple[jax.Array, dict[str, jax.Array]]:
