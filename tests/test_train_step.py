@@ -4,9 +4,6 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
-import socket
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -14,7 +11,6 @@ import numpy as np
 import optax
 import pytest
 
-from helpers import train_dist_worker as worker
 from helpers.train_tiny import TinyScorer, init_params, make_batch, make_score_fn
 from pile_jax.train import (
     create_train_state, eval_scores_fn, learning_rate_schedule, make_jit_step, make_mesh,
@@ -196,47 +192,6 @@ def test_shard_batch_checks_divisibility():
         shard_batch(make_batch(0, 6), 4)
     out = shard_batch(make_batch(0, 8), 4)
     assert out["input_ids"].shape == (4, 2, 5, 6) and out["teacher_scores"].shape == (4, 2, 3, 5)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow
-def test_two_processes_match_single_process(steps, tmp_path):
-    """Two CPU processes (2 devices each, jax.distributed + gloo) == one process, global batch."""
-    assert worker.OBJECTIVE == OBJ and worker.OPT == OPT  # so the shared single step is the reference
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "train_dist_worker.py")
-    procs = [subprocess.Popen([sys.executable, script, str(pid), "2", str(port), str(tmp_path)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for pid in range(2)]
-    state = create_train_state(steps["params"], steps["tx"], jax.random.PRNGKey(0))
-    ref_losses = []
-    for i in range(worker.STEPS):
-        state, m = steps["single"](state, worker.global_batch(i))
-        ref_losses.append(float(m["loss"]))
-    ref = worker.flat(state.params)
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=150)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
-    for pid in range(2):
-        for mode in ("pmap", "shard_map"):
-            got = np.load(tmp_path / f"p{pid}_{mode}.npz")
-            np.testing.assert_allclose(got["loss"], ref_losses, rtol=1e-5)
-            for k, v in ref.items():
-                np.testing.assert_allclose(got[k], v, atol=1e-5, err_msg=f"{mode} p{pid} {k}")
 
 
 def test_state_rng_accepts_typed_keys_and_distributed_is_noop_unconfigured(monkeypatch):

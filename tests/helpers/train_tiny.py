@@ -143,5 +143,7 @@ class PoisonedSource:
         return ex
 
 
-TINY_OBJECTIVE = {"label_losses": {"pairwise_logistic": 1.0}, "distill_losses": {"margin_mse": 1.0},
-                  "ensemble": {"name": "mean"}}
+# pointwise_mse pins the score offset: with shift-invariant losses only, the last layer's bias
+# gets float-noise gradients that Adam scales up to full-size steps, so parallel modes would differ.
+TINY_OBJECTIVE = {"label_losses": {"pointwise_mse": 0.5, "pairwise_logistic": 1.0},
+                  "distill_losses": {"margin_mse": 0.5}, "ensemble": {"name": "mean"}}
