@@ -449,13 +449,30 @@ def _summary_writer(wd):
 
 
 class _EpathRecordWriterFactory:
-    """tensorboardX writer factory for URL log dirs: files opened through etils.epath."""
+    """tensorboardX writer factory for URL log dirs: event files written through etils.epath
+    (on object stores an event file appears when the writer is closed)."""
 
     def directory_check(self, path):
         as_path(path).mkdir(parents=True, exist_ok=True)
 
     def open(self, path):
-        return as_path(path).open("wb")
+        return _EventFile(as_path(path).open("wb"))
+
+
+class _EventFile:
+    """write / flush / close only (tensorboardX fsyncs anything with a ``fileno``)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        self._f.write(data)
+
+    def flush(self):
+        self._f.flush()
+
+    def close(self):
+        self._f.close()
 
 
 def save_params(path, params) -> None:
