@@ -1,6 +1,7 @@
 """Two CPU processes (jax.distributed + gloo, 2 devices each) run the real train(): sampler
 shards, orbax checkpoints in a shared workdir, a crash and a resume, dropout on, under pmap and
-under shard_map; both end where one process with 4 devices ends without interruption."""
+under shard_map, and a SIGTERM to one process (both save at orbax's preemption sync point and
+resume); all end where one process with 4 devices ends without interruption."""
 
 import os
 
@@ -53,7 +54,7 @@ def test_two_processes_train_crash_resume_match_one_process(tmp_path):
     init = worker.flat(tiny_ranker(dropout=0.1).params)
     assert max(float(np.max(np.abs(ref[k] - init[k]))) for k in ref) > 1e-3  # it did train
     diffs = {}
-    for mode in ("pmap", "shard_map"):
+    for mode in ("pmap", "shard_map", "preempted"):
         assert sorted(os.listdir(tmp_path / mode)) == ["checkpoints", "final_params.npz", "history.json",
                                                        "tensorboard"]
         for pid in range(2):

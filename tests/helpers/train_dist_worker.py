@@ -4,12 +4,16 @@ Usage: python train_dist_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
 Runs the real ``train()`` (sampler shard of this process, checkpoints written through orbax with
 process 0 writing the shared files, dropout on) under ``pmap`` and under ``shard_map``: each run
 is stopped after STOP_AFTER steps (every process raises at the same step, as a crash would), then
-resumed to the end. Writes this process's final params to OUT_DIR/p{ID}_{mode}.npz and checks
-that ``parallel: none`` is refused on several processes.
+resumed to the end. Writes this process's final params to OUT_DIR/p{ID}_{mode}.npz. Then, under
+``pmap``, process 0 alone gets a SIGTERM during step 3: JAX's preemption service and orbax's sync
+point make both processes save the same step and raise ``Preempted``; the resumed run's params go
+to OUT_DIR/p{ID}_preempted.npz. Last, checks that ``parallel: none`` is refused on two processes.
 """
 
 import os
+import signal
 import sys
+import time
 
 if __name__ == "__main__":  # as a worker: 2 CPU devices per process (the test sets it too)
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
@@ -38,7 +42,7 @@ def main():
     pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
     from pile_jax.config import ConfigError
     from pile_jax.train import maybe_initialize_distributed
-    from pile_jax.train.loop import train
+    from pile_jax.train.loop import Preempted, train
 
     assert maybe_initialize_distributed(f"127.0.0.1:{port}", nproc, pid, initialization_timeout=60)
     assert jax.process_count() == nproc and jax.device_count() == 2 * nproc
@@ -66,6 +70,29 @@ def main():
                     docs=docs, config=cfg, workdir=workdir, resume=True, log=lines.append)
         assert lines[0].startswith(f"resumed from step {STOP_AFTER} "), lines
         np.savez(os.path.join(out, f"p{pid}_{mode}.npz"), **flat(res.final_params))
+
+    workdir = os.path.join(out, "preempted")
+    reads = []
+
+    def sigterm_on_process_0(i):
+        reads.append(i)
+        if pid == 0 and len(reads) == 2 * per_process + 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, to one host only
+        if len(reads) > 2 * per_process:
+            time.sleep(0.2)  # the notice travels through the coordination service meanwhile
+
+    try:
+        train(ranker, source=PoisonedSource(examples, on_read=sigterm_on_process_0), objective=TINY_OBJECTIVE,
+              queries=queries, docs=docs, config=dict(CONFIG, parallel="pmap", checkpoint_every=100),
+              workdir=workdir)
+        raise AssertionError("the run should have been preempted")
+    except Preempted as e:
+        print(f"worker {pid}: {e}", flush=True)
+    saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < CONFIG["steps"], saved
+    res = train(ranker, source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries, docs=docs,
+                config=dict(CONFIG, parallel="pmap", checkpoint_every=100), workdir=workdir, resume=True)
+    np.savez(os.path.join(out, f"p{pid}_preempted.npz"), **flat(res.final_params))
     try:
         train(tiny_ranker(), source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries,
               docs=docs, config=dict(CONFIG, parallel="none"))
