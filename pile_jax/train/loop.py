@@ -270,7 +270,9 @@ def train(
     are written by process 0 only. ``evaluate(params) -> {metric: value}`` runs every
     ``eval_every`` steps and at the end; the params with the best ``select_metric`` are returned
     (best-checkpoint selection). With a workdir, SIGTERM saves a checkpoint and raises
-    :class:`Preempted`; without one SIGTERM keeps its default behaviour.
+    :class:`Preempted` (several processes: at orbax's preemption sync point, every process).
+    On one process without a workdir, or off the main thread, SIGTERM keeps its default
+    behaviour (after ``jax.distributed.initialize`` JAX's preemption service owns SIGTERM).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_config(config)
     obj = Objective.from_config(objective)
