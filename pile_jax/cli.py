@@ -91,11 +91,6 @@ def _enable_compilation_cache() -> None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
-# Exit code of a run stopped by SIGTERM (preemption) after it saved a checkpoint: distinct from
-# success (0), bad input (2) and a crash (1), so a supervisor knows to relaunch with --resume.
-EXIT_PREEMPTED = 75  # EX_TEMPFAIL
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _enable_compilation_cache()
@@ -117,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:
         print(f"pile-jax {args.command}: preempted (SIGTERM), checkpoint saved: {e}; rerun with --resume",
               file=sys.stderr)
-        return EXIT_PREEMPTED
+        return e.exit_code   # 75 (EX_TEMPFAIL): a supervisor relaunches with --resume
 
 
 if __name__ == "__main__":  # pragma: no cover

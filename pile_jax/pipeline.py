@@ -106,7 +106,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     runs_dir = out_path / "runs"
     train_source, builder = ranking_groups_source(
         groups["train"], out_path / "tfds", f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}")
-    log(f"ranking groups: " + ", ".join(f"{s} {len(g['query_id'])}" for s, g in groups.items())
+    log("ranking groups: " + ", ".join(f"{s} {len(g['query_id'])}" for s, g in groups.items())
         + f"; train skipped (no label pair) {stats['train'].get('skipped_no_label_pair', 0)}; "
         f"TFDS ArrayRecord at {builder.data_dir}")
     phase("prepare", t0)

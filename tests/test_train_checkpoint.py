@@ -75,10 +75,36 @@ def test_sigterm_sets_flag_and_uninstalls(tmp_path):
     flag = install_sigterm_handler(seen.append)
     try:
         assert not flag.requested
-        assert not Checkpointer(tmp_path / "ck3").should_stop(flag)
+        assert not Checkpointer(tmp_path / "ck3").should_stop(1, flag)
         os.kill(os.getpid(), signal.SIGTERM)
         assert flag.requested and seen == [signal.SIGTERM]
-        assert Checkpointer(tmp_path / "ck4").should_stop(flag)
+        assert Checkpointer(tmp_path / "ck4").should_stop(2, flag)
     finally:
         flag.uninstall()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def test_url_directory_is_kept_and_relative_local_made_absolute(tmp_path, monkeypatch):
+    """The directory reaches orbax as given for a URL (never os.path.abspath'd into a local
+    "gs:" folder); a relative local path is made absolute."""
+    import orbax.checkpoint as ocp
+
+    seen = []
+    monkeypatch.setattr(ocp, "CheckpointManager", lambda directory, **kw: seen.append(directory))
+    ck = Checkpointer("gs://bucket/run/checkpoints")
+    assert str(ck.directory) == "gs://bucket/run/checkpoints" == str(seen[-1])
+    monkeypatch.chdir(tmp_path)
+    ck = Checkpointer("rel/ck")
+    assert str(seen[-1]) == str(tmp_path / "rel" / "ck") == str(ck.directory)
+    assert not (tmp_path / "gs:").exists()
+
+
+def test_sigterm_handler_off_the_main_thread_installs_nothing():
+    import threading
+
+    out = []
+    t = threading.Thread(target=lambda: out.append(install_sigterm_handler()))
+    t.start()
+    t.join()
+    assert not out[0].requested and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    out[0].uninstall()

@@ -6,9 +6,15 @@ and preemption saves; the newest ``max_to_keep`` are kept. Async saving is safe 
 the state is copied to host memory before ``save`` returns (donated device buffers may be
 reused by the next step right away).
 
-Preemption (TPU VMs get SIGTERM): :func:`install_sigterm_handler` returns a
-:class:`PreemptionFlag`; the loop checks ``checkpointer.should_stop(flag)`` every step and, when
-True, saves with ``force=True``, calls ``wait()`` and exits.
+The directory may be a local path or a URL (``gs://bucket/run/checkpoints``): it is handed to
+orbax as an :class:`etils.epath.Path`, unchanged (only a local relative path is made absolute).
+
+Preemption (TPU VMs get SIGTERM): ``checkpointer.should_stop(step, flag)`` is checked every
+step; when True the loop saves with ``force=True``, calls ``wait()`` and exits. On one process
+the flag set by :func:`install_sigterm_handler` is enough (no collective). On several processes
+it is orbax's preemption sync point (``CheckpointManager.reached_preemption``, i.e.
+``multihost_utils.reached_preemption_sync_point``): JAX's coordination service learns of the
+preemption and names one step at which every host returns True, without a per-step all-gather.
 """
 
 from __future__ import annotations
@@ -21,6 +27,9 @@ from typing import Any, Callable, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
+
+from pile_jax.io import as_path, is_url
 
 __all__ = ["Checkpointer", "PreemptionFlag", "install_sigterm_handler", "to_jsonable"]
 
@@ -55,9 +64,9 @@ def _to_host(tree: Any) -> Any:
 class Checkpointer:
     """Keep-N periodic checkpoints of ``(state, extra)`` under ``directory``."""
 
-    def __init__(self, directory: str | os.PathLike, *, max_to_keep: int = 3,
+    def __init__(self, directory: str | os.PathLike | epath.Path, *, max_to_keep: int = 3,
                  save_interval_steps: int = 1000, async_save: bool = True):
-        self.directory = os.path.abspath(os.fspath(directory))
+        self.directory = as_path(directory if is_url(directory) else os.path.abspath(os.fspath(directory)))
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep, save_interval_steps=max(int(save_interval_steps), 1),
             enable_async_checkpointing=async_save, create=True)
@@ -75,17 +84,15 @@ class Checkpointer:
         """True when ``step`` is a periodic save step (and not saved yet)."""
         return self._manager.should_save(int(step))
 
-    def should_stop(self, flag: "PreemptionFlag | None" = None) -> bool:
-        """True when a SIGTERM was received here (``flag``) or orbax saw a preemption.
-
-        Multi-host: the local flag is combined over hosts (every host must call this at the
-        same step, as it is a collective), so all hosts save the same step and stop together.
-        """
-        local = bool(flag is not None and flag.requested)
+    def should_stop(self, step: int, flag: "PreemptionFlag | None" = None) -> bool:
+        """True when the run should save ``step`` and stop: a SIGTERM was received (``flag``,
+        one process) or the preemption sync point is ``step`` (several processes; every process
+        calls this at every step, and all of them get True at the same step)."""
+        if flag is not None and flag.requested:
+            return True
         if jax.process_count() > 1:
-            from jax.experimental import multihost_utils
-            local = bool(np.any(multihost_utils.process_allgather(np.asarray(local))))
-        return local
+            return bool(self._manager.reached_preemption(int(step)))
+        return False
 
     # -- save / restore
     def save(self, step: int, state: Any, extra: Mapping[str, Any] | None = None, *,
@@ -164,8 +171,13 @@ class PreemptionFlag:
 def install_sigterm_handler(callback: Callable[[int], None] | None = None,
                             signals: tuple[int, ...] = (signal.SIGTERM,)) -> PreemptionFlag:
     """On SIGTERM set the returned flag (and call ``callback(signum)``, keep it light: it runs
-    inside the signal handler). The loop saves and exits when it sees the flag. Main thread only."""
+    inside the signal handler). The loop saves and exits when it sees the flag.
+
+    Python only delivers signals to the main thread: called from another thread this installs
+    nothing and returns a flag that is never set (the default SIGTERM behaviour stays)."""
     flag = PreemptionFlag()
+    if threading.current_thread() is not threading.main_thread():
+        return flag
 
     def handler(signum, frame):
         flag.set()

@@ -1,4 +1,4 @@
-"""The train loop, top to bottom: data -> pmap'd step -> logging -> dev eval -> checkpoints.
+"""The train loop, top to bottom: data -> placed step -> logging -> dev eval -> checkpoints.
 
 What is trained is a :class:`Ranker`: float32 params, a score function
 ``score_fn(params, batch, *, rng, train) -> scores [B, n]`` (or ``(scores, aux_losses)``) and a
@@ -12,12 +12,22 @@ source, or a list of examples) through the deterministic, resumable, prefetching
 and the best dev score, so
 ``resume=True`` continues exactly where a killed run stopped: same batches, same dropout keys,
 same result.
+
+The loop::
+
+    placement = make_placement(cfg.parallel)        # pmap | shard_map | none, chosen once
+    state = placement.init(create_train_state(...) or restore(...))
+    for step in range(start, total):
+        state, metrics = placement step(state, placement.put(loader.next_batch()))
+        read metrics / evaluate / checkpoint / stop on preemption, on their intervals
+
+Metrics stay on device until a log, eval or checkpoint step reads them (no per-step host sync);
+skip counters live in the train state (see :mod:`pile_jax.train.step`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import time
@@ -27,21 +37,12 @@ import jax
 import numpy as np
 
 from pile_jax.data.loader import make_train_loader
-from pile_jax.data.sampler import stack_records
+from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
+from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from pile_jax.train.objective import Objective
 from pile_jax.train.optim import learning_rate_schedule, make_optimizer
-from pile_jax.train.step import (
-    create_train_state,
-    eval_scores_fn,
-    make_mesh,
-    make_train_step,
-    put_batch,
-    put_replicated,
-    replicate,
-    shard_batch,
-    unreplicate,
-)
+from pile_jax.train.step import create_train_state, make_placement
 
 Featurize = Callable[[Sequence[str], Sequence[Sequence[str]]], dict]
 
@@ -134,8 +135,16 @@ class TrainResult:
     steps: int
 
 
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry"; the CLI exits with it
+
+
 class Preempted(RuntimeError):
-    """Raised after a SIGTERM-triggered checkpoint; rerun with resume to continue."""
+    """Raised after a preemption (SIGTERM) checkpoint; rerun with resume to continue.
+
+    The CLI should print the one-line message and exit with :data:`PREEMPTED_EXIT_CODE`
+    (``Preempted.exit_code``), which a supervisor reads as "checkpoint saved, resume me"."""
+
+    exit_code = PREEMPTED_EXIT_CODE
 
 
 # The collate and the scorers live in pile_jax.scoring (tokenise once, assemble from ids,
@@ -163,29 +172,33 @@ def train(
     queries: Mapping[str, str],
     docs: Mapping[str, str],
     config: TrainConfig | Mapping[str, Any] | None = None,
-    workdir: str | None = None,
+    workdir: str | os.PathLike | None = None,
     resume: bool = False,
     evaluate: Callable[[Any], Mapping[str, float]] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """Trains ``ranker`` on the ranking groups in ``source``; see the module docstring.
 
-    ``evaluate(params) -> {metric: value}`` runs every ``eval_every`` steps and at the end; the
-    params with the best ``select_metric`` are returned (best-checkpoint selection).
+    ``workdir`` is a local path or a URL (``gs://bucket/run``); it holds ``checkpoints/``,
+    ``best_params.npz``, ``final_params.npz``, ``history.json`` and ``tensorboard/``. Shared files
+    are written by process 0 only. ``evaluate(params) -> {metric: value}`` runs every
+    ``eval_every`` steps and at the end; the params with the best ``select_metric`` are returned
+    (best-checkpoint selection). With a workdir, SIGTERM saves a checkpoint and raises
+    :class:`Preempted` (several processes: at orbax's preemption sync point, every process).
+    On one process without a workdir, or off the main thread, SIGTERM keeps its default
+    behaviour (after ``jax.distributed.initialize`` JAX's preemption service owns SIGTERM).
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_config(config)
     obj = Objective.from_config(objective)
     log = log or (lambda s: None)
+    placement = make_placement(cfg.parallel)  # pmap | shard_map | none, chosen once
 
     # --- data: deterministic sampler, this host's slice of every global batch
     pc, pi = jax.process_count(), jax.process_index()
-    n_local = jax.local_device_count() if cfg.parallel == "pmap" else 1
-    if cfg.parallel == "shard_map":
-        n_local = jax.local_device_count()
-    if cfg.batch_size % (pc * n_local * cfg.accum_steps):
+    if cfg.batch_size % (pc * placement.devices_per_process * cfg.accum_steps):
         raise ValueError(
             f"train.batch_size={cfg.batch_size} must be divisible by processes ({pc}) x local "
-            f"devices ({n_local}) x accum_steps ({cfg.accum_steps})")
+            f"devices ({placement.devices_per_process}) x accum_steps ({cfg.accum_steps})")
     loader = make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
                                process_count=pc, collate=make_collate(ranker, queries, docs),
                                drop_remainder=len(source) >= cfg.batch_size)
@@ -198,17 +211,17 @@ def train(
                         lr_multipliers=cfg.lr_multipliers)
     state = create_train_state(ranker.params, tx, jax.random.PRNGKey(cfg.seed))
 
-    # --- resume
+    # --- workdir (local or URL) and resume
+    wd = as_path(workdir) if workdir else None
     history: list[dict] = []
     best = {"step": None, "metric": None}
     best_params = None
     ckpt = None
-    best_path = None
-    if workdir:
-        os.makedirs(workdir, exist_ok=True)
-        ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), max_to_keep=cfg.keep_checkpoints,
+    if wd is not None:
+        if is_primary():
+            wd.mkdir(parents=True, exist_ok=True)
+        ckpt = Checkpointer(wd / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                             save_interval_steps=cfg.checkpoint_every)
-        best_path = os.path.join(workdir, "best_params.npz")
         if resume:
             restored = ckpt.restore_latest(state)
             if restored is not None:
@@ -216,43 +229,28 @@ def train(
                 loader.load_state_dict(extra["sampler"])
                 history = list(extra.get("history", []))
                 best = dict(extra.get("best", best))
-                if best["step"] is not None and os.path.exists(best_path):
-                    best_params = _load_params(best_path, state.params)
+                if best["step"] is not None and (wd / "best_params.npz").exists():
+                    best_params = load_params(wd / "best_params.npz", state.params)
                 log(f"resumed from step {int(state.step)} (epoch {loader.state_dict()['epoch']})")
     start = int(state.step)
 
-    # --- parallel step
-    mesh = make_mesh() if cfg.parallel == "shard_map" else None
-    # Runs that differ only in seed/data reuse one compiled step (same shapes, same function).
-    key = (ranker.score_fn, repr(obj), cfg.parallel, cfg.accum_steps, cfg.learning_rate, warmup, total,
-           cfg.schedule, cfg.weight_decay, cfg.clip_norm, repr(cfg.lr_multipliers), n_local, pc)
+    # --- the step: runs that differ only in seed/data reuse one compiled step
+    key = (ranker.score_fn, repr(obj), placement.mode, placement.devices_per_process, pc, cfg.accum_steps,
+           cfg.learning_rate, warmup, total, cfg.schedule, cfg.weight_decay, cfg.clip_norm,
+           repr(cfg.lr_multipliers))
     if key not in _STEPS:
-        _STEPS[key] = make_train_step(cfg.parallel, mesh=mesh, score_fn=ranker.score_fn, objective=obj,
-                                      tx=tx, accum_steps=cfg.accum_steps, lr_schedule=schedule)
+        _STEPS[key] = placement.make_step(score_fn=ranker.score_fn, objective=obj, tx=tx,
+                                          accum_steps=cfg.accum_steps, lr_schedule=schedule)
     step_fn = _STEPS[key]
-    if cfg.parallel == "pmap":
-        dstate = replicate(state)
-    elif cfg.parallel == "shard_map":
-        dstate = put_replicated(state, mesh)
-    else:
-        dstate = state
-
-    def place(batch):
-        if cfg.parallel == "pmap":
-            return shard_batch(batch, n_local)
-        if cfg.parallel == "shard_map":
-            return put_batch(batch, mesh)
-        return batch
-
-    def host_state():
-        return unreplicate(dstate) if cfg.parallel == "pmap" else dstate
+    dstate = placement.init(state)
 
     def extra():
         return {"sampler": loader.state_dict(), "history": history, "best": best}
 
     def run_eval(step):
         nonlocal best_params
-        metrics = dict(evaluate(host_state().params))
+        params = placement.host(dstate).params
+        metrics = dict(evaluate(params))
         history.append({"step": step, "eval": metrics})
         value = metrics.get(cfg.select_metric)
         log(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -261,93 +259,134 @@ def train(
                 writer.add_scalar(f"dev/{k}", v, step)
         if value is not None and (best["metric"] is None or value > best["metric"]):
             best.update(step=step, metric=float(value))
-            best_params = _host(host_state().params)
-            if best_path:
-                _save_params(best_path, best_params)
+            best_params = _host(params)
+            if wd is not None and is_primary():
+                save_params(wd / "best_params.npz", best_params)
 
-    flag = install_sigterm_handler()
-    writer = _summary_writer(workdir)
+    # Per-step metrics stay on device until an interval reads them (no per-step host sync).
+    pending: list[tuple[int, dict]] = []
+    clock = {"t0": time.perf_counter(), "pairs": 0}
+
+    def read_metrics():
+        """Reads the pending steps' metrics: reports every skipped step, aborts after
+        ``max_nonfinite_steps`` consecutive ones (at the exact step), logs the log steps."""
+        rows = [(s, {k: placement.scalar(v) for k, v in m.items()}) for s, m in pending]
+        pending.clear()
+        for s, m in rows:
+            if m["nonfinite"]:
+                log(f"step {s}: non-finite loss or gradients; update skipped "
+                    f"({m['nonfinite_run']} in a row, {m['skipped']} in total)")
+                if m["nonfinite_run"] >= cfg.max_nonfinite_steps:
+                    raise FloatingPointError(
+                        f"step {s}: {m['nonfinite_run']} consecutive steps with non-finite loss or "
+                        f"gradients (train.max_nonfinite_steps={cfg.max_nonfinite_steps}); their "
+                        "updates were skipped. Check the inputs and the learning rate.")
+            if s % cfg.log_every == 0 or s == total:
+                dt = time.perf_counter() - clock["t0"]
+                m["pairs_per_s"] = clock["pairs"] / dt if dt > 0 else 0.0
+                clock.update(t0=time.perf_counter(), pairs=0)
+                history.append({"step": s, **m})
+                if writer:
+                    for k, v in m.items():
+                        writer.add_scalar(f"train/{k}", v, s)
+                if pbar:
+                    pbar.set_postfix(loss=f"{m['loss']:.4f}")
+
+    # SIGTERM -> checkpoint and stop, only where a checkpoint can be written. One process: our
+    # flag. Several: JAX's preemption service (its own SIGTERM notifier) + orbax's sync point.
+    flag = install_sigterm_handler() if (ckpt is not None and pc == 1) else None
+    writer = _summary_writer(wd)
     pbar = None
     if cfg.progress:
         from tqdm.auto import tqdm
 
         pbar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
-    nonfinite = 0
-    t0, pairs_seen = time.perf_counter(), 0
     try:
         for step in range(start, total):
             batch = loader.next_batch()
-            pairs_seen += int(np.asarray(batch["mask"]).sum()) * pc
-            dstate, metrics = step_fn(dstate, place(batch))
+            clock["pairs"] += int(np.asarray(batch["mask"]).sum()) * pc
+            dstate, metrics = step_fn(dstate, placement.put(batch))
             done = step + 1
+            pending.append((done, metrics))
             if pbar:
                 pbar.update(1)
-            if done % cfg.log_every == 0 or done == total:
-                m = {k: float(np.asarray(v).reshape(-1)[0]) for k, v in metrics.items()}
-                dt = time.perf_counter() - t0
-                m["pairs_per_s"] = pairs_seen / dt if dt > 0 else 0.0
-                t0, pairs_seen = time.perf_counter(), 0
-                nonfinite = nonfinite + 1 if m["nonfinite"] else 0
-                history.append({"step": done, **m})
-                if writer:
-                    for k, v in m.items():
-                        writer.add_scalar(f"train/{k}", v, done)
-                if pbar:
-                    pbar.set_postfix(loss=f"{m['loss']:.4f}")
-                if nonfinite >= cfg.max_nonfinite_steps:
-                    raise FloatingPointError(
-                        f"non-finite loss or gradients at {nonfinite} consecutive logged steps "
-                        f"(up to step {done}); updates were skipped. Check inputs and learning rate.")
-            if evaluate and cfg.eval_every and done % cfg.eval_every == 0 and done != total:
+            eval_now = bool(evaluate and cfg.eval_every and done % cfg.eval_every == 0 and done != total)
+            stop = ckpt is not None and ckpt.should_stop(done, flag)
+            save_now = ckpt is not None and done % cfg.checkpoint_every == 0
+            if done % cfg.log_every == 0 or done == total or eval_now or stop or save_now:
+                read_metrics()
+            if eval_now:
                 run_eval(done)
-            if ckpt and ckpt.should_stop(flag):
-                ckpt.save(done, host_state(), extra(), force=True)
+            if stop:
+                ckpt.save(done, placement.host(dstate), extra(), force=True)
                 ckpt.wait()
-                raise Preempted(f"SIGTERM: saved a checkpoint at step {done} in {ckpt.directory}; "
-                                "rerun with --resume to continue")
-            if ckpt and done % cfg.checkpoint_every == 0:
-                ckpt.save(done, host_state(), extra())
+                raise Preempted(f"preempted (SIGTERM): saved a checkpoint at step {done} in "
+                                f"{ckpt.directory}; rerun with --resume to continue")
+            if save_now:
+                ckpt.save(done, placement.host(dstate), extra())
+        read_metrics()
         if evaluate and not any(h.get("step") == total and "eval" in h for h in history):
             run_eval(total)
         if ckpt:
-            ckpt.save(total, host_state(), extra(), force=True)
+            ckpt.save(total, placement.host(dstate), extra(), force=True)
             ckpt.wait()
     finally:
         loader.close()
         if pbar:
             pbar.close()
-        flag.uninstall()
+        if flag is not None:
+            flag.uninstall()
         if writer:
             writer.close()
         if ckpt:
             ckpt.close()
-    final = _host(host_state().params)
-    if workdir and jax.process_index() == 0:
-        _save_params(os.path.join(workdir, "final_params.npz"), final)
-        with open(os.path.join(workdir, "history.json"), "w") as f:
-            json.dump(history, f, indent=1)
+    final = _host(placement.host(dstate).params)
+    if wd is not None:
+        if is_primary():
+            save_params(wd / "final_params.npz", final)
+            write_json(wd / "history.json", history)
+        barrier("pile_jax.train.final")
     return TrainResult(params=best_params if best_params is not None else final, final_params=final,
                        history=history, best_step=best["step"], best_metric=best["metric"], steps=total)
 
 
-def _summary_writer(workdir):
-    if not workdir or jax.process_index() != 0:
+def _summary_writer(wd):
+    """TensorBoard writer on process 0 (``wd/tensorboard``, local or URL), or None."""
+    if wd is None or not is_primary():
         return None
     try:
         from tensorboardX import SummaryWriter
+        from tensorboardX import record_writer
     except ImportError:  # pragma: no cover - declared dependency
         return None
-    return SummaryWriter(os.path.join(workdir, "tensorboard"))
+    logdir = str(wd / "tensorboard")
+    if is_url(logdir):  # event files through epath (tensorboardX's own gs writer needs another client)
+        record_writer.register_writer_factory(logdir.split(":")[0], _EpathRecordWriterFactory())
+    return SummaryWriter(logdir)
 
 
-def _save_params(path: str, params) -> None:
-    flat = {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(params)}
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **flat)
-    os.replace(tmp, path)
+class _EpathRecordWriterFactory:
+    """tensorboardX writer factory for URL log dirs: event files written through etils.epath
+    (on object stores an event file appears when the writer is closed)."""
+
+    def directory_check(self, path):
+        as_path(path).mkdir(parents=True, exist_ok=True)
+
+    def open(self, path):
+        return _EventFile(as_path(path).open("wb"))
 
 
-def _load_params(path: str, template):
-    with np.load(path) as data:
-        leaves = [data[jax.tree_util.keystr(k)] for k, _ in jax.tree_util.tree_leaves_with_path(template)]
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+class _EventFile:
+    """write / flush / close only (tensorboardX fsyncs anything with a ``fileno``)."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def write(self, data):
+        self._f.write(data)
+
+    def flush(self):
+        self._f.flush()
+
+    def close(self):
+        self._f.close()

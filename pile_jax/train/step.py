@@ -3,8 +3,19 @@
 ``train_step`` sees the per-device batch. It computes the distillation target once on that
 batch (``stop_gradient``), splits it into ``accum_steps`` micro-batches (``lax.scan``), sums the
 gradients, reduces gradients and metrics over ``axis_name`` (all devices, all hosts), and
-applies the optimizer update unless the loss or gradients are non-finite (then the state is
-returned unchanged and ``metrics["nonfinite"] == 1``).
+applies the optimizer update unless the loss or gradients are non-finite.
+
+A non-finite step is *skipped*, not undone: ``state.step`` still advances (it counts steps
+taken, so the data position, the checkpoints and the learning-rate schedule stay in step with
+the loop), params and optimizer moments stay unchanged, and the on-device counters
+``state.skipped`` (total) and ``state.nonfinite_run`` (consecutive; 0 after an applied update)
+go up. The host reads them at its own intervals, never per step.
+
+The parallel mode is chosen once, as a :class:`Placement` (:func:`make_placement`): ``pmap``
+over local devices, ``shard_map`` (``jit`` of a ``shard_map`` over a ``("batch",)`` mesh from
+``jax.experimental.mesh_utils``, batches as ``NamedSharding`` global arrays) or ``none`` (one
+device, one process). It owns the four things that differ between modes: placing the state,
+placing a batch, the compiled step, and reading state/metrics back to the host.
 
 Terms are normalised by *global* list counts, so one step on D devices x k micro-batches is
 the same update as one step on the whole global batch on one device.
@@ -12,6 +23,7 @@ the same update as one step on the whole global batch on one device.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any, Callable, Mapping
@@ -21,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from pile_jax.train.objective import Objective, as_objective, compute_loss, resolve_target, term_denominators
@@ -29,7 +42,7 @@ __all__ = [
     "TrainState", "create_train_state", "train_step", "make_jit_step", "make_pmap_step",
     "make_shard_map_step", "make_train_step", "make_mesh", "shard_batch", "replicate",
     "unreplicate", "put_replicated", "put_batch", "process_batch_slice", "eval_scores_fn",
-    "maybe_initialize_distributed", "PARALLEL_MODES",
+    "maybe_initialize_distributed", "PARALLEL_MODES", "Placement", "make_placement",
 ]
 
 PARALLEL_MODES = ("pmap", "shard_map", "none")
@@ -39,12 +52,16 @@ ScoreFn = Callable[..., Any]  # (params, batch, *, rng, train) -> scores | (scor
 
 @flax.struct.dataclass
 class TrainState:
-    """Step (applied updates), float32 params, optimizer state, base PRNG key (raw uint32)."""
+    """Step (steps taken, skipped ones included), float32 params, optimizer state, base PRNG key
+    (raw uint32), and the skip counters: ``skipped`` (non-finite steps so far) and
+    ``nonfinite_run`` (consecutive non-finite steps up to now; 0 after an applied update)."""
 
     step: jax.Array
     params: Any
     opt_state: Any
     rng: jax.Array
+    skipped: jax.Array
+    nonfinite_run: jax.Array
 
 
 def _raw_key(rng) -> jax.Array:
@@ -59,8 +76,9 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, rng) -> Tr
     params = jax.tree_util.tree_map(
         lambda x: jnp.asarray(x, jnp.float32) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else jnp.asarray(x),
         params)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=_raw_key(rng))
+    zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers (the step donates the state)
+    return TrainState(step=zero(), params=params, opt_state=tx.init(params), rng=_raw_key(rng),
+                      skipped=zero(), nonfinite_run=zero())
 
 
 def _split_output(out) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -89,7 +107,14 @@ def train_step(
 
     Metrics (identical on every device): ``loss``, each term (``label/<loss>``,
     ``distill/<loss>``, ``aux/<name>``), ``grad_norm`` (before clipping), ``learning_rate``
-    (if ``lr_schedule``), ``nonfinite`` (int32 0/1).
+    (if ``lr_schedule``; ``lr_schedule(state.step)``), ``nonfinite`` (int32 0/1: this step was
+    skipped), ``nonfinite_run`` and ``skipped`` (int32: the state's counters after this step).
+
+    Skipped step (loss or gradient norm non-finite): ``step + 1``, ``skipped + 1``,
+    ``nonfinite_run + 1``; params and optimizer state unchanged except the optimizer's schedule
+    counters (``optax.ScaleByScheduleState``), which advance with ``step`` so the schedule's
+    position is always ``state.step`` (Adam's own count, used for bias correction, counts applied
+    updates only).
     """
     obj = as_objective(objective)
     batch = dict(batch)
@@ -144,15 +169,27 @@ def train_step(
 
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
-    new_state = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state)
-    new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o), new_state, state)
+    applied = state.replace(step=state.step + 1, params=new_params, opt_state=new_opt_state,
+                            nonfinite_run=jnp.zeros_like(state.nonfinite_run))
+    skipped = state.replace(step=state.step + 1, opt_state=_advance_schedules(state.opt_state, new_opt_state),
+                            skipped=state.skipped + 1, nonfinite_run=state.nonfinite_run + 1)
+    new_state = jax.tree_util.tree_map(lambda a, s: jnp.where(ok, a, s), applied, skipped)
 
     metrics = dict(sums)
     metrics["grad_norm"] = grad_norm
     if lr_schedule is not None:
         metrics["learning_rate"] = jnp.asarray(lr_schedule(state.step), jnp.float32)
     metrics["nonfinite"] = (~ok).astype(jnp.int32)
+    metrics["nonfinite_run"] = new_state.nonfinite_run
+    metrics["skipped"] = new_state.skipped
     return new_state, metrics
+
+
+def _advance_schedules(old_opt_state, new_opt_state):
+    """``old_opt_state`` with every ``optax.ScaleByScheduleState`` taken from ``new_opt_state``."""
+    is_sched = lambda x: isinstance(x, optax.ScaleByScheduleState)
+    return jax.tree_util.tree_map(lambda o, n: n if is_sched(o) else o, old_opt_state, new_opt_state,
+                                  is_leaf=is_sched)
 
 
 def _bind(score_fn, objective, tx, axis_name, accum_steps, lr_schedule):
@@ -177,8 +214,10 @@ def make_pmap_step(*, score_fn, objective, tx, accum_steps=1, lr_schedule=None,
 
 
 def make_mesh(devices=None, axis_name: str = "batch") -> Mesh:
-    """1-D data-parallel mesh over all (global) devices."""
-    devices = jax.devices() if devices is None else devices
+    """1-D data-parallel mesh over all (global) devices, laid out by
+    ``jax.experimental.mesh_utils.create_device_mesh`` (topology-aware on TPU slices)."""
+    if devices is None:
+        return Mesh(mesh_utils.create_device_mesh((jax.device_count(),)), (axis_name,))
     return Mesh(np.asarray(devices), (axis_name,))
 
 
@@ -274,6 +313,83 @@ def process_batch_slice(global_batch: Mapping[str, Any], process_index: int | No
         return x[pi * n:(pi + 1) * n]
 
     return {k: rows(v) for k, v in global_batch.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where the train state and batches live for one parallel mode (see :func:`make_placement`).
+
+    * ``init(state)``: host state -> device state (replicated per local device for ``pmap``,
+      a replicated global array for ``shard_map``, unchanged for ``none``).
+    * ``put(batch)``: this process's rows ``[B/P, ...]`` -> the step's input.
+    * ``make_step(**kw)``: the compiled step (``make_train_step`` for this mode).
+    * ``host(tree)``: a device state -> host-local state (one copy; what is checkpointed and
+      evaluated). ``scalar(x)``: one metric -> a Python number (metrics are equal everywhere).
+    * ``devices_per_process``: the local batch must divide by it (times ``accum_steps``).
+    """
+
+    mode: str
+    devices_per_process: int
+    mesh: Mesh | None = None
+
+    def make_step(self, **kwargs):
+        return make_train_step(self.mode, mesh=self.mesh, **kwargs)
+
+    def init(self, state):
+        if self.mode == "pmap":
+            return replicate(state)
+        if self.mode == "shard_map":
+            return put_replicated(state, self.mesh)
+        return state
+
+    def put(self, batch):
+        if self.mode == "pmap":
+            return shard_batch(batch, self.devices_per_process)
+        if self.mode == "shard_map":
+            return put_batch(batch, self.mesh)
+        return batch
+
+    def host(self, tree):
+        if self.mode == "pmap":
+            return unreplicate(tree)
+        if self.mode == "shard_map":
+            return jax.tree_util.tree_map(_local_copy, tree)
+        return tree
+
+    def scalar(self, x) -> float | int:
+        x = np.asarray(_local_copy(x))
+        return x.reshape(-1)[0].item()
+
+
+def _local_copy(x):
+    """A replicated global array's local copy (works when other processes hold the rest)."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x.addressable_data(0)
+    return x
+
+
+def make_placement(parallel: str = "pmap") -> Placement:
+    """The :class:`Placement` for the config key ``train.parallel``, chosen once per run.
+
+    ``none`` on more than one process is an error: each process would train its own shard with
+    no gradient reduction, and process 0 would save params that saw 1/P of the data.
+    """
+    if parallel not in PARALLEL_MODES:
+        from pile_jax.config import ConfigError
+
+        raise ConfigError(f"train.parallel must be one of {PARALLEL_MODES}, got {parallel!r}")
+    if parallel == "none":
+        if jax.process_count() > 1:
+            from pile_jax.config import ConfigError
+
+            raise ConfigError(
+                f"train.parallel: none runs on one device of one process, but this job has "
+                f"{jax.process_count()} processes (each would train its own shard without gradient "
+                "reduction); use train.parallel: pmap or shard_map")
+        return Placement("none", 1)
+    if parallel == "pmap":
+        return Placement("pmap", jax.local_device_count())
+    return Placement("shard_map", jax.local_device_count(), make_mesh())
 
 
 def eval_scores_fn(score_fn: ScoreFn) -> Callable[[Any, Mapping[str, Any]], jax.Array]:

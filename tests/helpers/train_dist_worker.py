@@ -1,76 +1,106 @@
-"""One process of the two-process CPU training test (see tests/test_train_distributed.py).
+"""One process of the two-process CPU training test (tests/test_train_distributed.py).
 
 Usage: python train_dist_worker.py PROCESS_ID NUM_PROCESSES PORT OUT_DIR
-Trains a few steps with the pmap step and with the shard_map step on the same global batches,
-each process feeding only its rows, and writes its final params to OUT_DIR/p{ID}_{mode}.npz.
+Runs the real ``train()`` (sampler shard of this process, checkpoints written through orbax with
+process 0 writing the shared files, dropout on) under ``pmap`` and under ``shard_map``: each run
+is stopped after STOP_AFTER steps (every process raises at the same step, as a crash would), then
+resumed to the end. Writes this process's final params to OUT_DIR/p{ID}_{mode}.npz. Then, under
+``pmap``, process 0 alone gets a SIGTERM during step 3: JAX's preemption service and orbax's sync
+point make both processes save the same step and raise ``Preempted``; the resumed run's params go
+to OUT_DIR/p{ID}_preempted.npz. Last, checks that ``parallel: none`` is refused on two processes.
 """
 
 import os
+import signal
 import sys
+import time
 
 if __name__ == "__main__":  # as a worker: 2 CPU devices per process (the test sets it too)
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # noqa: E402
-
 import numpy as np  # noqa: E402
 
-from helpers.train_tiny import TinyScorer, init_params, make_batch, make_score_fn  # noqa: E402
-from pile_jax.train import (  # noqa: E402
-    create_train_state, make_mesh, make_optimizer, make_pmap_step, make_shard_map_step,
-    maybe_initialize_distributed, process_batch_slice, put_batch, put_replicated, replicate,
-    shard_batch, unreplicate,
-)
+from helpers.train_tiny import TINY_OBJECTIVE, PoisonedSource, tiny_collection, tiny_ranker  # noqa: E402
 
-OBJECTIVE = {"label_losses": {"pointwise_mse": 0.5, "pairwise_logistic": 1.0},
-             "distill_losses": {"margin_mse": 0.5}, "ensemble": {"name": "mean"}}
-OPT = dict(learning_rate=1e-2, warmup_steps=1, total_steps=20)
-STEPS = 3
-GLOBAL_BATCH = 8
+CONFIG = {"batch_size": 8, "steps": 6, "checkpoint_every": 2, "log_every": 2, "progress": False,
+          "learning_rate": 0.01}
+STOP_AFTER = 4  # steps done before the simulated crash
 
 
-def global_batch(i):
-    return make_batch(300 + i, GLOBAL_BATCH, ragged=True)
+class Crash(RuntimeError):
+    pass
 
 
 def flat(tree):
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in leaves}
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
 def main():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # cross-process CPU collectives
     pid, nproc, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    from pile_jax.config import ConfigError
+    from pile_jax.train import maybe_initialize_distributed
+    from pile_jax.train.loop import Preempted, train
+
     assert maybe_initialize_distributed(f"127.0.0.1:{port}", nproc, pid, initialization_timeout=60)
     assert jax.process_count() == nproc and jax.device_count() == 2 * nproc
-    model = TinyScorer()
-    params = init_params(model, make_batch(0, 2), seed=0)
-    tx = make_optimizer(**OPT)
-    kw = dict(score_fn=make_score_fn(model), objective=OBJECTIVE, tx=tx)
+    queries, docs, examples = tiny_collection()
+    per_process = CONFIG["batch_size"] // nproc
+    for mode in ("pmap", "shard_map"):
+        ranker = tiny_ranker(dropout=0.1)  # one score_fn: the resumed run reuses the compiled step
+        workdir = os.path.join(out, mode)  # shared by both processes (a gs:// bucket on a pod)
+        cfg = dict(CONFIG, parallel=mode)
+        reads = []
 
-    # pmap over the local devices; psum spans both processes
-    pstep = make_pmap_step(**kw)
-    state = replicate(create_train_state(params, tx, jax.random.PRNGKey(0)))
-    losses = []
-    for i in range(STEPS):
-        local = process_batch_slice(global_batch(i))
-        state, m = pstep(state, shard_batch(local, jax.local_device_count()))
-        losses.append(float(np.asarray(m["loss"])[0]))
-    np.savez(os.path.join(out, f"p{pid}_pmap.npz"), loss=np.asarray(losses),
-             **flat(unreplicate(state).params))
+        def crash(i):
+            reads.append(i)
+            if len(reads) > STOP_AFTER * per_process:
+                raise Crash(f"simulated crash after step {STOP_AFTER}")
 
-    # jit(shard_map) over the global mesh; each process supplies its rows
-    mesh = make_mesh()
-    mstep = make_shard_map_step(mesh, **kw)
-    state = put_replicated(create_train_state(params, tx, jax.random.PRNGKey(0)), mesh)
-    losses = []
-    for i in range(STEPS):
-        state, m = mstep(state, put_batch(process_batch_slice(global_batch(i)), mesh))
-        losses.append(float(np.asarray(m["loss"].addressable_data(0))))
-    host = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
-    np.savez(os.path.join(out, f"p{pid}_shard_map.npz"), loss=np.asarray(losses), **flat(host))
+        try:
+            train(ranker, source=PoisonedSource(examples, on_read=crash), objective=TINY_OBJECTIVE,
+                  queries=queries, docs=docs, config=cfg, workdir=workdir)
+            raise AssertionError("the first run should have crashed")
+        except Crash:
+            pass
+        lines = []
+        res = train(ranker, source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries,
+                    docs=docs, config=cfg, workdir=workdir, resume=True, log=lines.append)
+        assert lines[0].startswith(f"resumed from step {STOP_AFTER} "), lines
+        np.savez(os.path.join(out, f"p{pid}_{mode}.npz"), **flat(res.final_params))
+
+    workdir = os.path.join(out, "preempted")
+    reads = []
+
+    def sigterm_on_process_0(i):
+        reads.append(i)
+        if pid == 0 and len(reads) == 2 * per_process + 1:
+            os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, to one host only
+        if len(reads) > 2 * per_process:
+            time.sleep(0.2)  # the notice travels through the coordination service meanwhile
+
+    try:
+        train(ranker, source=PoisonedSource(examples, on_read=sigterm_on_process_0), objective=TINY_OBJECTIVE,
+              queries=queries, docs=docs, config=dict(CONFIG, parallel="pmap", checkpoint_every=100),
+              workdir=workdir)
+        raise AssertionError("the run should have been preempted")
+    except Preempted as e:
+        print(f"worker {pid}: {e}", flush=True)
+    saved = sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints")) if n.isdigit())
+    assert len(saved) == 1 and 3 <= saved[0] < CONFIG["steps"], saved
+    res = train(ranker, source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries, docs=docs,
+                config=dict(CONFIG, parallel="pmap", checkpoint_every=100), workdir=workdir, resume=True)
+    np.savez(os.path.join(out, f"p{pid}_preempted.npz"), **flat(res.final_params))
+    try:
+        train(tiny_ranker(), source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries,
+              docs=docs, config=dict(CONFIG, parallel="none"))
+        raise AssertionError("parallel: none on two processes must be refused")
+    except ConfigError as e:
+        assert "train.parallel" in str(e), e
     jax.distributed.shutdown()
+    print(f"worker {pid} ok", flush=True)
 
 
 if __name__ == "__main__":
