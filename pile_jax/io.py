@@ -5,9 +5,9 @@ Paths go through :mod:`etils.epath` (the path layer orbax and tensorflow-dataset
 turned into a local folder. Contracts:
 
 * :func:`as_path` never calls ``os.path.abspath`` on a URL; local paths keep their meaning.
-* Writers are atomic: the bytes go to a temporary name in the same folder, then the file is
-  renamed into place, so a crash never leaves a half-written file under the final name (on
-  object stores, where a single object write is already atomic, the rename is the upload).
+* Writers are atomic: locally the bytes go to a temporary name in the same folder, then the file
+  is renamed into place, so a crash never leaves a half-written file under the final name; on
+  object stores (URLs) a single object upload is already atomic and is used as is.
 * On several processes, shared files are written by process 0 only (:func:`is_primary`), and
   callers that read them afterwards pass a :func:`barrier`.
 """
@@ -44,9 +44,14 @@ def as_path(path: PathLike) -> epath.Path:
 
 
 def write_bytes(path: PathLike, data: bytes) -> epath.Path:
-    """Write ``data`` to ``path`` atomically (temporary name in the same folder, then rename)."""
+    """Write ``data`` to ``path`` atomically: locally a temporary name in the same folder, then a
+    rename; on an object store (a URL) one upload, which is atomic there (a rename would be a
+    copy plus a delete)."""
     path = as_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if is_url(path):
+        path.write_bytes(data)
+        return path
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
     tmp.write_bytes(data)
     try:

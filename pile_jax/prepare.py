@@ -510,8 +510,11 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
 # ------------------------------------------------------------------------- TFDS train source
 def ranking_groups_source(groups: Mapping[str, Any], data_dir, name: str, *, overwrite: bool = True):
     """The TFDS ArrayRecord data source of ``groups`` (one split, ``train``): process 0 writes
-    ``data_dir/ranking_groups/<name>/1.0.0``, a barrier, the other processes open it."""
+    ``data_dir/ranking_groups/<name>/1.0.0``, a barrier, the other processes open it; the split is
+    read once into a :class:`~pile_jax.data.loader.ColumnarSource` (TFDS' per-record decoding would
+    otherwise cap the loader; see ``bench/input_pipeline.py``)."""
     from pile_jax.data import build_ranking_groups_dataset, load_ranking_groups
+    from pile_jax.data.loader import ColumnarSource
 
     builder = None
     if pio.is_primary():
@@ -519,7 +522,7 @@ def ranking_groups_source(groups: Mapping[str, Any], data_dir, name: str, *, ove
     pio.barrier(f"tfds_{name}")
     if builder is None:
         builder = load_ranking_groups(str(pio.as_path(data_dir) / "ranking_groups" / name / "1.0.0"))
-    return builder.as_data_source()["train"], builder
+    return ColumnarSource(builder.as_data_source()["train"]), builder
 
 
 def standardize_setting(cfg: Mapping[str, Any], key: str, default: str) -> str:

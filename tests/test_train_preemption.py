@@ -41,7 +41,10 @@ def reference():
     reads, lines = [], []
     res = train(tiny_ranker(), source=PoisonedSource(examples, POISON, on_read=reads.append),
                 objective=TINY_OBJECTIVE, queries=queries, docs=docs, config=CFG, log=lines.append)
-    assert len(reads) == CFG["steps"] * PER_STEP
+    # the loader reads every group once first (its length pass, in index order), then the batches
+    assert reads[:len(examples)] == list(range(len(examples)))
+    reads = reads[len(examples):]
+    assert len(reads) >= CFG["steps"] * PER_STEP   # (the prefetch may have read a batch or two ahead)
     bad = [s + 1 for s in range(CFG["steps"]) if set(reads[s * PER_STEP:(s + 1) * PER_STEP]) & set(POISON)]
     return {"params": _flat(res.final_params), "bad_steps": bad, "lines": lines, "history": res.history}
 

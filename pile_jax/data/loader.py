@@ -300,7 +300,7 @@ def make_train_loader(
     window: int = 16,
     prefetch: int = 2,
     num_threads: int = 1,
-    in_memory: bool = True,
+    in_memory: bool = False,
 ) -> TrainLoader:
     """The training loader of this process (see the module docstring).
 
@@ -312,7 +312,8 @@ def make_train_loader(
     threads (``prefetch=0``: built in the caller's thread); ``num_threads > 1`` requires a
     thread-safe ``collate``. ``in_memory=True`` reads a source that is not already a list (e.g.
     the TFDS ArrayRecord split) once into a :class:`ColumnarSource`, so batches cost no record
-    decoding (the one-time read is reported by ``bench/input_pipeline.py``).
+    decoding (the one-time read is reported by ``bench/input_pipeline.py``); the jobs pass such a
+    source already (:func:`pile_jax.prepare.ranking_groups_source`).
 
     When the lengths are known and ``collate`` takes a ``length`` keyword, it is called as
     ``collate(records, length=L)`` with ``L`` the longest group length of the whole *global*
