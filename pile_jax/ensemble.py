@@ -286,28 +286,29 @@ def _list_pnr(x: Array, P: Array) -> Array:
   return (conc + 0.5 * tied) / jnp.maximum(disc + 0.5 * tied, 1.0)
 
 
-def _accuracy_merge_weight(z: Array, sk: Array, P: Array) -> Array:
+def _accuracy_merge_weight(dz: Array, ds: Array, p: Array) -> Array:
   """The smallest maximiser of the labelled pair accuracy of ``(1 - w) z + w sk`` over ``[0, 1]``.
 
+  ``dz``, ``ds``: ``[Q]`` differences ``upper - lower`` of ``z`` and ``sk`` over the item pairs
+  (one slot per unordered pair, oriented by the labels), ``p`` ``[Q]``: slot is a labelled pair.
   Per pair ``f(w) = dz + w (ds - dz)`` is linear in ``w``, so its credit changes only at the
   root ``r = dz / (dz - ds)`` of a pair whose sign flips (``dz``, ``ds`` of opposite signs;
   ``r`` in ``(0, 1]``). Candidates, in increasing ``w``: ``w = 0``, the midpoint of every open
   interval between consecutive distinct roots (and 0, 1), ``w = 1``. Points at ``w = 0`` and
   ``w = 1`` are evaluated directly (ties there count 1/2); inside an interval a pair's credit is
   the sign of ``dz`` (or of ``ds`` where ``dz = 0``) plus the ±1 flips of the roots sorted
-  below it (cumulative sum over ``n²`` fixed slots, so shapes are static). The first maximal
-  candidate wins: ties go to the smaller change.
+  below it (sort + cumulative sum over the ``Q`` fixed slots, so shapes are static). The first
+  maximal candidate wins: ties go to the smaller change.
   """
-  dz, ds = _differences(z), _differences(sk)
-  at0 = jnp.sum(jnp.where(P, _pair_points(dz), 0))
-  at1 = jnp.sum(jnp.where(P, _pair_points(ds), 0))
-  base = jnp.sum(jnp.where(P, _pair_points(jnp.where(dz != 0, dz, ds)), 0))  # just above w = 0
-  down = P & (dz > 0) & (ds < 0)
-  up = P & (dz < 0) & (ds > 0)
+  at0 = jnp.sum(jnp.where(p, _pair_points(dz), 0))
+  at1 = jnp.sum(jnp.where(p, _pair_points(ds), 0))
+  base = jnp.sum(jnp.where(p, _pair_points(jnp.where(dz != 0, dz, ds)), 0))  # just above w = 0
+  down = p & (dz > 0) & (ds < 0)
+  up = p & (dz < 0) & (ds > 0)
   flip = down | up
   root = jnp.where(flip, dz / jnp.where(flip, dz - ds, 1.0), 1.0)  # in (0, 1]; no flip: 1
   step = jnp.where(up, 2, jnp.where(down, -2, 0)).astype(jnp.int32)
-  root, step = jax.lax.sort((root.ravel(), step.ravel()), num_keys=1)
+  root, step = jax.lax.sort((root, step), num_keys=1)
   zero, one = jnp.zeros((1,), root.dtype), jnp.ones((1,), root.dtype)
   lo = jnp.concatenate([zero, root])
   hi = jnp.concatenate([root, one])
@@ -317,15 +318,15 @@ def _accuracy_merge_weight(z: Array, sk: Array, P: Array) -> Array:
   return weights[jnp.argmax(points)]  # first maximum: the smallest w
 
 
-def _logistic_merge_weight(z: Array, sk: Array, P: Array, temperature) -> Array:
+def _logistic_merge_weight(dz: Array, ds: Array, p: Array, temperature) -> Array:
   """The maximiser over ``[0, 1]`` of the concave ``Σ_P log σ(f_ij(w) / τ)``,
-  ``f(w) = dz + w (ds - dz)``: 0 if the slope at 0 is <= 0 (also when flat: the smaller change),
-  1 if the slope at 1 is >= 0, else bisection on the (decreasing) slope."""
-  dz, ds = _differences(z), _differences(sk)
+  ``f(w) = dz + w (ds - dz)`` (arguments as :func:`_accuracy_merge_weight`): 0 if the slope at 0
+  is <= 0 (also when flat: the smaller change), 1 if the slope at 1 is >= 0, else bisection on
+  the (decreasing) slope."""
   dd = ds - dz
 
   def slope(w):
-    return jnp.sum(jnp.where(P, jax.nn.sigmoid(-(dz + w * dd) / temperature) * dd, 0.0))
+    return jnp.sum(jnp.where(p, jax.nn.sigmoid(-(dz + w * dd) / temperature) * dd, 0.0))
 
   def bisect(_, bounds):
     lo, hi = bounds
@@ -333,7 +334,7 @@ def _logistic_merge_weight(z: Array, sk: Array, P: Array, temperature) -> Array:
     up = slope(mid) > 0
     return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
 
-  zero, one = jnp.zeros((), z.dtype), jnp.ones((), z.dtype)
+  zero, one = jnp.zeros((), dz.dtype), jnp.ones((), dz.dtype)
   lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (zero, one))
   return jnp.where(slope(zero) <= 0, zero, jnp.where(slope(one) >= 0, one, 0.5 * (lo + hi)))
 
@@ -343,13 +344,21 @@ def _sequential_core(s, y, m, lm, c, *, merge, temperature):
   temperature = temperature / c
   P = _labelled_pairs(y, lm)
   order = jnp.argsort(-jax.vmap(_list_pnr, in_axes=(0, None))(s, P), stable=True)  # ties: index
+  # one slot per unordered pair i < j, oriented so that a labelled pair reads upper - lower
+  iu, ju = np.triu_indices(s.shape[-1], 1)
+  p = P[iu, ju] | P[ju, iu]
+  sign = jnp.where(P[iu, ju], 1.0, -1.0).astype(s.dtype)
+
+  def pair_diffs(x):
+    return sign * _differences(x)[iu, ju]  # multiplying by +-1 is exact
 
   def step(t, z):
     sk = s[order[t]]
+    dz, ds = pair_diffs(z), pair_diffs(sk)
     if merge == "pair_accuracy":
-      w = _accuracy_merge_weight(z, sk, P)
+      w = _accuracy_merge_weight(dz, ds, p)
     else:
-      w = _logistic_merge_weight(z, sk, P, temperature)
+      w = _logistic_merge_weight(dz, ds, p, temperature)
     return (1.0 - w) * z + w * sk
 
   z = jax.lax.fori_loop(1, s.shape[0], step, s[order[0]])
