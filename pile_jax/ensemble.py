@@ -76,7 +76,7 @@ PILE_VARIANTS = ("consensus", "responsibility", "regularised", "sequential")
 RESPONSIBILITY_LOSSES = ("logistic", "hinge", "zero_one")
 #: How the sequential variant chooses each merge weight (see :func:`pile`).
 SEQUENTIAL_MERGES = ("pair_accuracy", "logistic")
-#: Bisection steps of the logistic merge weight (interval 2^-40: below float32/64 resolution of w).
+#: Bisection steps of the logistic merge weight (final interval 2^-40, finer than float32 resolves w).
 _BISECTION_STEPS = 40
 
 
