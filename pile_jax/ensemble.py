@@ -1,4 +1,4 @@
-"""Multi-teacher ensembles of ranking logits: PILE (three variants) and baselines.
+"""Multi-teacher ensembles of ranking logits: PILE (four variants) and baselines.
 
 Inputs: ``teacher_scores`` ``[T, ..., n]`` (teacher axis **first**), ``labels`` ``[..., n]``
 (graded, higher = more relevant) and an optional boolean ``where`` ``[..., n]``. Every
@@ -7,7 +7,7 @@ influence valid ones (padded teacher scores may hold anything, NaN included).
 
 PILE -- Pairwise Iterative Logits Ensemble (L. Cai et al., "PILE: Pairwise Iterative Logits
 Ensemble for Multi-Teacher Labeled Distillation", EMNLP 2022 Industry Track, arXiv 2211.06059).
-The paper's method section is not available; the three variants below are **pile_jax's
+The paper's method section is not available; the four variants below are **pile_jax's
 reconstructions** of PILE from its title and abstract (teacher logits, supervised by labels,
 pairwise, iterative), following the PILE specification (``docs/pile.md``). Notation
 for one list: ``s[k, i]`` teacher ``k``'s logit of item ``i``, ``y`` labels, ``m`` mask,
@@ -23,6 +23,10 @@ labelled pairs ``P = {(i, j): m_i & m_j & y_i > y_j}``, ``A_k(i, j) = 1[s[k,i] >
   teachers (temperature τ); damped update towards the responsibility-weighted logit.
 * ``"regularised"``: K gradient steps on the convex objective
   ``(1/M) Σ_k Σ_i m_i (z_i − s[k,i])² + λ Σ_P τ·softplus(−(z_i − z_j − γ)/τ)`` from the mean.
+* ``"sequential"`` (hypothesis: "pairwise" = two teachers at a time): teachers ordered by their
+  PNR on the list, from the best; each next one merged as ``(1 − w)·z + w·s[k]`` with the
+  ``w ∈ [0, 1]`` that maximises the list's label pair accuracy (smallest maximiser), or with the
+  maximiser of a pairwise-logistic likelihood (``merge="logistic"``).
 
 Numerics: ensembles compute and return float32 for bf16/fp16 input. Each list whose largest
 valid |logit| exceeds 2^40 is ensembled in units of a power of two ``c`` (exact; the variants'
@@ -30,7 +34,8 @@ scale parameters are rescaled so the result is the same function of the logits),
 finite logits (up to ±3.4e38) never overflow to inf/NaN and the consensus variant stays within
 the teachers' range. Ordinary logits (c = 1) are untouched.
 
-All variants run a ``jax.lax.fori_loop`` over iterations; pairwise terms are built with
+All variants run a ``jax.lax.fori_loop`` (over iterations; over teachers for
+``"sequential"``); pairwise terms are built with
 ``jax.vmap`` over ``i`` and ``j``; lists are processed with ``jax.vmap`` over the (flattened)
 leading axes. They give the same result eagerly, under ``jit``, ``vmap`` and ``pmap``.
 
@@ -67,8 +72,12 @@ __all__ = [
     "format_teacher_report",
 ]
 
-PILE_VARIANTS = ("consensus", "responsibility", "regularised")
+PILE_VARIANTS = ("consensus", "responsibility", "regularised", "sequential")
 RESPONSIBILITY_LOSSES = ("logistic", "hinge", "zero_one")
+#: How the sequential variant chooses each merge weight (see :func:`pile`).
+SEQUENTIAL_MERGES = ("pair_accuracy", "logistic")
+#: Bisection steps of the logistic merge weight (final interval 2^-40, finer than float32 resolves w).
+_BISECTION_STEPS = 40
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,8 +266,108 @@ def _regularised_core(s, y, m, lm, c, *, num_iters, temperature, lam, gamma):
   return jnp.where(m, z, 0.0)
 
 
-def _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
+def _differences(x: Array) -> Array:
+  """``d[i, j] = x_i - x_j`` ``[n, n]`` (vmapped)."""
+  return _pairwise(lambda a, b: a - b, x, x)
+
+
+def _pair_points(d: Array) -> Array:
+  """Per pair, twice its pair-accuracy credit: 2 ordered (``d > 0``), 1 tied, 0 reversed (int32)."""
+  return jnp.where(d > 0, 2, jnp.where(d == 0, 1, 0)).astype(jnp.int32)
+
+
+def _list_pnr(x: Array, P: Array) -> Array:
+  """PNR of ``x`` ``[n]`` on the labelled pairs ``P`` (:func:`pile_jax.metrics.pnr`'s convention:
+  ``(C + T/2) / max(D + T/2, 1)``, 0 without pairs)."""
+  d = _differences(x)
+  conc = jnp.sum(P & (d > 0)).astype(x.dtype)
+  disc = jnp.sum(P & (d < 0)).astype(x.dtype)
+  tied = jnp.sum(P & (d == 0)).astype(x.dtype)
+  return (conc + 0.5 * tied) / jnp.maximum(disc + 0.5 * tied, 1.0)
+
+
+def _accuracy_merge_weight(dz: Array, ds: Array, p: Array) -> Array:
+  """The smallest maximiser of the labelled pair accuracy of ``(1 - w) z + w sk`` over ``[0, 1]``.
+
+  ``dz``, ``ds``: ``[Q]`` differences ``upper - lower`` of ``z`` and ``sk`` over the item pairs
+  (one slot per unordered pair, oriented by the labels), ``p`` ``[Q]``: slot is a labelled pair.
+  Per pair ``f(w) = dz + w (ds - dz)`` is linear in ``w``, so its credit changes only at the
+  root ``r = dz / (dz - ds)`` of a pair whose sign flips (``dz``, ``ds`` of opposite signs;
+  ``r`` in ``(0, 1]``). Candidates, in increasing ``w``: ``w = 0``, the midpoint of every open
+  interval between consecutive distinct roots (and 0, 1), ``w = 1``. Points at ``w = 0`` and
+  ``w = 1`` are evaluated directly (ties there count 1/2); inside an interval a pair's credit is
+  the sign of ``dz`` (or of ``ds`` where ``dz = 0``) plus the ±1 flips of the roots sorted
+  below it (sort + cumulative sum over the ``Q`` fixed slots, so shapes are static). The first
+  maximal candidate wins: ties go to the smaller change.
+  """
+  at0 = jnp.sum(jnp.where(p, _pair_points(dz), 0))
+  at1 = jnp.sum(jnp.where(p, _pair_points(ds), 0))
+  base = jnp.sum(jnp.where(p, _pair_points(jnp.where(dz != 0, dz, ds)), 0))  # just above w = 0
+  down = p & (dz > 0) & (ds < 0)
+  up = p & (dz < 0) & (ds > 0)
+  flip = down | up
+  root = jnp.where(flip, dz / jnp.where(flip, dz - ds, 1.0), 1.0)  # in (0, 1]; no flip: 1
+  step = jnp.where(up, 2, jnp.where(down, -2, 0)).astype(jnp.int32)
+  root, step = jax.lax.sort((root, step), num_keys=1)
+  zero, one = jnp.zeros((1,), root.dtype), jnp.ones((1,), root.dtype)
+  lo = jnp.concatenate([zero, root])
+  hi = jnp.concatenate([root, one])
+  inside = base + jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(step)])
+  points = jnp.concatenate([at0[None], jnp.where(lo < hi, inside, -1), at1[None]])
+  weights = jnp.concatenate([zero, 0.5 * (lo + hi), one])
+  return weights[jnp.argmax(points)]  # first maximum: the smallest w
+
+
+def _logistic_merge_weight(dz: Array, ds: Array, p: Array, temperature) -> Array:
+  """The maximiser over ``[0, 1]`` of the concave ``Σ_P log σ(f_ij(w) / τ)``,
+  ``f(w) = dz + w (ds - dz)`` (arguments as :func:`_accuracy_merge_weight`): 0 if the slope at 0
+  is <= 0 (also when flat: the smaller change), 1 if the slope at 1 is >= 0, else bisection on
+  the (decreasing) slope."""
+  dd = ds - dz
+
+  def slope(w):
+    return jnp.sum(jnp.where(p, jax.nn.sigmoid(-(dz + w * dd) / temperature) * dd, 0.0))
+
+  def bisect(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    up = slope(mid) > 0
+    return jnp.where(up, mid, lo), jnp.where(up, hi, mid)
+
+  zero, one = jnp.zeros((), dz.dtype), jnp.ones((), dz.dtype)
+  lo, hi = jax.lax.fori_loop(0, _BISECTION_STEPS, bisect, (zero, one))
+  return jnp.where(slope(zero) <= 0, zero, jnp.where(slope(one) >= 0, one, 0.5 * (lo + hi)))
+
+
+def _sequential_core(s, y, m, lm, c, *, merge, temperature):
+  # pair accuracy is invariant to the unit c; the logistic merge sees the real differences
+  temperature = temperature / c
+  P = _labelled_pairs(y, lm)
+  order = jnp.argsort(-jax.vmap(_list_pnr, in_axes=(0, None))(s, P), stable=True)  # ties: index
+  # one slot per unordered pair i < j, oriented so that a labelled pair reads upper - lower
+  iu, ju = np.triu_indices(s.shape[-1], 1)
+  p = P[iu, ju] | P[ju, iu]
+  sign = jnp.where(P[iu, ju], 1.0, -1.0).astype(s.dtype)
+
+  def pair_diffs(x):
+    return sign * _differences(x)[iu, ju]  # multiplying by +-1 is exact
+
+  def step(t, z):
+    sk = s[order[t]]
+    dz, ds = pair_diffs(z), pair_diffs(sk)
+    if merge == "pair_accuracy":
+      w = _accuracy_merge_weight(dz, ds, p)
+    else:
+      w = _logistic_merge_weight(dz, ds, p, temperature)
+    return (1.0 - w) * z + w * sk
+
+  z = jax.lax.fori_loop(1, s.shape[0], step, s[order[0]])
+  return jnp.where(m, z, 0.0)
+
+
+def _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge):
   _validate.check_choice("variant", variant, PILE_VARIANTS)
+  _validate.check_choice("merge", merge, SEQUENTIAL_MERGES)
   if _validate.is_concrete(num_iters):
     if isinstance(num_iters, bool) or int(np.asarray(num_iters)) != np.asarray(num_iters) or num_iters < 0:
       raise ValueError(f"num_iters: expected an int >= 0; got {num_iters!r}")
@@ -273,7 +382,9 @@ def _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamm
   _validate.check_choice("loss", loss, RESPONSIBILITY_LOSSES)
 
 
-def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
+def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge):
+  if variant == "sequential":
+    return functools.partial(_sequential_core, merge=merge, temperature=temperature)
   if variant == "consensus":
     return functools.partial(_consensus_core, num_iters=num_iters, damping=damping, eps=eps)
   if variant == "responsibility":
@@ -286,14 +397,15 @@ def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss):
 def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
          label_where: Optional[Array] = None, variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
          temperature: float = 1.0, eps: float = 0.0, lam: float = 1.0, gamma: float = 1.0,
-         loss: str = "logistic") -> Array:
+         loss: str = "logistic", merge: str = "pair_accuracy") -> Array:
   r"""PILE: Pairwise Iterative Logits Ensemble -- **pile_jax's reconstruction** of Cai et al.,
   EMNLP 2022 Industry Track (arXiv 2211.06059); see the module docstring and
   ``docs/pile.md``. The paper's own algorithm is not public; these are our formulations.
 
   For one list (``s[k, i]`` teacher logits, ``P`` labelled pairs ``y_i > y_j`` of valid items,
-  ``A_k(i,j) = 1[s[k,i] > s[k,j]]``), every variant starts at ``z⁰ = mean_k s[k]`` and runs
-  ``num_iters`` iterations of a ``lax.fori_loop``:
+  ``A_k(i,j) = 1[s[k,i] > s[k,j]]``), the first three variants start at ``z⁰ = mean_k s[k]`` and
+  run ``num_iters`` iterations of a ``lax.fori_loop``; ``"sequential"`` loops over the teachers
+  instead:
 
   ``variant="consensus"`` (default) -- label-consistent pairwise consensus:
 
@@ -333,6 +445,35 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
   of the list; a safe step for this objective) from the mean. ``λ = lam = 0`` gives the mean.
   ``damping`` and ``eps`` are not used by this variant; ``lam``/``gamma`` only by it.
 
+  ``variant="sequential"`` -- **a hypothesis** ("pairwise" = teachers merged two at a time):
+  order the teachers by their PNR on the list's labelled pairs (:func:`pile_jax.metrics.pnr`;
+  ties: lower teacher index first), ``π(1), ..., π(M)``; start from the best and merge the next
+  one with a label-chosen weight, a ``lax.fori_loop`` over ``t = 2..M``:
+
+  .. math::
+     z^{(1)} = s_{\pi(1)},\qquad
+     w_t = \min \arg\max_{w\in[0,1]} \mathrm{acc}_P\big((1-w)\,z^{(t-1)} + w\,s_{\pi(t)}\big),\qquad
+     z^{(t)} = (1-w_t)\,z^{(t-1)} + w_t\,s_{\pi(t)}
+
+  with ``acc_P`` the label pair accuracy (:func:`pile_jax.metrics.pair_accuracy`: ties count
+  1/2). Exact and jit-able with static shapes (``merge="pair_accuracy"``, default): a pair's
+  sign changes at most once in ``w``, at ``r_ij = dz_ij / (dz_ij − ds_ij)``; the candidates are
+  ``w = 0``, ``w = 1`` and the midpoint of each open interval between consecutive distinct
+  roots, scored by a sorted cumulative sum (``O(n² log n)`` per merge). The maximisers inside an
+  interval form an open set, so "the smallest maximiser" means: ``w = 0`` if it is one (no
+  change), else the midpoint of the first maximal interval. ``merge="logistic"`` is the smooth
+  reading: ``w_t`` maximises the concave ``Σ_P log σ(f_ij(w)/τ)`` (``τ = temperature``), found by
+  40 bisection steps on its slope (0 when the slope at 0 is <= 0). Properties: one teacher gives
+  that teacher; a list without labelled pairs gives the first teacher (all PNRs tie, every
+  ``w = 0``); each step is a convex combination, so ``min_k s_ki <= z_i <= max_k s_ki``; the
+  chosen pair accuracy never falls below the best teacher's; not invariant to permuting
+  teachers with tied PNR. **Scale:** the weights mix logits, so the teachers must share a scale
+  (the pipeline standardises each teacher globally first, ``ensembles.standardize: global``):
+  the pair-accuracy merge is invariant to adding a constant per teacher, and to a common scale
+  of all teachers, but a teacher with larger logits dominates the merged target's margins; the
+  logistic merge is also sensitive to the common scale through ``τ``. ``num_iters``,
+  ``damping``, ``eps``, ``lam``, ``gamma`` and ``loss`` do not apply.
+
   Args:
     teacher_scores: ``[T, ..., n]`` teacher logits (teacher axis first).
     labels: ``[..., n]`` graded labels.
@@ -340,7 +481,7 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
     label_where: optional boolean mask ``[..., n]`` of the items whose labels count: ``P`` only
       pairs valid items inside it (default: every valid item). Items outside it (e.g. unjudged
       candidates under "unjudged = ignore") are still ensembled, like unpaired items.
-    variant: ``"consensus"``, ``"responsibility"`` or ``"regularised"``.
+    variant: ``"consensus"``, ``"responsibility"``, ``"regularised"`` or ``"sequential"``.
     num_iters: K >= 0, a Python int (static under ``jit``: one compilation per value);
       ``K = 0`` returns the mean of the teachers.
     damping: step η in (0, 1] (consensus, responsibility).
@@ -348,6 +489,8 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
     eps: violation threshold ε (consensus).
     lam, gamma: penalty weight λ >= 0 and margin γ (regularised).
     loss: pairwise loss of the responsibility variant.
+    merge: how the sequential variant picks each weight: ``"pair_accuracy"`` (exact, default) or
+      ``"logistic"`` (smooth; uses ``temperature``).
 
   Returns:
     ``[..., n]`` ensemble logits; 0 at padded items.
@@ -370,12 +513,20 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
     >>> print(np.round(np.asarray(jax.vmap(pj.pile, in_axes=(1, 0))(batch_t, batch_y), float), 4))  # the same, list by list
     [[ 2.5    1.375  1.625 -0.5  ]
      [ 2.5    1.375  1.625 -0.5  ]]
+    >>> y4 = jnp.array([3.0, 2.0, 1.0, 0.0])  # both teachers have PNR 5 (5 of 6 pairs): teacher 0 starts
+    >>> print(np.round(np.asarray(pj.pile(teachers, y4, variant="sequential"), float), 4))  # w in (1/3, 2/3) orders all 6: midpoint 1/2
+    [ 2.5   1.75  1.25 -0.5 ]
+    >>> print(np.round(np.asarray(pj.pile(teachers, y4, where=mask, variant="sequential", merge="logistic"), float), 4))
+    [2.7941 1.6029 1.3971 0.    ]
+    >>> print(np.round(np.asarray(pj.pile(jnp.stack([teachers, teachers[::-1]], 1), jnp.stack([y4, y4]), variant="sequential"), float), 4))
+    [[ 2.5   1.75  1.25 -0.5 ]
+     [ 2.5   1.75  1.25 -0.5 ]]
   """
-  _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
+  _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge)
   _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
   _check_label_where(label_where, labels)
   return _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma,
-                    variant=variant, num_iters=int(num_iters), loss=loss)
+                    variant=variant, num_iters=int(num_iters), loss=loss, merge=merge)
 
 
 def _check_label_where(label_where, labels) -> None:
@@ -388,13 +539,13 @@ def _check_label_where(label_where, labels) -> None:
     raise ValueError(f"label_where: shape {shape} does not broadcast to the labels' {list_shape}") from None
 
 
-@functools.partial(jax.jit, static_argnames=("variant", "num_iters", "loss"))
+@functools.partial(jax.jit, static_argnames=("variant", "num_iters", "loss", "merge"))
 def _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma, *,
-               variant, num_iters, loss):
+               variant, num_iters, loss, merge):
   s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
   # Jitted once per (shapes, variant, num_iters, loss); the numeric options are traced, so
   # eager calls with new values do not recompile. Inside an outer jit this is simply inlined.
-  core = _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss)
+  core = _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge)
   return _per_list(core, s, y, m, _label_mask(m, label_where))
 
 
@@ -687,10 +838,11 @@ ENSEMBLES: dict[str, Callable[..., Array]] = {
     "pile_consensus": functools.partial(pile, variant="consensus"),
     "pile_responsibility": functools.partial(pile, variant="responsibility"),
     "pile_regularised": functools.partial(pile, variant="regularised"),
+    "pile_sequential": functools.partial(pile, variant="sequential"),
 }
 
 _NEEDS_LABELS = {"best_teacher_per_list", "pile", "pile_consensus", "pile_responsibility",
-                 "pile_regularised"}
+                 "pile_regularised", "pile_sequential"}
 #: Ensembles supervised by the labels: training targets, never systems on labelled test data.
 LABEL_ENSEMBLES = frozenset(_NEEDS_LABELS)
 
@@ -733,7 +885,7 @@ def _entry(scores, labels, where, evaluated, topn):
 
 def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
                    teacher_names: Optional[Sequence[str]] = None,
-                   ensembles: Sequence[Union[str, tuple]] = ("mean", "pile"),
+                   ensembles: Sequence[Union[str, tuple]] = ("mean", "pile", "pile_sequential"),
                    topn: int = 10) -> dict:
   """PNR, pair accuracy and NDCG@topn of every teacher and of the requested ensembles.
 

@@ -1,4 +1,4 @@
-"""Tests for pile_jax.ensemble: PILE (three variants) against a plain-NumPy loop implementation
+"""Tests for pile_jax.ensemble: PILE (four variants) against a plain-NumPy loop implementation
 of the spec (papers/pile.md), its properties, the baselines, the report, and jit/vmap/pmap."""
 
 import math
@@ -123,6 +123,9 @@ VARIANT_OPTS = [
 ]
 
 _REF_KW = {"damping": "eta", "temperature": "tau", "num_iters": "K"}
+#: The variants that start from the teachers' mean (K = 0 is the mean, teacher-permutation
+#: invariant); "sequential" starts from the best teacher and has its own tests at the end.
+MEAN_START = ("consensus", "responsibility", "regularised")
 
 
 @pytest.mark.parametrize("variant,opts", VARIANT_OPTS)
@@ -138,7 +141,7 @@ def test_pile_matches_numpy_loop_reference(variant, opts):
   np.testing.assert_allclose(got32, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+@pytest.mark.parametrize("variant", MEAN_START)
 def test_label_where_keeps_items_out_of_labelled_pairs(variant):
   """label_where (e.g. unjudged items under "ignore") removes items from P only: they are still
   ensembled, and the result is the loop reference with pairs over label_where items."""
@@ -164,7 +167,7 @@ def test_label_where_keeps_items_out_of_labelled_pairs(variant):
 # properties
 
 
-@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+@pytest.mark.parametrize("variant", MEAN_START)
 def test_k0_is_mean_and_m1_and_padding(variant):
   s, y, m = make_case(2)
   mean = np.where(m, s.mean(0), 0.0)
@@ -192,7 +195,7 @@ def test_k0_is_mean_and_m1_and_padding(variant):
                              rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+@pytest.mark.parametrize("variant", MEAN_START)
 def test_permutation_equivariance_and_teacher_invariance(variant):
   s, y, m = make_case(3)
   z = np.asarray(E.pile(s, y, where=m, variant=variant))
@@ -289,7 +292,7 @@ def test_eager_jit_vmap_pmap_agree():
   if jax.device_count() < 4:
     pytest.skip("pmap part needs 4 devices (tests/conftest.py sets XLA_FLAGS)")
   out = jax.pmap(f, in_axes=(1, 0, 0))(s.reshape(3, 4, 2, 6), y.reshape(4, 2, 6), m.reshape(4, 2, 6))
-  out = np.moveaxis(np.asarray(out), 0, 1).reshape(3, 8, 6)  # [dev, V, 2, n] -> [V, 8, n]
+  out = np.moveaxis(np.asarray(out), 0, 1).reshape(len(E.PILE_VARIANTS), 8, 6)  # [dev, V, 2, n] -> [V, 8, n]
   np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
 
 
@@ -454,3 +457,280 @@ def test_baselines_huge_finite_logits():
   z = (s64 - s64.mean(-1, keepdims=True)) / s64.std(-1, keepdims=True)
   np.testing.assert_allclose(E.zscore_mean(s), z.mean(0), rtol=1e-5, atol=1e-6)
   assert E.mean(s.astype(jnp.bfloat16)).dtype == jnp.float32
+
+
+# ----------------------------------------------------------------------------------------------
+# variant "sequential" (hypothesis: teachers merged two at a time): float64 loop reference
+
+
+def _credit(d):
+  """Twice a pair's accuracy credit: ordered 2, tied 1, reversed 0 (pair accuracy, ties 1/2)."""
+  return 2 if d > 0 else (1 if d == 0 else 0)
+
+
+def _ref_accuracy_weight(z, s, P):
+  """Exact rule, re-derived: w = 0, w = 1 and the midpoint of every open interval between
+  distinct roots of the pairs' linear differences; each candidate is scored by evaluating the
+  merged list directly; the first (smallest) maximiser wins."""
+  roots = set()
+  for i, j in P:
+    dz, ds = z[i] - z[j], s[i] - s[j]
+    if (dz > 0 > ds) or (dz < 0 < ds):
+      roots.add(dz / (dz - ds))
+  bounds = [0.0] + sorted(roots) + [1.0]
+  cands = [0.0] + [(a + b) / 2 for a, b in zip(bounds, bounds[1:]) if a < b] + [1.0]
+  best_w, best = None, -1
+  for w in cands:
+    v = {i: z[i] + 0.0 * s[i] if w == 0.0 else (s[i] if w == 1.0 else (1 - w) * z[i] + w * s[i])
+         for i in z}
+    score = sum(_credit(v[i] - v[j]) for i, j in P)
+    if score > best:
+      best_w, best = w, score
+  return best_w
+
+
+def _ref_logistic_weight(z, s, P, tau):
+  """argmax over [0, 1] of the concave sum of log sigmoid(f_ij(w) / tau), by scipy's bounded
+  Brent search; the boundary (and the flat, pair-free case) by the one-sided slopes."""
+  from scipy.optimize import minimize_scalar
+  dz = np.array([z[i] - z[j] for i, j in P], np.float64)
+  ds = np.array([s[i] - s[j] for i, j in P], np.float64)
+  if not P:
+    return 0.0
+  slope = lambda w: float(np.sum((ds - dz) / (1.0 + np.exp((dz + w * (ds - dz)) / tau))))
+  if slope(0.0) <= 0:
+    return 0.0
+  if slope(1.0) >= 0:
+    return 1.0
+  nll = lambda w: float(np.sum(np.logaddexp(0.0, -(dz + w * (ds - dz)) / tau)))
+  return float(minimize_scalar(nll, bounds=(0.0, 1.0), method="bounded",
+                               options={"xatol": 1e-13}).x)
+
+
+def ref_sequential_list(s, y, m, lm=None, merge="pair_accuracy", tau=1.0):
+  M_, n = s.shape
+  idx = [i for i in range(n) if m[i]]
+  paired = [i for i in idx if lm is None or lm[i]]
+  P = [(i, j) for i in paired for j in paired if y[i] > y[j]]
+  pnr = []
+  for k in range(M_):
+    c = sum(s[k, i] > s[k, j] for i, j in P)
+    d = sum(s[k, i] < s[k, j] for i, j in P)
+    t = sum(s[k, i] == s[k, j] for i, j in P)
+    pnr.append((c + t / 2) / max(d + t / 2, 1))
+  order = sorted(range(M_), key=lambda k: (-pnr[k], k))
+  z = {i: float(s[order[0], i]) for i in idx}
+  for k in order[1:]:
+    sk = {i: float(s[k, i]) for i in idx}
+    w = (_ref_accuracy_weight(z, sk, P) if merge == "pair_accuracy"
+         else _ref_logistic_weight(z, sk, P, tau))
+    z = {i: (1 - w) * z[i] + w * sk[i] for i in idx}
+  out = np.zeros(n)
+  for i in idx:
+    out[i] = z[i]
+  return out
+
+
+def ref_sequential(s, y, m, lm=None, **kw):
+  return np.stack([ref_sequential_list(s[:, b], y[b], m[b], None if lm is None else lm[b], **kw)
+                   for b in range(s.shape[1])])
+
+
+def make_tied_case(seed=0, t=4, b=24, n=8):
+  """Random lists with ties of every kind: duplicated items (same logits for every teacher,
+  labels may differ), one teacher's tied pair, two teachers of equal PNR, padding holding
+  garbage, unjudged items, a list without labelled pairs and a single-item list."""
+  rng = np.random.default_rng(seed)
+  y = rng.integers(0, 4, size=(b, n)).astype(np.float64)
+  s = 0.5 * y[None] + rng.normal(0, 1.5, size=(t, b, n))
+  s[:, :, 1] = s[:, :, 0]                 # items 0 and 1: identical for every teacher
+  s[1, :, 3] = s[1, :, 2]                 # teacher 1 ties items 2 and 3
+  s[t - 1] = 2.0 * s[0] + 1.0             # the last teacher orders as teacher 0 (tied PNR)
+  m = rng.random((b, n)) < 0.85
+  m[:, :2] = True
+  m[0] = True
+  m[1, 2:] = False                        # two valid items
+  m[2] = False
+  m[2, 4] = True                          # one valid item
+  y[3] = 1.0                              # no labelled pair
+  lm = rng.random((b, n)) < 0.8
+  s = np.where(m[None], s, 1e3)
+  y = np.where(m, y, 9.0)
+  return s, y, m, lm
+
+
+@pytest.mark.parametrize("use_label_where", [False, True])
+def test_sequential_matches_float64_loop_reference(use_label_where):
+  s, y, m, lm = make_tied_case(11)
+  lm = lm if use_label_where else None
+  want = ref_sequential(s, y, m, lm)
+  with jax.enable_x64(True):
+    got = np.asarray(E.pile(jnp.asarray(s), jnp.asarray(y), where=m, label_where=lm,
+                            variant="sequential"))
+  assert got.dtype == np.float64
+  np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+  # the reference really merges: some lists are neither one teacher nor unchanged
+  assert any(not any(np.allclose(want[b][m[b]], s[k, b][m[b]]) for k in range(s.shape[0]))
+             for b in range(s.shape[1]))
+  got32 = np.asarray(E.pile(s.astype(np.float32), y, where=m, label_where=lm, variant="sequential"))
+  assert got32.dtype == np.float32
+  np.testing.assert_allclose(got32, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("tau", [1.0, 0.3])
+def test_sequential_logistic_merge_matches_float64_reference(tau):
+  s, y, m, lm = make_tied_case(12, b=10)
+  want = ref_sequential(s, y, m, lm, merge="logistic", tau=tau)
+  with jax.enable_x64(True):
+    got = np.asarray(E.pile(jnp.asarray(s), jnp.asarray(y), where=m, label_where=lm,
+                            variant="sequential", merge="logistic", temperature=tau))
+  np.testing.assert_allclose(got, want, rtol=1e-7, atol=1e-7)
+  assert not np.allclose(got, ref_sequential(s, y, m, lm))  # a different rule from the exact one
+
+
+def test_sequential_hand_computed_three_items_two_teachers():
+  # y = (2, 1, 0): pairs (0,1), (0,2), (1,2). Teacher 0 (1, 2, 0) reverses (0,1); teacher 1
+  # (3, 0, 2) reverses (1,2): both PNR 2/1 = 2, so teacher 0 (lower index) starts, z = (1, 2, 0).
+  # Merging teacher 1: f_01(w) = -1 + 4w flips up at w = 1/4, f_02 = 1 always, f_12 = 2 - 4w
+  # flips down at 1/2: accuracy 2/3 on [0, 1/4), 1 on (1/4, 1/2), 2/3 after -> w = 3/8,
+  # z = 5/8 (1, 2, 0) + 3/8 (3, 0, 2) = (1.75, 1.25, 0.75).
+  s = np.array([[[1.0, 2.0, 0.0]], [[3.0, 0.0, 2.0]]])
+  y = np.array([[2.0, 1.0, 0.0]])
+  want = np.array([[1.75, 1.25, 0.75]])
+  np.testing.assert_allclose(E.pile(s, y, variant="sequential"), want, rtol=1e-6)
+  # the logistic merge: slope 4 sigma(1 - 4w) - 4 sigma(4w - 2) = 0 at w = 3/8 (symmetry): same
+  np.testing.assert_allclose(E.pile(s, y, variant="sequential", merge="logistic"), want, rtol=1e-6)
+  # swapped teachers: (3, 0, 2) starts; the roots move to 1/2 and 3/4, w = 5/8: the same merge
+  np.testing.assert_allclose(E.pile(s[::-1], y, variant="sequential"), want, rtol=1e-6)
+  # item 1 unjudged: only (0, 2) is labelled, both teachers order it (PNR 1 each): teacher 0
+  # starts and no w does better than w = 0 -> teacher 0 unchanged
+  np.testing.assert_allclose(E.pile(s, y, label_where=np.array([[True, False, True]]),
+                                    variant="sequential"), [[1.0, 2.0, 0.0]])
+  # the better teacher at index 1 starts: (0, 0, 1) has PNR 0.5/2.5, (1, 2, 0) PNR 2; merging
+  # (0, 0, 1) into (1, 2, 0) scores 2/3 at w = 0 and less for any w > 0 -> (1, 2, 0). (Index
+  # order would give 1/4 (0, 0, 1) + 3/4 (1, 2, 0) = (0.75, 1.5, 0.25) instead.)
+  s2 = np.array([[[0.0, 0.0, 1.0]], [[1.0, 2.0, 0.0]]])
+  np.testing.assert_allclose(E.pile(s2, y, variant="sequential"), [[1.0, 2.0, 0.0]])
+  # ties count 1/2: y = (3, 2, 1, 0); teacher 0 (2, 2, 1, 1) ties (0,1) and (2,3), orders the
+  # other 4 pairs: PNR (4 + 1) / 1 = 5; teacher 1 (3, 2, 0, 1) reverses (2,3) only: PNR 5, so
+  # teacher 0 starts. No pair flips inside (0, 1); for w > 0 (0,1) is ordered and (2,3)
+  # reversed: 5 of 6 pairs, as at w = 0 (4 + 2 halves) -> w = 0 (the smaller change). (Ties
+  # counted wrong would move to w = 1/2.) Swapped, teacher (3, 2, 0, 1) starts and stays.
+  s4 = np.array([[[2.0, 2.0, 1.0, 1.0]], [[3.0, 2.0, 0.0, 1.0]]])
+  y4 = np.array([[3.0, 2.0, 1.0, 0.0]])
+  np.testing.assert_array_equal(E.pile(s4, y4, variant="sequential"), s4[0])
+  np.testing.assert_array_equal(E.pile(s4[::-1], y4, variant="sequential"), s4[1])
+  # a padded fourth item holding NaN changes nothing and gets 0
+  s3 = np.concatenate([s, np.full((2, 1, 1), np.nan)], -1)
+  y3 = np.concatenate([y, [[7.0]]], -1)
+  got = E.pile(s3, y3, where=np.array([[True, True, True, False]]), variant="sequential")
+  np.testing.assert_allclose(got, [[1.75, 1.25, 0.75, 0.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("merge", E.SEQUENTIAL_MERGES)
+def test_sequential_properties(merge):
+  s, y, m, lm = make_tied_case(13)
+  run = lambda t, yy=y, mm=m, **kw: np.asarray(
+      E.pile(t, yy, where=mm, label_where=lm, variant="sequential", merge=merge, **kw))
+  z = run(s)
+  valid = np.broadcast_to(m, s.shape)
+  # one teacher = that teacher
+  np.testing.assert_array_equal(run(s[2:3]), np.where(m, s[2], 0.0).astype(np.float32))
+  # padding never matters: NaN / other labels in padded slots, appended padded items
+  np.testing.assert_array_equal(run(np.where(valid, s, np.nan), np.where(m, y, -3.0)), z)
+  pad = 3
+  s_p = np.concatenate([s, np.full(s.shape[:2] + (pad,), 5.0)], -1)
+  y_p = np.concatenate([y, np.full(y.shape[:1] + (pad,), 4.0)], -1)
+  m_p = np.concatenate([m, np.zeros(m.shape[:1] + (pad,), bool)], -1)
+  lm_p = np.concatenate([lm, np.ones(lm.shape[:1] + (pad,), bool)], -1)
+  z_p = np.asarray(E.pile(s_p, y_p, where=m_p, label_where=lm_p, variant="sequential", merge=merge))
+  np.testing.assert_allclose(z_p[..., :-pad], z, rtol=1e-6, atol=1e-6)
+  assert np.all(z[~m] == 0.0) and np.all(z_p[..., -pad:] == 0.0) and np.all(np.isfinite(z))
+  # each merge is a convex combination: inside every item's teacher range
+  lo, hi = np.where(valid, s, np.inf).min(0), np.where(valid, s, -np.inf).max(0)
+  assert np.all(((z >= lo - 1e-5) & (z <= hi + 1e-5)) | ~m)
+  # the list without labelled pairs (3) keeps the first teacher (every PNR ties, every w = 0)
+  np.testing.assert_allclose(z[3], np.where(m[3], s[0, 3], 0.0), rtol=1e-6)
+  # permuting items permutes the output (no tie among w-candidates depends on item order)
+  perm = np.random.default_rng(1).permutation(s.shape[-1])
+  zp = np.asarray(E.pile(s[..., perm], y[:, perm], where=m[:, perm], label_where=lm[:, perm],
+                         variant="sequential", merge=merge))
+  np.testing.assert_allclose(zp, z[:, perm], rtol=1e-5, atol=1e-5)
+  if merge == "pair_accuracy":
+    # the label pair accuracy never falls below the best teacher's (w = 0 is always a candidate)
+    lw = np.broadcast_to(m & lm, s.shape)
+    acc_t = np.asarray(M.pair_accuracy(s, np.broadcast_to(y, s.shape), where=lw)).max(0)
+    acc_z = np.asarray(M.pair_accuracy(z, y, where=m & lm))
+    assert np.all(acc_z >= acc_t - 1e-6)
+    assert np.any(acc_z > acc_t + 1e-6)
+    # adding a constant per teacher and list changes no weight: the output moves by a constant
+    shift = np.random.default_rng(2).normal(0, 3, size=s.shape[:2])[..., None]
+    d = run(s + shift) - z
+    for b in range(s.shape[1]):
+      if m[b].any():
+        np.testing.assert_allclose(d[b][m[b]], d[b][m[b]][0], atol=1e-4)
+
+
+def test_sequential_batched_leading_axes_jit_vmap_pmap():
+  """[T, 2, 4, n] inputs equal [T, 8, n]; eager = jit = vmap list by list = pmap (4 CPU
+  devices), with label_where, for both merges."""
+  s, y, m, lm = make_tied_case(14, t=3, b=8, n=6)
+  s32 = s.astype(np.float32)
+
+  def f(t, yy, mm, ll):
+    return jnp.stack([E.pile(t, yy, where=mm, label_where=ll, variant="sequential", merge=g)
+                      for g in E.SEQUENTIAL_MERGES])
+
+  eager = np.stack([np.asarray(E.pile(s32, y, where=m, label_where=lm, variant="sequential", merge=g))
+                    for g in E.SEQUENTIAL_MERGES])
+  shaped = f(s32.reshape(3, 2, 4, 6), y.reshape(2, 4, 6), m.reshape(2, 4, 6), lm.reshape(2, 4, 6))
+  np.testing.assert_allclose(np.asarray(shaped).reshape(2, 8, 6), eager, rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(f)(s32, y, m, lm), eager, rtol=1e-5, atol=1e-6)
+  per_list = jax.vmap(f, in_axes=(1, 0, 0, 0), out_axes=1)(s32, y, m, lm)
+  np.testing.assert_allclose(per_list, eager, rtol=1e-5, atol=1e-6)
+  if jax.device_count() < 4:
+    pytest.skip("pmap part needs 4 devices (tests/conftest.py sets XLA_FLAGS)")
+  out = jax.pmap(f, in_axes=(1, 0, 0, 0))(s32.reshape(3, 4, 2, 6), y.reshape(4, 2, 6),
+                                          m.reshape(4, 2, 6), lm.reshape(4, 2, 6))
+  out = np.moveaxis(np.asarray(out), 0, 1).reshape(2, 8, 6)
+  np.testing.assert_allclose(out, eager, rtol=1e-5, atol=1e-6)
+
+
+def test_sequential_huge_finite_logits_match_float64_reference():
+  s = np.array([[[3e38, -3e38, 1.0, 0.0, 2e38]], [[3e38, 2e38, -3e38, 0.0, -1e38]],
+                [[-2e38, 1e37, 5.0, 3e38, 0.0]]], np.float32)
+  y = np.array([[2.0, 1.0, 1.0, 0.0, 3.0]])
+  m = np.ones((1, 5), bool)
+  got = np.asarray(E.pile(s, y, variant="sequential"))
+  assert np.all(np.isfinite(got))
+  np.testing.assert_allclose(got, ref_sequential(s.astype(np.float64), y, m), rtol=1e-5,
+                             atol=1e-6 * 3e38)
+
+
+def test_sequential_is_a_student_target_and_a_report_row():
+  """Selectable as the in-step target through the objective's ensemble options (label_where =
+  the batch's label mask) and the pipeline's ensemble methods; shown by teacher_report."""
+  from helpers.train_tiny import make_batch
+  from pile_jax.pipeline import ensemble_specs
+  from pile_jax.train.objective import Objective, resolve_target
+
+  batch = {k: jnp.asarray(v) for k, v in make_batch(3, 6, ragged=True).items()}
+  for spec in ({"name": "pile", "variant": "sequential"}, {"name": "pile_sequential"}):
+    obj = Objective.from_config({"distill_losses": {"margin_mse": 1.0}, "ensemble": spec})
+    got = np.asarray(jax.jit(lambda b: resolve_target(b, obj))(batch))
+    mask, lmask = np.asarray(batch["mask"]), np.asarray(batch["label_mask"])
+    ts = np.transpose(np.where(mask[:, None], np.asarray(batch["teacher_scores"], np.float64), 0.0), (1, 0, 2))
+    want = ref_sequential(ts, np.where(mask & lmask, np.asarray(batch["labels"], np.float64), 0.0), mask, lmask)
+    np.testing.assert_allclose(np.where(mask, got, 0.0), want, rtol=1e-5, atol=1e-5)
+  assert ensemble_specs({"pile_seq": {"name": "pile", "variant": "sequential"}}) == [
+      ("pile_seq", "pile", {"variant": "sequential"})]
+  s, y, m, _ = make_tied_case(15)
+  rep = E.teacher_report(s, y, where=m, ensembles=ensemble_specs(
+      {"pile": {"name": "pile"}, "pile_seq": {"name": "pile", "variant": "sequential"}}))
+  want = np.asarray(M.pnr(ref_sequential(s, y, m), y, where=m))
+  ev = np.asarray(M.num_labelled_pairs(y, where=m)) > 0
+  assert rep["ensembles"]["pile_seq"]["pnr"] == pytest.approx(want[ev].mean(), rel=1e-5)
+  assert "| pile_seq | ensemble |" in E.format_teacher_report(rep)
+  assert "pile_sequential" in E.teacher_report(s, y, where=m)["ensembles"]  # a default row
+  with pytest.raises(ValueError, match="^merge: "):
+    E.pile(s, y, where=m, variant="sequential", merge="median")
