@@ -56,7 +56,7 @@ def main():
 
         def crash(i):
             reads.append(i)
-            if len(reads) > STOP_AFTER * per_process:
+            if len(reads) > len(examples) + STOP_AFTER * per_process:  # after the loader's length pass
                 raise Crash(f"simulated crash after step {STOP_AFTER}")
 
         try:
@@ -76,9 +76,11 @@ def main():
 
     def sigterm_on_process_0(i):
         reads.append(i)
-        if pid == 0 and len(reads) == 2 * per_process + 1:
+        # the loader reads every group once (its length pass), then builds batches 2 ahead of the
+        # step: building batch index 4 happens during step 3
+        if pid == 0 and len(reads) == len(examples) + 4 * per_process + 1:
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, to one host only
-        if len(reads) > 2 * per_process:
+        if len(reads) > len(examples) + 4 * per_process:
             time.sleep(0.2)  # the notice travels through the coordination service meanwhile
 
     try:
