@@ -28,6 +28,7 @@ def cmd_run(args) -> int:
     from pile_jax.prepare import Log
 
     cfg = _load(args, ["quick"] if args.quick else [])
+    C.validate(cfg, job="run", data=args.data)  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     pio.as_path(out).mkdir(parents=True, exist_ok=True)
     log = Log(str(pio.as_path(out) / "log.txt"))
@@ -82,12 +83,17 @@ def _split_qids(coll, split: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------- ensemble
 def _parse_options(items) -> dict:
+    import yaml
+
     out = {}
     for item in items:
-        k, _, v = item.partition("=")
-        import yaml
-
-        out[k] = yaml.safe_load(v)
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise C.ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise C.ConfigError(f"--option {item!r}: value is not valid YAML ({e})") from None
     return out
 
 
@@ -99,6 +105,8 @@ def cmd_ensemble(args) -> int:
 
     if pio.as_path(args.out).is_dir():
         raise C.ConfigError(f"--out {args.out}: is a folder; the ensemble is written to one score file")
+    opts = _parse_options(args.option)
+    C.check_ensemble(args.method, opts, "--option", source="", name_key="--method")
     names = [os.path.splitext(pio.as_path(p).name)[0] for p in args.teachers]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -116,9 +124,15 @@ def cmd_ensemble(args) -> int:
     if args.standardize == "global":
         groups = standardise(groups, *teacher_stats(groups))
     ts = np.transpose(groups["teacher_scores"], (1, 0, 2))
+    # every candidate is ensembled (unjudged ones too); label-supervised ensembles pair only the
+    # items in label_mask (unjudged under --unjudged ignore take part in no label pair), as the
+    # train step does (train/objective.py)
     where = groups["mask"] & groups["label_mask"]
-    opts = _parse_options(args.option)
-    z = np.asarray(E.ensemble(args.method, ts, groups["labels"], where=where, **opts))
+    extra = {"label_where": groups["label_mask"]} if args.method in E.LABEL_ENSEMBLES else {}
+    try:
+        z = np.asarray(E.ensemble(args.method, ts, groups["labels"], where=groups["mask"], **extra, **opts))
+    except (ValueError, TypeError) as e:
+        raise C.ConfigError(f"--method {args.method} --option {opts}: {e}") from None
     write_teacher_scores(args.out, groups_to_run(groups, z))
     report = E.teacher_report(ts, groups["labels"], where=where, teacher_names=list(teachers),
                               ensembles=[(args.method, args.method, opts)])
@@ -132,6 +146,7 @@ def cmd_train(args) -> int:
     from pile_jax.train_job import train_job
 
     cfg = _load(args)
+    C.validate(cfg, job="train")  # the whole config, before any work
     out = args.out or _default_out(args.config)
     train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
@@ -144,8 +159,12 @@ def cmd_eval(args) -> int:
     from pile_jax.train.evaluate import mean_metrics, run_metrics
 
     coll = load_collection(args.collection)
-    qids = coll.split_qids(args.split)
+    qids = _split_qids(coll, args.split)
     run = {q: dict(v) for q, v in read_run(args.run, collection=coll).items()}
+    if not run:
+        import logging
+
+        logging.getLogger("pile_jax").warning("%s: the run file holds no documents: every metric is 0", args.run)
     if args.model:
         from pile_jax import rankers
         from pile_jax.train.loop import score_candidates
@@ -174,6 +193,7 @@ def cmd_study(args) -> int:
     from pile_jax.study import run_study
 
     cfg = _load(args, ["quick"] if args.quick else [])
+    C.validate(cfg, job="study")  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     run_study(cfg, out=out)
     return 0
