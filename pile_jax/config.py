@@ -4,6 +4,9 @@ A config may start from another (``extends: base.yaml``) and hold preset section
 deep-merged over the base when selected, and any key can be overridden from the command line
 with ``--set a.b.c=value`` (the value is parsed as YAML, so ``3``, ``0.5``, ``true``,
 ``[1, 2]`` work).  Errors name the file and the key.
+
+:func:`validate` checks a whole job config against the one schema below (known keys per section,
+types, ranges, names) before any work; ``pile-jax run``, ``study`` and ``train`` call it first.
 """
 
 from __future__ import annotations
@@ -192,7 +195,15 @@ SECTION_KEYS = {
               "latency"),
     "study.latency": ("enabled", "queries", "candidates", "repeats"),
     "study.student": ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers",
-                      "remat"),  # + the kind's options (build_student)
+                      "remat"),  # + the kind's options (STUDENT_OPTIONS)
+}
+#: per student kind, the options :func:`pile_jax.models.students.build_student` takes
+STUDENT_OPTIONS = {
+    "cross_encoder": (),
+    "bert_dot": ("compress_dim", "pooling", "normalize"),
+    "colbert": ("compress_dim", "query_augment", "mask_token_id"),
+    "prett": ("split_layer",),
+    "tk": ("tk_layers", "embed_dim", "num_heads", "ff_dim", "mu", "sigma", "doc_position_offset", "dropout"),
 }
 SPLITS = ("train", "dev", "test")
 UNJUDGED = ("zero", "ignore")
@@ -545,8 +556,7 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         _check_seeds(c, s, "students")
         if "train" in s:
             check_train_section(s["train"], "students.train", c.source)
-        if s.get("options") is not None and not isinstance(s["options"], Mapping):
-            c.fail("students.options", f"must be a mapping, got {s['options']!r}")
+        c.section(s.get("options"), "students.options", STUDENT_OPTIONS.get(s.get("kind", "cross_encoder"), ()))
         runs = s.get("runs")
         if not isinstance(runs, Mapping) or not runs:
             c.fail("students.runs", "required: a mapping of run name -> objective")
@@ -596,8 +606,8 @@ def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) 
             c.fail(f"{where}.kind", f"unknown student {spec.get('kind')!r}"
                                     f"{did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
                                     f"(known: {', '.join(STUDENT_KINDS)})")
+        c.keys(spec, where, SECTION_KEYS["study.student"] + STUDENT_OPTIONS.get(spec["kind"], ()))
         if spec["kind"] == "cross_encoder":
-            c.keys(spec, where, SECTION_KEYS["study.student"])
             _check_length(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
     for key in ("teacher", "layer_teacher"):
         t = study.get(key)

@@ -54,11 +54,29 @@ def _parse_teacher(item: str) -> dict:
     return {"name": name, "kind": "checkpoint", "path": path, "num_layers": int(layers) if layers else None}
 
 
+def _positive(args, *names) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise C.ConfigError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+
+
+def _check_max_length(model: str, max_length: int) -> None:
+    """``--max-length`` within the model's position embeddings (as ``Reranker.from_pretrained``)."""
+    limit, folder = C.position_limit(model)
+    if max_length > limit:
+        raise C.ConfigError(f"--max-length {max_length}: exceeds the {limit} position embeddings of {folder}")
+
+
 def cmd_score(args) -> int:
     from pile_jax.data import load_collection
     from pile_jax.prepare import first_stage, obtain_teacher
 
+    _positive(args, "depth", "max_length", "batch_size")
     specs = [_parse_teacher(item) for item in args.teacher]
+    for spec in specs:
+        if spec["kind"] != "bm25":
+            _check_max_length(spec.get("path") or spec.get("model"), args.max_length)
     coll = load_collection(args.collection)
     qids = _split_qids(coll, args.split)
     candidates, ranked = first_stage(coll, run_path=args.candidates, depth=args.depth, qids=qids)
@@ -158,6 +176,9 @@ def cmd_eval(args) -> int:
     from pile_jax.data import load_collection, read_run, write_run
     from pile_jax.train.evaluate import mean_metrics, run_metrics
 
+    _positive(args, "depth", "max_length")
+    if args.model:
+        _check_max_length(args.model, args.max_length)
     coll = load_collection(args.collection)
     qids = _split_qids(coll, args.split)
     run = {q: dict(v) for q, v in read_run(args.run, collection=coll).items()}

@@ -163,3 +163,17 @@ def test_non_finite_stop_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(jobs, "cmd_train", diverge)
     assert main(["train", os.path.join(ROOT, "configs", "train_pile.yaml")]) == 2
     _one_line_error(capsys, "training stopped", "non-finite loss", "learning rate")
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    (["score", "--teacher", "b=biencoder:all-MiniLM-L6-v2", "--max-length", "600"], ["--max-length 600", "512 position"]),
+    (["score", "--teacher", "b=bm25", "--depth", "0"], ["--depth 0", ">= 1"]),
+    (["score", "--teacher", "../b=bm25"], ["simple name"]),
+    (["eval", "--run", "r.run", "--model", "all-MiniLM-L6-v2", "--max-length", "513"], ["--max-length 513"]),
+])
+def test_score_and_eval_arguments_checked_up_front(tmp_path, capsys, argv, fragments):
+    coll = _collection(tmp_path / "coll")
+    extra = ["--out", str(tmp_path / "scores")] if argv[0] == "score" else []
+    assert main([argv[0], "--collection", coll, *argv[1:], *extra]) == 2
+    _one_line_error(capsys, *fragments)
+    assert not (tmp_path / "scores").exists()

@@ -144,6 +144,11 @@ def test_shipped_configs_and_presets_validate(name, job):
     ("cranfield_pile.yaml", "run", "train_groups.policy=best", "train_groups.policy", "must be one of"),
     ("study_margin_mse.yaml", "study", "study.students.x={kind: bertdot}", "study.students.x.kind",
      "did you mean 'bert_dot'"),
+    ("study_margin_mse.yaml", "study", "study.students.prett.split_layr=1", "study.students.prett.split_layr",
+     "did you mean 'split_layer'"),
+    ("cranfield_pile.yaml", "run", "students.options={poolin: mean}", "students.options.poolin", "known: )"),
+    ("cranfield_pile.yaml", "run", "students={kind: bert_dot, options: {poolin: mean}, runs: {a: {label_losses: "
+     "{ranknet: 1}}}}", "students.options.poolin", "did you mean 'pooling'"),
     ("study_uniform.yaml", "study", "study.cells=[nope]", "study.cells", "unknown cell"),
     ("study_uniform.yaml", "study", "study.factors.soft.margin_mse={distill_losses: {margin_mce: 1}}",
      "study cell", "did you mean 'margin_mse'"),
