@@ -306,9 +306,10 @@ def train_keys() -> tuple[str, ...]:
 
 def check_train_section(node: Any, path: str, source: str = "config") -> dict:
     """A ``train:`` section (TrainConfig keys, ranges, parallel / schedule names)."""
-    from pile_jax.train.optim import SCHEDULES
-    from pile_jax.train.step import PARALLEL_MODES
+    from pile_jax.train import optim, step
 
+    PARALLEL_MODES = getattr(step, "PARALLEL_MODES", ("pmap", "shard_map", "none"))
+    SCHEDULES = getattr(optim, "SCHEDULES", ("linear", "cosine", "constant"))
     c = _Checker(source)
     node = c.section(node, path, train_keys())
     for key, (low, nullable, integer) in TRAIN_RANGES.items():
@@ -521,7 +522,7 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         if kind == "cross_encoder":
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:
-            c.fail(f"{where}.objective", f"only a cross_encoder teacher (fine-tuned here) takes an objective")
+            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
         if "train" in spec:
             check_train_section(spec["train"], f"{where}.train", c.source)
         if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
