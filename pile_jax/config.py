@@ -429,6 +429,12 @@ def _check_length(c: _Checker, model: Mapping[str, Any], where: str, base_key: s
         c.fail(f"{where}.max_length", f"the default {length} exceeds the {limit} position embeddings of {folder}")
 
 
+def _exists(path: Any) -> bool:
+    from pile_jax import io as pio
+
+    return pio.as_path(str(path)).is_file()
+
+
 def _model_section(c: _Checker, node: Any, where: str) -> dict:
     node = c.section(node, where, SECTION_KEYS["model"])
     c.choice(node, "dtype", where, DTYPES)
@@ -469,6 +475,8 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
     cand = c.section(cfg.get("candidates"), "candidates", SECTION_KEYS["candidates"])
     for k in ("bm25_depth", "depth"):
         c.number(cand, k, "candidates", integer=True, low=1)
+    if cand.get("run") and not _exists(cand["run"]):
+        c.fail("candidates.run", f"{cand['run']}: file not found")
     if not cand and "depth" not in fs:
         c.fail("first_stage.depth", "required (or a candidates section)")
     tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
@@ -515,6 +523,8 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
                                     f"(known: {', '.join(TEACHER_KINDS)})")
         if kind in ("checkpoint", "file") and not spec.get("path"):
             c.fail(f"{where}.path", f"required for kind {kind}")
+        if kind == "file" and not _exists(spec["path"]):
+            c.fail(f"{where}.path", f"{spec['path']}: file not found")
         c.number(spec, "folds", where, integer=True, low=1, nullable=False)
         c.number(spec, "seed", where, integer=True, nullable=False)
         c.number(spec, "num_layers", where, integer=True, low=1)
