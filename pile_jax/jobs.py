@@ -135,6 +135,10 @@ def cmd_ensemble(args) -> int:
     teachers = {n: read_teacher_scores(p, collection=coll) for n, p in zip(names, args.teachers)}
     first = next(iter(teachers.values()))
     cands = {q: sorted(first.get(q, {}), key=lambda d: -first[q][d]) for q in qids if q in first}
+    if not cands:
+        from pile_jax.data import DataError
+
+        raise DataError(args.teachers[0], None, f"no scores for any query of split {args.split!r}")
     n = max(len(c) for c in cands.values())
     groups, stats = build_groups(coll, cands, teachers, group_size=n, qids=list(cands), unjudged=args.unjudged,
                                  require_label_pair=False,

@@ -129,6 +129,7 @@ def test_ensemble_pile_unjudged_ignore_pairs_only_judged_items(tmp_path):
     (["--method", "pile", "--option", "num_iters"], ["--option 'num_iters': expected KEY=VALUE"]),
     (["--method", "weighted_mean", "--option", "weights=[1, 2, 3]"], ["weights"]),
     (["--split", "validation"], ["--split", "no split 'validation'"]),
+    (["--split", "test"], ["a.tsv: no scores for any query of split 'test'"]),  # q2 is in no teacher file
 ])
 def test_ensemble_bad_method_and_options(tmp_path, capsys, args, fragments):
     coll = _collection(tmp_path / "coll")
