@@ -109,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pile-jax {args.command}: error: cannot write {getattr(e, 'filename', None) or ''}: "
               f"{e.strerror or e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:
+        # the train loop's non-finite stop (max_nonfinite_steps): a config problem in practice
+        print(f"pile-jax {args.command}: error: training stopped: " + " ".join(str(e).split()), file=sys.stderr)
+        return 2
     except Preempted as e:
         print(f"pile-jax {args.command}: preempted (SIGTERM), checkpoint saved: {e}; rerun with --resume",
               file=sys.stderr)

@@ -28,6 +28,7 @@ def cmd_run(args) -> int:
     from pile_jax.prepare import Log
 
     cfg = _load(args, ["quick"] if args.quick else [])
+    C.validate(cfg, job="run", data=args.data)  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     pio.as_path(out).mkdir(parents=True, exist_ok=True)
     log = Log(str(pio.as_path(out) / "log.txt"))
@@ -53,11 +54,29 @@ def _parse_teacher(item: str) -> dict:
     return {"name": name, "kind": "checkpoint", "path": path, "num_layers": int(layers) if layers else None}
 
 
+def _positive(args, *names) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise C.ConfigError(f"--{name.replace('_', '-')} {value}: must be >= 1")
+
+
+def _check_max_length(model: str, max_length: int) -> None:
+    """``--max-length`` within the model's position embeddings (as ``Reranker.from_pretrained``)."""
+    limit, folder = C.position_limit(model)
+    if max_length > limit:
+        raise C.ConfigError(f"--max-length {max_length}: exceeds the {limit} position embeddings of {folder}")
+
+
 def cmd_score(args) -> int:
     from pile_jax.data import load_collection
     from pile_jax.prepare import first_stage, obtain_teacher
 
+    _positive(args, "depth", "max_length", "batch_size")
     specs = [_parse_teacher(item) for item in args.teacher]
+    for spec in specs:
+        if spec["kind"] != "bm25":
+            _check_max_length(spec.get("path") or spec.get("model"), args.max_length)
     coll = load_collection(args.collection)
     qids = _split_qids(coll, args.split)
     candidates, ranked = first_stage(coll, run_path=args.candidates, depth=args.depth, qids=qids)
@@ -82,12 +101,17 @@ def _split_qids(coll, split: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------- ensemble
 def _parse_options(items) -> dict:
+    import yaml
+
     out = {}
     for item in items:
-        k, _, v = item.partition("=")
-        import yaml
-
-        out[k] = yaml.safe_load(v)
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise C.ConfigError(f"--option {item!r}: expected KEY=VALUE")
+        try:
+            out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError as e:
+            raise C.ConfigError(f"--option {item!r}: value is not valid YAML ({e})") from None
     return out
 
 
@@ -99,6 +123,8 @@ def cmd_ensemble(args) -> int:
 
     if pio.as_path(args.out).is_dir():
         raise C.ConfigError(f"--out {args.out}: is a folder; the ensemble is written to one score file")
+    opts = _parse_options(args.option)
+    C.check_ensemble(args.method, opts, "--option", source="", name_key="--method")
     names = [os.path.splitext(pio.as_path(p).name)[0] for p in args.teachers]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -109,6 +135,10 @@ def cmd_ensemble(args) -> int:
     teachers = {n: read_teacher_scores(p, collection=coll) for n, p in zip(names, args.teachers)}
     first = next(iter(teachers.values()))
     cands = {q: sorted(first.get(q, {}), key=lambda d: -first[q][d]) for q in qids if q in first}
+    if not cands:
+        from pile_jax.data import DataError
+
+        raise DataError(args.teachers[0], None, f"no scores for any query of split {args.split!r}")
     n = max(len(c) for c in cands.values())
     groups, stats = build_groups(coll, cands, teachers, group_size=n, qids=list(cands), unjudged=args.unjudged,
                                  require_label_pair=False,
@@ -116,9 +146,15 @@ def cmd_ensemble(args) -> int:
     if args.standardize == "global":
         groups = standardise(groups, *teacher_stats(groups))
     ts = np.transpose(groups["teacher_scores"], (1, 0, 2))
+    # every candidate is ensembled (unjudged ones too); label-supervised ensembles pair only the
+    # items in label_mask (unjudged under --unjudged ignore take part in no label pair), as the
+    # train step does (train/objective.py)
     where = groups["mask"] & groups["label_mask"]
-    opts = _parse_options(args.option)
-    z = np.asarray(E.ensemble(args.method, ts, groups["labels"], where=where, **opts))
+    extra = {"label_where": groups["label_mask"]} if args.method in E.LABEL_ENSEMBLES else {}
+    try:
+        z = np.asarray(E.ensemble(args.method, ts, groups["labels"], where=groups["mask"], **extra, **opts))
+    except (ValueError, TypeError) as e:
+        raise C.ConfigError(f"--method {args.method} --option {opts}: {e}") from None
     write_teacher_scores(args.out, groups_to_run(groups, z))
     report = E.teacher_report(ts, groups["labels"], where=where, teacher_names=list(teachers),
                               ensembles=[(args.method, args.method, opts)])
@@ -132,6 +168,7 @@ def cmd_train(args) -> int:
     from pile_jax.train_job import train_job
 
     cfg = _load(args)
+    C.validate(cfg, job="train")  # the whole config, before any work
     out = args.out or _default_out(args.config)
     train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
@@ -143,9 +180,16 @@ def cmd_eval(args) -> int:
     from pile_jax.data import load_collection, read_run, write_run
     from pile_jax.train.evaluate import mean_metrics, run_metrics
 
+    _positive(args, "depth", "max_length")
+    if args.model:
+        _check_max_length(args.model, args.max_length)
     coll = load_collection(args.collection)
-    qids = coll.split_qids(args.split)
+    qids = _split_qids(coll, args.split)
     run = {q: dict(v) for q, v in read_run(args.run, collection=coll).items()}
+    if not run:
+        import logging
+
+        logging.getLogger("pile_jax").warning("%s: the run file holds no documents: every metric is 0", args.run)
     if args.model:
         from pile_jax import rankers
         from pile_jax.train.loop import score_candidates
@@ -174,6 +218,7 @@ def cmd_study(args) -> int:
     from pile_jax.study import run_study
 
     cfg = _load(args, ["quick"] if args.quick else [])
+    C.validate(cfg, job="study")  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     run_study(cfg, out=out)
     return 0

@@ -216,12 +216,9 @@ def _agree(flag: bool) -> bool:
 
 # ---------------------------------------------------------------------------------- teachers
 def check_teacher_name(name: Any, source: str = "config") -> str:
-    """A teacher name is a file name: non-empty, no path separators, not hidden."""
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or name.startswith(".") \
-            or any(c.isspace() for c in name):
-        raise C.ConfigError(f"{source}: teachers: name {name!r} must be a plain file name "
-                            "(no '/', no leading '.', no spaces)")
-    return name
+    """A teacher name is a file name (:func:`pile_jax.config.check_name`): letters, digits,
+    ``_ - .``, not starting with '.', so ``<name>.tsv`` never leaves its folder."""
+    return C.check_name(name, "teachers: name", source)
 
 
 def _model_cfg(defaults: Mapping[str, Any], spec: Mapping[str, Any]) -> dict:

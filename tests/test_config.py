@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pile_jax import config as C
@@ -54,3 +56,175 @@ def test_limited_splits_number_mapping_and_errors():
         C.limited_splits({"data": {"max_queries_per_split": {"valid": 1}}}, coll)
     with pytest.raises(C.ConfigError, match=r"max_queries_per_split\.dev"):
         C.limited_splits({"data": {"max_queries_per_split": {"dev": "many"}}}, coll)
+
+
+# ------------------------------------------------------------------------------ validation
+import os  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHIPPED = [("cranfield_pile.yaml", "run"), ("scifact_pile.yaml", "run"), ("study_margin_mse.yaml", "study"),
+           ("study_uniform.yaml", "study"), ("train_pile.yaml", "train"), ("train_margin_mse.yaml", "train"),
+           ("train_hard_labels.yaml", "train")]
+
+
+def _shipped(name, *overrides, presets=()):
+    return C.load_config(os.path.join(ROOT, "configs", name), presets=presets, overrides=overrides)
+
+
+@pytest.mark.parametrize("name, job", SHIPPED)
+def test_shipped_configs_and_presets_validate(name, job):
+    cfg = _shipped(name)
+    C.validate(cfg, job=job)
+    for preset in ("quick", "large"):
+        if preset in (C._read(os.path.join(ROOT, "configs", name)).get("presets") or {}):
+            C.validate(_shipped(name, presets=[preset]), job=job)
+
+
+@pytest.mark.parametrize("name, job, override, key, fragment", [
+    # typos, with a suggestion
+    ("train_pile.yaml", "train", "studnet={num_layers: 2}", "studnet", "did you mean 'student'"),
+    ("train_pile.yaml", "train", "student.num_layer=2", "student.num_layer", "did you mean 'num_layers'"),
+    ("train_pile.yaml", "train", "train.learning_rat=0.1", "train.learning_rat", "did you mean 'learning_rate'"),
+    ("train_pile.yaml", "train", "students={}", "students", "did you mean 'student'"),
+    ("train_pile.yaml", "train", "data.colection=x", "data.colection", "did you mean 'collection'"),
+    ("train_pile.yaml", "train", "eval.splt=dev", "eval.splt", "did you mean 'split'"),
+    ("train_pile.yaml", "train", "objective.distil_losses={margin_mse: 1}", "objective", "distil_losses"),
+    ("cranfield_pile.yaml", "run", "model.max_lenght=64", "model.max_lenght", "did you mean 'max_length'"),
+    ("cranfield_pile.yaml", "run", "teachers=[{name: b, kind: bm25, sead: 1}]", "teachers[0].sead", "'seed'"),
+    ("cranfield_pile.yaml", "run", "students.seed=[0]", "students.seed", "did you mean 'seeds'"),
+    ("cranfield_pile.yaml", "run", "first_stage.dept=9", "first_stage.dept", "did you mean 'depth'"),
+    ("cranfield_pile.yaml", "run", "students.train.batchsize=2", "students.train.batchsize", "'batch_size'"),
+    ("cranfield_pile.yaml", "run", "teacher_train.stpes=2", "teacher_train.stpes", "did you mean 'steps'"),
+    ("study_uniform.yaml", "study", "study.seed=[0]", "study.seed", "did you mean 'seeds'"),
+    ("study_uniform.yaml", "study", "study.latency.repeat=2", "study.latency.repeat", "'repeats'"),
+    # ranges and names
+    ("train_pile.yaml", "train", "train.batch_size=0", "train.batch_size", ">= 1"),
+    ("train_pile.yaml", "train", "train.batch_size=-4", "train.batch_size", ">= 1"),
+    ("train_pile.yaml", "train", "train.accum_steps=0", "train.accum_steps", ">= 1"),
+    ("train_pile.yaml", "train", "train.accum_steps=3", "train.accum_steps", "does not divide"),
+    ("train_pile.yaml", "train", "train.checkpoint_every=0", "train.checkpoint_every", ">= 1"),
+    ("train_pile.yaml", "train", "train.log_every=-1", "train.log_every", ">= 1"),
+    ("train_pile.yaml", "train", "train.eval_every=0", "train.eval_every", ">= 1"),
+    ("train_pile.yaml", "train", "train.learning_rate=-1e-4", "train.learning_rate", ">= 0"),
+    ("train_pile.yaml", "train", "train.learning_rate=fast", "train.learning_rate", "expected a number"),
+    ("train_pile.yaml", "train", "train.steps=-5", "train.steps", ">= 1"),
+    ("train_pile.yaml", "train", "train.steps=2.5", "train.steps", "integer"),
+    ("train_pile.yaml", "train", "train.epochs=0", "train.epochs", "> 0"),
+    ("train_pile.yaml", "train", "train.keep_checkpoints=0", "train.keep_checkpoints", ">= 1"),
+    ("train_pile.yaml", "train", "train.weight_decay=-0.01", "train.weight_decay", ">= 0"),
+    ("train_pile.yaml", "train", "train.parallel=pmapp", "train.parallel", "did you mean 'pmap'"),
+    ("train_pile.yaml", "train", "train.schedule=cosin", "train.schedule", "did you mean 'cosine'"),
+    ("train_pile.yaml", "train", "train.progress=maybe", "train.progress", "true or false"),
+    ("train_pile.yaml", "train", "student=null", "student", "missing or null"),
+    ("train_pile.yaml", "train", "eval.split=valid", "eval.split", "train, dev, test"),
+    ("train_pile.yaml", "train", "standardize=zscore", "standardize", "global, none"),
+    ("train_pile.yaml", "train", "objective.teacher=bm24", "objective.teacher", "did you mean 'bm25'"),
+    ("train_pile.yaml", "train", "objective.ensemble={name: piel}", "objective", "unknown ensemble 'piel'"),
+    ("train_pile.yaml", "train", "objective.ensemble={name: pile, num_iter: 3}", "objective.ensemble.num_iter",
+     "did you mean 'num_iters'"),
+    ("train_pile.yaml", "train", "objective.ensemble={name: pile, damping: 2}", "objective.ensemble", "damping"),
+    ("train_pile.yaml", "train", "teachers=[{name: ../x, kind: bm25}]", "teachers[0].name", "simple name"),
+    ("train_pile.yaml", "train", "teachers=[{name: /abs/x, kind: bm25}]", "teachers[0].name", "simple name"),
+    ("train_pile.yaml", "train", "teachers=[{name: .hidden, kind: bm25}]", "teachers[0].name", "simple name"),
+    ("train_pile.yaml", "train", "teachers=[{name: a, kind: bm25}, {name: a, kind: bm25}]", "teachers[1].name",
+     "duplicate"),
+    ("train_pile.yaml", "train", "teachers=[{name: a, kind: bm52}]", "teachers[0] (a).kind", "did you mean 'bm25'"),
+    ("train_pile.yaml", "train", "teachers=[{name: a, kind: file}]", "teachers[0] (a).path", "required"),
+    ("train_pile.yaml", "train", "teachers=[{name: a, kind: file, path: /no/such.tsv}]", "teachers[0] (a).path",
+     "file not found"),
+    ("train_pile.yaml", "train", "candidates={run: /no/such.run, depth: 5}", "candidates.run", "file not found"),
+    ("train_pile.yaml", "train", "data.unjudged=skip", "data.unjudged", "zero, ignore"),
+    ("train_pile.yaml", "train", "data.max_queries_per_split={valid: 3}", "data.max_queries_per_split.valid",
+     "unknown split"),
+    ("cranfield_pile.yaml", "run", "students.runs={../x: {label_losses: {pairwise_logistic: 1}}}",
+     "students.runs.../x", "simple name"),
+    ("cranfield_pile.yaml", "run", "students.runs.hard_labels.label_losses={pairwise_logistik: 1}",
+     "students.runs.hard_labels.label_losses", "did you mean 'pairwise_logistic'"),
+    ("cranfield_pile.yaml", "run", "ensembles.methods.pile.num_iters=-1", "ensembles.methods.pile", "num_iters"),
+    ("cranfield_pile.yaml", "run", "ensembles.methods.mean.name=meen", "ensembles.methods.mean.name", "'mean'"),
+    ("cranfield_pile.yaml", "run", "students.kind=bm42", "students.kind", "must be one of"),
+    ("cranfield_pile.yaml", "run", "score_batch_size=0", "score_batch_size", ">= 1"),
+    ("cranfield_pile.yaml", "run", "train_groups.policy=best", "train_groups.policy", "must be one of"),
+    ("study_margin_mse.yaml", "study", "study.students.x={kind: bertdot}", "study.students.x.kind",
+     "did you mean 'bert_dot'"),
+    ("study_margin_mse.yaml", "study", "study.students.prett.split_layr=1", "study.students.prett.split_layr",
+     "did you mean 'split_layer'"),
+    ("cranfield_pile.yaml", "run", "students.options={poolin: mean}", "students.options.poolin", "known: )"),
+    ("cranfield_pile.yaml", "run", "students={kind: bert_dot, options: {poolin: mean}, runs: {a: {label_losses: "
+     "{ranknet: 1}}}}", "students.options.poolin", "did you mean 'pooling'"),
+    ("study_uniform.yaml", "study", "study.cells=[nope]", "study.cells", "unknown cell"),
+    ("study_uniform.yaml", "study", "study.factors.soft.margin_mse={distill_losses: {margin_mce: 1}}",
+     "study cell", "did you mean 'margin_mse'"),
+    ("study_uniform.yaml", "study", "eval.split=validation", "eval.split", "train, dev, test"),
+])
+def test_validate_names_the_key(name, job, override, key, fragment):
+    cfg = _shipped(name, override)
+    with pytest.raises(C.ConfigError) as info:
+        C.validate(cfg, job=job)
+    msg = str(info.value)
+    assert msg.startswith(cfg["_source"] + ": "), msg
+    assert f": {key}" in msg and fragment in msg, msg
+    assert "\n" not in msg
+
+
+def test_max_length_above_the_position_embeddings_is_a_config_error():
+    """all-MiniLM-L6-v2 has 512 position embeddings (its config.json, read here independently):
+    a longer max_length is refused before any work, naming the key, in every job (issue 14 item 3)."""
+    import json
+
+    from pile_jax.models import resolve_model_path
+
+    limit = json.loads((resolve_model_path("all-MiniLM-L6-v2") / "config.json").read_text())["max_position_embeddings"]
+    assert limit == 512
+    C.validate(_shipped("train_pile.yaml", f"student.max_length={limit}"), job="train")
+    for name, job, override, key in [
+        ("train_pile.yaml", "train", f"student.max_length={limit + 1}", "student.max_length"),
+        ("cranfield_pile.yaml", "run", "model.max_length=1024", "model.max_length"),
+        ("cranfield_pile.yaml", "run", "teachers=[{name: b, kind: biencoder_cosine, model: {max_length: 600}}]",
+         "teachers[0] (b).model.max_length"),
+        ("study_uniform.yaml", "study", "study.students.ce2={kind: cross_encoder, max_length: 513}",
+         "study.students.ce2.max_length"),
+    ]:
+        with pytest.raises(C.ConfigError, match=rf": {re.escape(key)}: .*exceeds the {limit} position"):
+            C.validate(_shipped(name, override), job=job)
+    # the model is read up front: a missing one is a config error naming the key
+    with pytest.raises(C.ConfigError, match="student.base"):
+        C.validate(_shipped("train_pile.yaml", "student.base=/no/such/model"), job="train")
+
+
+def test_position_limit_subtracts_the_roberta_offset(tmp_path):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({
+        "model_type": "roberta", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
+        "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 514, "pad_token_id": 1}))
+    assert C.position_limit(str(tmp_path))[0] == 512  # 514 - (pad 1 + 1)
+    cfg = _shipped("train_pile.yaml", f"student.base={tmp_path}", "student.max_length=513")
+    with pytest.raises(C.ConfigError, match="student.max_length: 513 exceeds the 512"):
+        C.validate(cfg, job="train")
+
+
+@pytest.mark.parametrize("item", ["=3", "key", " =1", "a..b=1", ".a=1"])
+def test_malformed_overrides_are_rejected(item):
+    with pytest.raises(C.ConfigError, match="override"):
+        C.apply_override({}, item)
+
+
+def test_limited_splits_missing_or_empty_split_names_splits_json():
+    from pile_jax.data.errors import DataError
+
+    class Coll:
+        path = "/data/coll"
+
+        def __init__(self, splits):
+            self.splits = splits
+
+        def split_qids(self, s):
+            if s not in self.splits:
+                raise ValueError(f"no split {s!r}")
+            return self.splits[s]
+
+    with pytest.raises(DataError, match=r"^/data/coll/splits.json: no 'dev' split"):
+        C.limited_splits({}, Coll({"train": ["a"], "test": ["b"]}))
+    with pytest.raises(DataError, match=r"^/data/coll/splits.json: split 'test' is empty"):
+        C.limited_splits({}, Coll({"train": ["a"], "dev": ["c"], "test": []}))

@@ -90,6 +90,36 @@ def test_malformed_folder(tmp_path, kind, body, file, line, fragment):
     assert fragment in msg, msg
 
 
+def test_empty_files_and_all_empty_texts_name_the_file(tmp_path):
+    """An empty docs.jsonl is reported as such (not as an unknown doc id in qrels.tsv); documents or
+    queries whose texts are all empty leave nothing to rank."""
+    for kind, body, file, fragment in [
+        ("docs", "", "docs.jsonl", "no records"),
+        ("docs", "\n\n", "docs.jsonl", "no records"),
+        ("queries", "", "queries.jsonl", "no records"),
+        ("docs", '{"doc_id": "d1", "text": ""}\n{"doc_id": "d2", "title": " ", "text": ""}\n'
+                 '{"doc_id": "d3", "text": null}\n', "docs.jsonl", "every title/text is empty"),
+        ("queries", '{"query_id": "q1", "text": " "}\n{"query_id": "q2", "text": ""}\n', "queries.jsonl",
+         "every text is empty"),
+    ]:
+        (tmp_path / kind / str(len(body))).mkdir(parents=True)
+        folder = _folder(tmp_path / kind / str(len(body)), **{kind: body})
+        with pytest.raises(DataError) as info:
+            load_collection(folder)
+        assert str(info.value).startswith(f"{folder / file}: "), str(info.value)
+        assert fragment in str(info.value)
+    # one empty document among others is fine
+    (tmp_path / "ok").mkdir()
+    folder = _folder(tmp_path / "ok", docs='{"doc_id": "d1", "text": ""}\n{"doc_id": "d2", "text": "two"}\n'
+                                          '{"doc_id": "d3", "text": "three"}\n')
+    assert load_collection(folder).docs["d1"] == ""
+
+
+def test_negative_grades_load_as_zero(tmp_path):
+    folder = _folder(tmp_path, qrels="q1 0 d1 -2\nq1 0 d2 1\nq2 0 d3 -1\n")
+    assert load_collection(folder).qrels == {"q1": {"d1": 0, "d2": 1}, "q2": {"d3": 0}}
+
+
 def test_split_overlap_and_missing(tmp_path):
     folder = _folder(tmp_path, splits='{"train": ["q1"], "test": ["q1", "q2"]}')
     with pytest.raises(DataError, match="in split 'train' and again in 'test'"):

@@ -56,6 +56,15 @@ def test_groups_unjudged_zero():
     )
 
 
+def test_negative_grades_are_non_relevant_labels():
+    """Qrels built in code with TREC's -1/-2: labels 0 (as evaluation scores them), so a -2 item
+    never forms a pair with a grade-0 item, and a list of -2 and 0 has no label pair."""
+    qrels = {"q1": {"a": -2, "b": 1, "c": 0}, "q2": {"x": -1, "y": 0}}
+    g, stats = build_groups(qrels, {"q1": ["a", "b", "c"], "q2": ["x", "y"]}, {}, group_size=3)
+    assert g["query_id"] == ["q1"] and stats["skipped_no_label_pair"] == 1
+    np.testing.assert_array_equal(g["labels"], [[0, 1, 0]])
+
+
 def test_groups_unjudged_ignore():
     g, stats = build_groups(QRELS, CANDS, TEACHERS, group_size=4, qids=QIDS, unjudged="ignore")
     # q6: only "s" is judged -> no label pair -> skipped

@@ -51,12 +51,31 @@ def test_read_qrels_ok_and_blank_lines(tmp_path):
         ("q1 0 d1 2\nq1 0 d2 1 extra\n", 2, "expected 4 columns"),
         ("q1 0 d1 2.5\n", 1, "not an integer"),
         ("q1 0 d1 x\n", 1, "not an integer"),
-        ("q1 0 d1 -1\n", 1, "negative"),
         ("q1 0 d1 1\nq1 0 d2 1\nq1 0 d1 2\n", 3, "duplicate judgment"),
     ],
 )
 def test_read_qrels_malformed(tmp_path, body, line, fragment):
     _raises_at(read_qrels, _write(tmp_path, "q.tsv", body), line, fragment)
+
+
+def test_read_qrels_negative_grades_are_zero_as_in_trec_eval(tmp_path):
+    """TREC's -1/-2 (junk, spam) are read as grade 0 (one rule, issue 14 item 8); ``negative=``
+    "error" / "keep" for the strict reading. pytrec_eval scores the raw negative qrels exactly as
+    our metrics score the clamped ones."""
+    pytrec_eval = pytest.importorskip("pytrec_eval")
+    from pile_jax.train.evaluate import run_metrics
+
+    p = _write(tmp_path, "q.tsv", "q1 0 d1 -2\nq1 0 d2 0\nq1 0 d3 2\nq2 0 d1 -1\nq2 0 d2 1\n")
+    assert read_qrels(p) == {"q1": {"d1": 0, "d2": 0, "d3": 2}, "q2": {"d1": 0, "d2": 1}}
+    assert read_qrels(p, negative="keep")["q1"]["d1"] == -2
+    _raises_at(read_qrels, p, 1, "grade -2 is negative", negative="error")
+    run = {"q1": {"d1": 3.0, "d2": 2.0, "d3": 1.0}, "q2": {"d1": 2.0, "d2": 1.0}}
+    raw = {"q1": {"d1": -2, "d2": 0, "d3": 2}, "q2": {"d1": -1, "d2": 1}}
+    ref = pytrec_eval.RelevanceEvaluator(raw, {"ndcg_cut_10", "recip_rank", "map"}).evaluate(run)
+    ours = run_metrics(run, read_qrels(p), qids=["q1", "q2"])
+    for q in ref:
+        for m in ("ndcg_cut_10", "recip_rank", "map"):
+            assert ours[q][m] == pytest.approx(ref[q][m], abs=1e-6), (q, m)
 
 
 def test_read_qrels_unknown_ids_error_and_skip(tmp_path):
@@ -96,6 +115,8 @@ def test_read_run_sorts_by_score_then_docid(tmp_path):
         ("q1 Q0 d2 2 nan t\n", "not finite"),
         ("q1 Q0 d2 2 -inf t\n", "not finite"),
         ("q1 Q0 d2 x 0.5 t\n", "rank 'x' is not an integer"),
+        ("q1 Q0 d2 2 1_000 t\n", "not a plain decimal number"),
+        ("q1 Q0 d2 1_0 0.5 t\n", "rank '1_0' is not an integer"),
         ("q1 Q0 d1 2 0.5 t\n", "listed twice"),
     ],
 )
@@ -152,6 +173,8 @@ def test_teacher_scores_round_trip_and_mixed_separators(tmp_path):
         ("q1 d2\n", "expected 3 columns"),
         ("q1 d2 0.1 0.2\n", "expected 3 columns"),
         ("q1 d2 1,5\n", "is not a number"),
+        ("q1 d2 1_000\n", "not a plain decimal number"),  # Python's float() reads it; trec_eval does not
+        ("q1 d2 ١\n", "not a plain decimal number"),  # an Arabic-Indic digit, float() reads it too
         ("q1 d2 NaN\n", "not finite"),
         ("q1 d2 inf\n", "not finite"),
         ("q1\td1\t3\n", "duplicate score"),

@@ -4,7 +4,7 @@ Layout of a collection folder::
 
     docs.jsonl     {"doc_id": "12", "title": "...", "text": "..."}   (title optional)
     queries.jsonl  {"query_id": "1", "text": "..."}
-    qrels.tsv      qid 0 docid grade                                  (grade: integer >= 0)
+    qrels.tsv      qid 0 docid grade                                  (grade: integer; < 0 read as 0)
     splits.json    {"train": [qid, ...], "dev": [...], "test": [...]} (optional)
 
 ``load_collection("cranfield")`` / ``load_collection("scifact")`` read the copies shipped in
@@ -116,6 +116,10 @@ def _read_jsonl(path: epath.Path, id_field: str, text_fields: tuple[str, ...], o
             first[key] = lineno
             parts = [_text(record, path, lineno, f, required=f not in optional) for f in text_fields]
             out[key] = " ".join(parts).strip()
+    if not out:
+        raise DataError(path, None, "no records (the file is empty)")
+    if not any(out.values()):
+        raise DataError(path, None, f"every {'/'.join(text_fields)} is empty ({len(out)} records): nothing to rank")
     return out
 
 
@@ -178,7 +182,8 @@ def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels
 
     ``qrels_file`` picks another judgments file in the folder (e.g. ``"qrels_graded.tsv"``).
     Raises :class:`DataError` (``"path:line: message"``) for malformed JSON lines, missing fields,
-    duplicate ids, malformed qrels (column count, non-integer or negative grade, duplicates),
+    duplicate ids, an empty docs/queries file or one whose texts are all empty, malformed qrels
+    (column count, non-integer grade, duplicates; negative grades are read as 0),
     qrels naming unknown queries/docs, and splits naming unknown or repeated queries.
     """
     name, folder = _resolve(name_or_path)

@@ -5,7 +5,7 @@ A *groups* dict (what :func:`build_groups` returns, G groups of size n, T teache
 
     query_id        list[str]           [G]
     doc_ids         np.str_  [G, n]     "" for padding
-    labels          float32  [G, n]     grade from qrels; unjudged -> 0; padding 0
+    labels          float32  [G, n]     grade from qrels (negative -> 0); unjudged -> 0; padding 0
     label_mask      bool     [G, n]     item takes part in label terms (False for padding,
                                         and for unjudged items when unjudged="ignore")
     mask            bool     [G, n]     real (non-padding) item
@@ -177,7 +177,7 @@ def build_groups(
         mask[: len(chosen)] = True
         for i, d in enumerate(chosen):
             if d in judged:
-                labels[i] = judged[d]
+                labels[i] = max(judged[d], 0)  # negative grades (TREC -1/-2) are non-relevant: 0
                 lmask[i] = True
             else:
                 lmask[i] = unjudged == "zero"

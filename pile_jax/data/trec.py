@@ -47,7 +47,10 @@ __all__ = [
 ]
 
 PathLike = str | os.PathLike
-_INT_RE = re.compile(r"^[+-]?\d+$")
+_INT_RE = re.compile(r"^[+-]?[0-9]+$")
+# A decimal number as trec_eval's C parser reads it: no '_' digit separators, no hex, no spaces.
+_FLOAT_RE = re.compile(r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$")
+NEGATIVE_GRADES = ("clamp", "error", "keep")
 
 
 def _lines(path: PathLike, sep: str | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -76,13 +79,16 @@ def _ncols(path: PathLike, lineno: int, fields: list[str], expected: int, what: 
 
 
 def _score(path: PathLike, lineno: int, text: str, column: str) -> float:
-    """Parse a finite float or raise DataError."""
+    """Parse a finite decimal float (``1.5``, ``-2e3``; not ``1_000``, ``0x1p3``, ``nan``, ``inf``)
+    or raise DataError."""
     try:
         value = float(text)
     except ValueError:
         raise DataError(path, lineno, f"{column} {text!r} is not a number") from None
     if not math.isfinite(value):
         raise DataError(path, lineno, f"{column} {text!r} is not finite (NaN/Inf not allowed)")
+    if not _FLOAT_RE.match(text):
+        raise DataError(path, lineno, f"{column} {text!r} is not a plain decimal number")
     return value
 
 
@@ -135,14 +141,19 @@ def read_qrels(
     *,
     collection=None,
     on_unknown: str = "error",
-    allow_negative: bool = False,
+    negative: str = "clamp",
     return_skipped: bool = False,
 ) -> dict[str, dict[str, int]]:
     """Read TREC qrels ``qid iteration docid grade`` (whitespace separated).
 
-    Returns ``{qid: {docid: grade}}`` in file order. Grades must be integers, and >= 0 unless
-    ``allow_negative``. A repeated (qid, docid) pair is an error.
+    Returns ``{qid: {docid: grade}}`` in file order. Grades must be integers. Negative grades
+    (TREC's -1 / -2 for junk or spam) are non-relevant: ``negative="clamp"`` (the default, the
+    one rule of pile_jax) stores them as 0, so training labels, label pairs and evaluation all
+    see grade 0; ``"error"`` rejects them; ``"keep"`` returns them as they are. A repeated
+    (qid, docid) pair is an error.
     """
+    if negative not in NEGATIVE_GRADES:
+        raise ValueError(f"negative must be one of {NEGATIVE_GRADES}, got {negative!r}")
     check = _IdCheck(path, collection, on_unknown)
     qrels: dict[str, dict[str, int]] = {}
     first_line: dict[tuple[str, str], int] = {}
@@ -150,8 +161,10 @@ def read_qrels(
         _ncols(path, lineno, fields, 4, "qid iteration docid grade")
         qid, _, docid, grade_text = fields
         grade = _integer(path, lineno, grade_text, "grade")
-        if grade < 0 and not allow_negative:
+        if grade < 0 and negative == "error":
             raise DataError(path, lineno, f"grade {grade} is negative")
+        if grade < 0 and negative == "clamp":
+            grade = 0
         if (qid, docid) in first_line:
             raise DataError(
                 path, lineno,

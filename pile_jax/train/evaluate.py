@@ -25,6 +25,7 @@ ranking, which is exactly trec_eval's definition.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, Mapping
 
 import numpy as np
@@ -74,11 +75,21 @@ def run_metrics(
 
     Queries are those of ``qids`` (default: every query of ``qrels`` that has a relevant
     document).  A query with no retrieved documents scores 0 everywhere, as in trec_eval with
-    ``-c``.
+    ``-c``. A run with no document for any query, or queries without any relevant judgment, log
+    a warning (every metric is then 0).
     """
     qids = list(qids) if qids is not None else [q for q in qrels if any(g > 0 for g in qrels[q].values())]
     if not qids:
         return {}
+    # all-zero metrics that are not a result: say so (they would look like a very bad system)
+    if not any(g > 0 for q in qids for g in qrels.get(q, {}).values()):
+        logging.getLogger(__name__).warning(
+            "run_metrics: none of the %d evaluated queries has a relevant judgment: every metric is 0 "
+            "(wrong split or qrels file?)", len(qids))
+    if not any(run.get(q) for q in qids):
+        logging.getLogger(__name__).warning(
+            "run_metrics: the run has no documents for any of the %d evaluated queries: every metric is 0 "
+            "(empty run file, or other query ids?)", len(qids))
     ranked = {q: rank_run(run.get(q, {})) for q in qids}
     # Fillers reach at least rank 10, so unretrieved judged documents never enter DCG@10.
     depth = max(10, max(len(r) for r in ranked.values()))
