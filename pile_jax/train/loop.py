@@ -199,9 +199,11 @@ def train(
         raise ValueError(
             f"train.batch_size={cfg.batch_size} must be divisible by processes ({pc}) x local "
             f"devices ({placement.devices_per_process}) x accum_steps ({cfg.accum_steps})")
+    # every text tokenised once; with a workdir the token ids are kept in workdir/tokens/ (process 0
+    # writes them) and a resumed run reads them back instead of tokenising again
+    collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None)
     loader = make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
-                               process_count=pc, collate=make_collate(ranker, queries, docs),
-                               drop_remainder=len(source) >= cfg.batch_size)
+                               process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * loader.steps_per_epoch)))
     warmup = int(cfg.warmup_steps * total) if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
     schedule = learning_rate_schedule(learning_rate=cfg.learning_rate, warmup_steps=warmup,
