@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, Callable, Mapping
 
@@ -25,14 +26,17 @@ import numpy as np
 from pile_jax import config as C
 from pile_jax import io as pio
 from pile_jax.data import build_groups, write_run
-from pile_jax.prepare import (Log, prepare, ranking_groups_source, standardise, standardize_setting, teacher_stats,
+from pile_jax.logs import log_to_file
+from pile_jax.prepare import (prepare, ranking_groups_source, standardise, standardize_setting, teacher_stats,
                               train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr")
 
 
-__all__ = ["run", "groups_to_run", "ensemble_specs", "Log", "teacher_stats", "standardise", "METRIC_NAMES"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["run", "groups_to_run", "ensemble_specs", "teacher_stats", "standardise", "METRIC_NAMES"]
 
 
 def _subset(run: Mapping[str, Mapping[str, float]], qids) -> dict:
@@ -71,8 +75,18 @@ def _student_kind(cfg: Mapping[str, Any]) -> str:
     return kind
 
 
-def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Runs the whole job; returns the ``results.json`` content."""
+def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None,
+        export: bool = True) -> dict:
+    """Runs the whole job; returns the ``results.json`` content.
+
+    Progress goes to the ``pile_jax`` logger (or to ``log``, a ``str -> None`` callable) and to
+    ``<out>/log.txt``; ``export``: each student system's best seed (by the dev metric) is exported
+    to ``<out>/models/<system>/`` (:func:`pile_jax.models.export.export_student`)."""
+    with log_to_file(pio.as_path(out) / "log.txt"):
+        return _run(cfg, out=out, data=data, log=log or _log.info, export=export)
+
+
+def _run(cfg, *, out, data, log, export):
     from pile_jax import ensemble as E
     from pile_jax import rankers
     from pile_jax.train.loop import score_candidates, train
@@ -81,7 +95,6 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     t_start = time.perf_counter()
     out_path = pio.as_path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    log = log or Log(str(out_path / "log.txt"))
     timings: dict[str, float] = {}
 
     def phase(name, t0):
@@ -242,6 +255,5 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
         write_report(results, curves, out)
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
-    getattr(log, "flush", lambda: None)()
     return results
 

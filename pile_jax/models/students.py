@@ -36,7 +36,6 @@ see :func:`make_featurizer`).
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -579,14 +578,9 @@ def _load(pretrained_path_or_config, num_layers, seed, *, quiet_head=False):
     from .hub import resolve_model_path
 
     folder = resolve_model_path(pretrained_path_or_config)
-    log = logging.getLogger(load_pretrained.__module__)
-    level = log.level
-    if quiet_head:  # the "no score head, initialised" warning does not apply to two-tower students
-        log.setLevel(logging.ERROR)
-    try:
-        cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed)
-    finally:
-        log.setLevel(level)
+    # A student is built to be trained: a checkpoint without a score head (a bi-encoder) gets a
+    # new one, an expected step logged at INFO (the two-tower kinds keep only the encoder).
+    cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed, new_head=True)
     return cfg, params, folder
 
 
