@@ -8,7 +8,8 @@ setup; records propagate to the root logger as usual). The ``pile-jax`` command 
 * level: ``--log-level`` (default ``INFO``); ``-q/--quiet`` is ``WARNING``; processes other
   than 0 of a multi-host run log at ``WARNING`` (their INFO lines would repeat process 0's);
 * format: ``HH:MM:SS message``, with the level name only from ``WARNING`` up
-  (``HH:MM:SS WARNING message``), on stderr (stdout carries the command's result only);
+  (``HH:MM:SS WARNING message``), on stderr (stdout carries the command's result only); other
+  libraries' records reach stderr from ``WARNING`` up only, in the same format;
 * the jobs (``run``, ``study``, ``train``) also write their transcript to ``<out>/log.txt``
   (:func:`log_to_file`; a URL ``--out`` is rewritten whole every few seconds and at the end,
   since object stores cannot append).
@@ -52,6 +53,8 @@ class Formatter(logging.Formatter):
         if record.exc_info:
             msg = msg + "\n" + self.formatException(record.exc_info)
         when = self.formatTime(record, self.datefmt)
+        if not record.name.startswith(LOGGER_NAME) and record.name != "root":
+            msg = f"[{record.name}] {msg}"  # another library's record
         if record.levelno >= logging.WARNING:
             return f"{when} {record.levelname} {msg}"
         return f"{when} {msg}"
@@ -127,6 +130,18 @@ def setup_logging(level: str | int = "INFO", *, quiet: bool = False, process_ind
     logger.addHandler(handler)
     logger.setLevel(lvl)
     logger.propagate = False
+    # Other libraries' records (absl, orbax, bm25s, transformers via propagation) reach the root
+    # logger: one handler there at WARNING, in the same format. It also keeps absl from calling
+    # logging.basicConfig() (which would print bm25s' DEBUG lines: bm25s sets its logger to DEBUG).
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, _HANDLER_MARK, False) == "root":
+            root.removeHandler(h)
+    root_handler = _TqdmStreamHandler(stream if stream is not None else sys.stderr)
+    root_handler.setFormatter(Formatter())
+    root_handler.setLevel(logging.WARNING)
+    setattr(root_handler, _HANDLER_MARK, "root")
+    root.addHandler(root_handler)
     _state["progress"] = lvl <= logging.INFO and pid == 0
     return logger
 

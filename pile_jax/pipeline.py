@@ -32,6 +32,7 @@ from pile_jax.prepare import (prepare, ranking_groups_source, standardise, stand
 from pile_jax.train.evaluate import mean_metrics, run_metrics
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
 
 
 _log = logging.getLogger(__name__)
@@ -186,6 +187,7 @@ def _run(cfg, *, out, data, log, export):
     log(f"best single teacher on dev (ndcg_cut_10): {best_teacher} "
         f"({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
     curves: dict[str, list] = {}
+    best_students: dict[str, tuple] = {}
     model_cfg = dict(cfg.get("model", {}))
     # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
     # students.options (e.g. bert_dot {pooling: mean}); two-tower kinds read model.max_doc_length.
@@ -223,10 +225,44 @@ def _run(cfg, *, out, data, log, export):
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
             run_ = score_candidates(ranker, result.params, {q: candidates[q] for q in eval_qids},
-                                    coll.queries, coll.docs, batch_size=bs)
+                                    coll.queries, coll.docs, batch_size=bs, progress=f"{eval_split} {run_name}")
             add_run(f"student_{run_name}", seed, run_)
             log(f"student {run_name} seed {seed}: {time.perf_counter() - t1:.1f}s (best dev step {result.best_step})")
+            if export:
+                sel = str(tcfg.get("select_metric", DEV_METRIC))
+                dev = result.best_metric
+                if dev is None:  # trained without dev selection: score dev once to pick the seed
+                    dev = dev_eval(result.params)[sel]
+                work = out_path / "students" / f"{run_name}__seed{seed}"
+                student_meta = {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                "num_layers": int(scfg.get("num_layers", 2)),
+                                "max_length": int(model_cfg.get("max_length", 128)),
+                                "max_query_length": int(model_cfg.get("max_query_length", 32)),
+                                "max_doc_length": student_extra.get("max_doc_length",
+                                                                    int(model_cfg.get("max_length", 128))),
+                                "dtype": model_cfg.get("dtype", "float32"),
+                                "options": {k: v for k, v in student_extra.items() if k != "max_doc_length"}}
+                card = {"name": f"student_{run_name} (seed {seed})", "teachers": teacher_names, "objective": obj,
+                        "data": f"{coll.name} train queries ({len(groups['train']['query_id'])} ranking groups)",
+                        "metrics": runs[f"student_{run_name}__seed{seed}.trec"], "metrics_split": eval_split,
+                        "dev_" + sel: float(dev)}
+                if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
+                    pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "card": card})
+                if best_students.get(run_name) is None or float(dev) > best_students[run_name][0]:
+                    best_students[run_name] = (float(dev), seed, ranker, result.params, card, sel)
     phase("students", t0)
+
+    # ---- export: each student system's best seed (dev metric) -> <out>/models/<system>/
+    exported = {}
+    if export and pio.is_primary():
+        from pile_jax.rankers import export_ranker
+
+        for run_name, (dev, seed, ranker, params, card, sel) in best_students.items():
+            path = out_path / "models" / f"student_{run_name}"
+            export_ranker(ranker, params, str(path), card=card)
+            exported[f"student_{run_name}"] = {"path": str(path), "seed": seed, "dev_" + sel: dev}
+            log(f"student_{run_name}: exported seed {seed} (dev {sel} {dev:.4f}) -> {path}")
+    pio.barrier("pipeline_export")
 
     # ---- report
     summary = {}
@@ -247,6 +283,7 @@ def _run(cfg, *, out, data, log, export):
         "best_teacher": best_teacher,
         "seeds": seeds,
         "timings_s": timings,
+        "exported_models": exported,
         "teacher_report": {k: jsonable(v) for k, v in report_sections.items()},
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }

@@ -141,9 +141,9 @@ def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 1
         lengths = [len(x) for x in hf_tok(texts, truncation=True, max_length=max_length)["input_ids"]]
         chunks = bucketed_batches(lengths, batch_size)
         if progress:
-            from tqdm.auto import tqdm
+            from pile_jax.logs import progress as progress_bar
 
-            chunks = tqdm(chunks, desc=progress, unit="batch", leave=False)
+            chunks = progress_bar(chunks, desc=progress, unit="batch")
         for idx in chunks:
             rows = [texts[i] for i in idx] + [""] * (batch_size - len(idx))   # one compiled row count
             ids, mask = tok(rows)

@@ -201,9 +201,9 @@ def score_pairs(
     chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
     it = chunks
     if progress:
-        from tqdm.auto import tqdm
+        from pile_jax.logs import progress as progress_bar
 
-        it = tqdm(chunks, desc=progress, unit="batch", leave=False)
+        it = progress_bar(chunks, desc=progress, unit="batch")
     for idx in it:
         qs = [pairs[i][0] for i in idx]
         ds = [[pairs[i][1]] for i in idx]
@@ -357,9 +357,9 @@ def train(
     writer = _summary_writer(workdir)
     pbar = None
     if cfg.progress:
-        from tqdm.auto import tqdm
+        from pile_jax.logs import progress as progress_bar
 
-        pbar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
+        pbar = progress_bar(total=total, initial=start, desc="train", unit="step")
     nonfinite = 0
     t0, pairs_seen = time.perf_counter(), 0
     try:
