@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     silence_transformers_banner()  # before anything imports transformers
     args = build_parser().parse_args(argv)
-    setup_logging(args.log_level, quiet=args.quiet)
+    setup_logging(args.log_level, quiet=args.quiet).debug("pile-jax %s: arguments %s", args.command, vars(args))
     _enable_compilation_cache()
     from pile_jax import jobs
     from pile_jax.config import ConfigError
