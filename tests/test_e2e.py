@@ -115,6 +115,17 @@ def test_pipeline_two_tower_student_kind(tmp_path):
     for row in rows:
         qid, _, doc, _, score, _ = row.split()
         assert abs(float(score) - teacher[qid][doc]) < 2e-5, (qid, doc)
+    # the exported best seed is a SentenceTransformer whose dot product is that score
+    from sentence_transformers import SentenceTransformer
+
+    from pile_jax.data import load_collection
+
+    coll = load_collection("cranfield")
+    st = SentenceTransformer(str(out / "models" / "student_hard_labels"), device="cpu")
+    assert st.max_seq_length == 64
+    qid, _, doc, _, score, _ = rows[0].split()
+    q, d = st.encode([coll.queries[qid], coll.docs[doc]], convert_to_numpy=True)
+    assert abs(float(q @ d) - float(score)) < 2e-5
     cfg["students"]["kind"] = "bm42"
     with pytest.raises(C.ConfigError, match="students.kind"):
         pipeline.run(cfg, out=str(tmp_path / "bad"), log=lambda s: None)
