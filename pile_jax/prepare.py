@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 import time
 from typing import Any, Callable, Mapping, Sequence
 

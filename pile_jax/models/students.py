@@ -567,7 +567,7 @@ def make_score_fn(module: nn.Module, kind: str) -> Callable:
 
 
 # ============================================================================ factory
-def _load(pretrained_path_or_config, num_layers, seed, *, quiet_head=False):
+def _load(pretrained_path_or_config, num_layers, seed):
     """(config, encoder params or None, folder or None)."""
     if isinstance(pretrained_path_or_config, EncoderConfig):
         cfg = pretrained_path_or_config
@@ -618,7 +618,7 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     rng = jax.random.PRNGKey(seed)
     if kind == "tk":
         return _build_tk(pretrained_path_or_config, rng=rng, seed=seed, **opts)
-    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed, quiet_head=kind != "cross_encoder")
+    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed)
     changes = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
     if changes:
         cfg = cfg.replace(**changes)
@@ -694,7 +694,7 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
     elif isinstance(source, (str, Path)):
         from .hub import resolve_model_path
 
-        _, loaded, _ = _load(resolve_model_path(source), 1, seed, quiet_head=True)
+        _, loaded, _ = _load(resolve_model_path(source), 1, seed)
         table = init_tk_embeddings_from(loaded)
         vocab, dim = table.shape
         if embed_dim is not None and int(embed_dim) != dim:
