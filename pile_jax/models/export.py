@@ -200,6 +200,8 @@ def model_card(info: Mapping[str, Any]) -> str:
     if metrics:
         lines += [f"## Metrics ({card.get('metrics_split', 'test')})", "", "| metric | value |", "|---|---|"]
         lines += [f"| {k} | {float(v):.4f} |" for k, v in metrics.items() if isinstance(v, (int, float))]
+        lines += [f"| {k} (selection) | {float(v):.4f} |" for k, v in card.items()
+                  if k.startswith("dev_") and isinstance(v, (int, float))]
         lines.append("")
     lines += ["## Usage", "", "```python"]
     if kind == "cross_encoder":
