@@ -111,8 +111,8 @@ def setup_logging(level: str | int = "INFO", *, quiet: bool = False, process_ind
     ``level`` (a name or number) applies on process 0; ``quiet=True`` means ``WARNING``; processes
     other than ``process_index`` 0 (default: ``jax.process_index()`` when jax is imported) log at
     ``WARNING`` or above. One stderr handler (``stream``) with :class:`Formatter`; calling it again
-    replaces the handler (no duplicate lines). The logger stops propagating to the root logger, so
-    a root configuration elsewhere does not print every line twice. Progress bars follow the same
+    replaces the handler (no duplicate lines). Records still propagate to the root logger (whose
+    handler added here skips them; pytest's ``caplog`` still sees them). Progress bars follow the same
     level (:func:`progress_enabled`). Also silences the transformers no-torch banner.
     """
     silence_transformers_banner()
@@ -129,7 +129,6 @@ def setup_logging(level: str | int = "INFO", *, quiet: bool = False, process_ind
     setattr(handler, _HANDLER_MARK, "stream")
     logger.addHandler(handler)
     logger.setLevel(lvl)
-    logger.propagate = False
     # Other libraries' records (absl, orbax, bm25s, transformers via propagation) reach the root
     # logger: one handler there at WARNING, in the same format. It also keeps absl from calling
     # logging.basicConfig() (which would print bm25s' DEBUG lines: bm25s sets its logger to DEBUG).
@@ -140,6 +139,7 @@ def setup_logging(level: str | int = "INFO", *, quiet: bool = False, process_ind
     root_handler = _TqdmStreamHandler(stream if stream is not None else sys.stderr)
     root_handler.setFormatter(Formatter())
     root_handler.setLevel(logging.WARNING)
+    root_handler.addFilter(lambda r: not r.name.startswith(LOGGER_NAME))  # those have their own handler
     setattr(root_handler, _HANDLER_MARK, "root")
     root.addHandler(root_handler)
     _state["progress"] = lvl <= logging.INFO and pid == 0

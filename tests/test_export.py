@@ -6,6 +6,7 @@ PyTorch ``SentenceTransformer`` / ``CrossEncoder`` on the exported folders (≤ 
 """
 
 import json
+import logging
 
 import jax
 import numpy as np
@@ -114,7 +115,14 @@ def test_export_cli_exports_a_student_work_folder_of_any_kind(tmp_path):
     (work / "model.json").write_text(json.dumps({"student": {
         "kind": "colbert", "base": "all-MiniLM-L6-v2", "num_layers": 1, **LENGTHS, "options": {"compress_dim": 8}},
         "seed": 0, "card": {"teachers": ["t"]}}))
-    assert main(["export", str(work), "--out", str(tmp_path / "out"), "-q"]) == 0
+    pj, root = logging.getLogger("pile_jax"), logging.getLogger()
+    saved = (list(pj.handlers), pj.level, pj.propagate, list(root.handlers))
+    try:
+        assert main(["export", str(work), "--out", str(tmp_path / "out"), "-q"]) == 0
+    finally:  # the CLI configures logging for the process: undo it for the other tests
+        pj.handlers[:], root.handlers[:] = saved[0], saved[3]
+        pj.setLevel(saved[1])
+        pj.propagate = saved[2]
     loaded = rankers.load_student(tmp_path / "out")
     np.testing.assert_array_equal(_scores(loaded, loaded.params), _scores(ranker, params))
 

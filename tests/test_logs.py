@@ -92,7 +92,8 @@ def test_the_transformers_no_torch_banner_is_dropped_other_warnings_kept(caplog)
     assert [r.getMessage() for r in caplog.records] == ["something else"]
 
 
-def test_log_to_file_appends_and_does_not_double_when_nested(tmp_path):
+def test_log_to_file_appends_and_does_not_double_when_nested(tmp_path, clean_logging):
+    logging.getLogger("pile_jax").setLevel(logging.NOTSET)  # library use: nothing configured
     path = tmp_path / "run" / "log.txt"
     log = logging.getLogger("pile_jax.z")
     with logs.log_to_file(path, enabled=True):
