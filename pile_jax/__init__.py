@@ -8,6 +8,10 @@ Models: :mod:`pile_jax.models` (Flax BERT-family encoders, cross-encoders, HF ch
 
 __version__ = "0.1.0"
 
+from pile_jax.logs import silence_transformers_banner as _silence_transformers_banner
+
+_silence_transformers_banner()  # transformers' "PyTorch was not found" banner: pile_jax never needs torch
+
 from pile_jax import ensemble, losses, metrics
 from pile_jax.ensemble import (
     ENSEMBLES,

@@ -75,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    for p in sub.choices.values():  # logging options on every subcommand (pile_jax.logs)
+        g = p.add_argument_group("logging")
+        g.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+                       help="pile_jax's log level on stderr and in <out>/log.txt (default INFO)")
+        g.add_argument("-q", "--quiet", action="store_true",
+                       help="only warnings and errors (same as --log-level WARNING); no progress bars")
     return parser
 
 
@@ -92,7 +99,11 @@ def _enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pile_jax.logs import setup_logging, silence_transformers_banner
+
+    silence_transformers_banner()  # before anything imports transformers
     args = build_parser().parse_args(argv)
+    setup_logging(args.log_level, quiet=args.quiet).debug("pile-jax %s: arguments %s", args.command, vars(args))
     _enable_compilation_cache()
     from pile_jax import jobs
     from pile_jax.config import ConfigError

@@ -24,16 +24,18 @@ def _default_out(config_path: str, suffix: str = "") -> str:
 
 # --------------------------------------------------------------------------------------- run
 def cmd_run(args) -> int:
+    import logging
+
+    from pile_jax.logs import log_to_file
     from pile_jax.pipeline import run
-    from pile_jax.prepare import Log
 
     cfg = _load(args, ["quick"] if args.quick else [])
     C.validate(cfg, job="run", data=args.data)  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     pio.as_path(out).mkdir(parents=True, exist_ok=True)
-    log = Log(str(pio.as_path(out) / "log.txt"))
-    log(f"pile-jax run {args.config}{' --quick' if args.quick else ''} -> {out}")
-    results = run(cfg, out=out, data=args.data, log=log)
+    with log_to_file(pio.as_path(out) / "log.txt"):
+        logging.getLogger(__name__).info(f"pile-jax run {args.config}{' --quick' if args.quick else ''} -> {out}")
+        results = run(cfg, out=out, data=args.data)
     print(pio.read_text(pio.as_path(out) / "results.md"))
     return 0 if results else 1
 
@@ -86,8 +88,7 @@ def cmd_score(args) -> int:
         if isinstance(spec.get("model"), str):
             model["base"] = spec["model"]
         scores, _ = obtain_teacher(spec, path=path, coll=coll, candidates=candidates, ranked=ranked, model=model,
-                                   depth=args.depth, batch_size=args.batch_size, run_path=args.candidates,
-                                   log=lambda m: print(m, flush=True))
+                                   depth=args.depth, batch_size=args.batch_size, run_path=args.candidates)
         print(f"{spec['name']}: {sum(map(len, scores.values()))} scores -> {path}")
     return 0
 

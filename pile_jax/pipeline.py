@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from typing import Any, Callable, Mapping
 
@@ -25,14 +26,18 @@ import numpy as np
 from pile_jax import config as C
 from pile_jax import io as pio
 from pile_jax.data import build_groups, write_run
-from pile_jax.prepare import (Log, prepare, ranking_groups_source, standardise, standardize_setting, teacher_stats,
+from pile_jax.logs import log_to_file
+from pile_jax.prepare import (prepare, ranking_groups_source, standardise, standardize_setting, teacher_stats,
                               train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
 
 
-__all__ = ["run", "groups_to_run", "ensemble_specs", "Log", "teacher_stats", "standardise", "METRIC_NAMES"]
+_log = logging.getLogger(__name__)
+
+__all__ = ["run", "groups_to_run", "ensemble_specs", "teacher_stats", "standardise", "METRIC_NAMES"]
 
 
 def _subset(run: Mapping[str, Mapping[str, float]], qids) -> dict:
@@ -71,8 +76,18 @@ def _student_kind(cfg: Mapping[str, Any]) -> str:
     return kind
 
 
-def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """Runs the whole job; returns the ``results.json`` content."""
+def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None,
+        export: bool = True) -> dict:
+    """Runs the whole job; returns the ``results.json`` content.
+
+    Progress goes to the ``pile_jax`` logger (or to ``log``, a ``str -> None`` callable) and to
+    ``<out>/log.txt``; ``export``: each student system's best seed (by the dev metric) is exported
+    to ``<out>/models/<system>/`` (:func:`pile_jax.models.export.export_student`)."""
+    with log_to_file(pio.as_path(out) / "log.txt"):
+        return _run(cfg, out=out, data=data, log=log or _log.info, export=export)
+
+
+def _run(cfg, *, out, data, log, export):
     from pile_jax import ensemble as E
     from pile_jax import rankers
     from pile_jax.train.loop import score_candidates, train
@@ -81,7 +96,6 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     t_start = time.perf_counter()
     out_path = pio.as_path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    log = log or Log(str(out_path / "log.txt"))
     timings: dict[str, float] = {}
 
     def phase(name, t0):
@@ -173,6 +187,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
     log(f"best single teacher on dev (ndcg_cut_10): {best_teacher} "
         f"({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
     curves: dict[str, list] = {}
+    best_students: dict[str, tuple] = {}
     model_cfg = dict(cfg.get("model", {}))
     # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
     # students.options (e.g. bert_dot {pooling: mean}); two-tower kinds read model.max_doc_length.
@@ -210,10 +225,44 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
             run_ = score_candidates(ranker, result.params, {q: candidates[q] for q in eval_qids},
-                                    coll.queries, coll.docs, batch_size=bs)
+                                    coll.queries, coll.docs, batch_size=bs, progress=f"{eval_split} {run_name}")
             add_run(f"student_{run_name}", seed, run_)
             log(f"student {run_name} seed {seed}: {time.perf_counter() - t1:.1f}s (best dev step {result.best_step})")
+            if export:
+                sel = str(tcfg.get("select_metric", DEV_METRIC))
+                dev = result.best_metric
+                if dev is None:  # trained without dev selection: score dev once to pick the seed
+                    dev = dev_eval(result.params)[sel]
+                work = out_path / "students" / f"{run_name}__seed{seed}"
+                student_meta = {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                "num_layers": int(scfg.get("num_layers", 2)),
+                                "max_length": int(model_cfg.get("max_length", 128)),
+                                "max_query_length": int(model_cfg.get("max_query_length", 32)),
+                                "max_doc_length": student_extra.get("max_doc_length",
+                                                                    int(model_cfg.get("max_length", 128))),
+                                "dtype": model_cfg.get("dtype", "float32"),
+                                "options": {k: v for k, v in student_extra.items() if k != "max_doc_length"}}
+                card = {"name": f"student_{run_name} (seed {seed})", "teachers": teacher_names, "objective": obj,
+                        "data": f"{coll.name} train queries ({len(groups['train']['query_id'])} ranking groups)",
+                        "metrics": runs[f"student_{run_name}__seed{seed}.trec"], "metrics_split": eval_split,
+                        "dev_" + sel: float(dev)}
+                if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
+                    pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "card": card})
+                if best_students.get(run_name) is None or float(dev) > best_students[run_name][0]:
+                    best_students[run_name] = (float(dev), seed, ranker, result.params, card, sel)
     phase("students", t0)
+
+    # ---- export: each student system's best seed (dev metric) -> <out>/models/<system>/
+    exported = {}
+    if export and pio.is_primary():
+        from pile_jax.rankers import export_ranker
+
+        for run_name, (dev, seed, ranker, params, card, sel) in best_students.items():
+            path = out_path / "models" / f"student_{run_name}"
+            export_ranker(ranker, params, str(path), card=card)
+            exported[f"student_{run_name}"] = {"path": str(path), "seed": seed, "dev_" + sel: dev}
+            log(f"student_{run_name}: exported seed {seed} (dev {sel} {dev:.4f}) -> {path}")
+    pio.barrier("pipeline_export")
 
     # ---- report
     summary = {}
@@ -234,6 +283,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
         "best_teacher": best_teacher,
         "seeds": seeds,
         "timings_s": timings,
+        "exported_models": exported,
         "teacher_report": {k: jsonable(v) for k, v in report_sections.items()},
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
@@ -242,6 +292,5 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
         write_report(results, curves, out)
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
-    getattr(log, "flush", lambda: None)()
     return results
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
+import logging
 import time
 from typing import Any, Callable, Mapping, Sequence
 
@@ -34,53 +34,15 @@ import numpy as np
 from pile_jax import config as C
 from pile_jax import io as pio
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
-    "Log", "Prepared", "prepare", "candidate_settings", "first_stage", "train_group_args", "teacher_candidates",
+    "Prepared", "prepare", "candidate_settings", "first_stage", "train_group_args", "teacher_candidates",
     "teacher_stats", "standardise", "obtain_teacher", "score_teacher", "teacher_fingerprint", "score_sharded",
     "check_teacher_name", "TEACHER_KINDS", "train_cross_encoder_teacher", "ranking_groups_source", "standardize_setting",
 ]
 
 TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "file")
-
-
-# ------------------------------------------------------------------------------------- log
-class Log:
-    """Prints and keeps a transcript, written to ``path`` (local: appended line by line; a URL:
-    the whole transcript rewritten at most every ``url_interval_s`` seconds and at exit, since
-    object stores cannot append); ``path=None``: not written."""
-
-    def __init__(self, path: str | None = None, quiet: bool = False, url_interval_s: float = 10.0):
-        self.lines: list[str] = []
-        self.path = None if path is None else str(path)
-        self.quiet = quiet
-        self.t0 = time.perf_counter()
-        self.url_interval_s = url_interval_s
-        self._written = 0
-        self._last = float("-inf")
-        if self.path and pio.is_url(self.path):
-            import atexit
-
-            atexit.register(self.flush)
-
-    def __call__(self, msg: str) -> None:
-        line = f"[{time.perf_counter() - self.t0:7.1f}s] {msg}"
-        self.lines.append(line)
-        if not self.quiet:
-            print(line, flush=True)
-        if self.path and not pio.is_url(self.path):
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line + "\n")
-            self._written = len(self.lines)
-        elif self.path and time.monotonic() - self._last >= self.url_interval_s:
-            self.flush()
-
-    def flush(self) -> None:
-        """Writes the transcript to a URL ``path`` now (a no-op when nothing is new)."""
-        if self.path and pio.is_url(self.path) and self._written < len(self.lines):
-            pio.write_text(self.path, "\n".join(self.lines) + "\n")
-            self._written = len(self.lines)
-            self._last = time.monotonic()
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -291,7 +253,7 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
                   model: Mapping[str, Any], batch_size: int = 64, done: Mapping | None = None,
                   save: Callable[[dict], None] | None = None, cfg: Mapping[str, Any] | None = None,
                   fit_candidates: Mapping[str, list] | None = None, splits: Mapping[str, list] | None = None,
-                  out_dir: str | None = None, log: Callable[[str], None] = lambda s: None) -> dict:
+                  out_dir: str | None = None, log: Callable[[str], None] | None = None) -> dict:
     """Scores ``candidates`` with one teacher spec.
 
     Kinds: ``bm25`` (the first-stage scores, BM25 of the missing pairs), ``biencoder_cosine``
@@ -302,6 +264,7 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     the scores so far every 50 queries (a killed run resumes), and on several processes score
     their slice of the queries (:func:`score_sharded`).
     """
+    log = log or _log.info
     from pile_jax.data import read_teacher_scores
 
     kind = spec.get("kind")
@@ -429,7 +392,7 @@ def _fit_description(spec, cfg, coll, fit_candidates, splits, depth) -> dict | N
 
 def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, model, depth: int, batch_size: int = 64,
                    run_path: str | None = None, cfg=None, fit_candidates=None, splits=None, out_dir=None, reuse_from: Sequence = (),
-                   log: Callable[[str], None] = lambda s: None) -> tuple[dict, dict]:
+                   log: Callable[[str], None] | None = None) -> tuple[dict, dict]:
     """``(scores, provenance)`` of one teacher, reused or computed, written to ``path`` (with its
     ``.spec.json`` sidecar; process 0 writes, then a barrier).
 
@@ -438,6 +401,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
     in ``reuse_from`` (folders named by the user, e.g. ``teachers_from``) is reused when it
     covers every candidate; a sidecar that differs is reported in the log and the provenance.
     """
+    log = log or _log.info
     name = spec["name"]
     if spec.get("kind") == "file":
         scores = score_teacher(spec, coll=coll, candidates=candidates, ranked=ranked, model=model)
@@ -565,7 +529,7 @@ def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: C
     """
     from pile_jax.data import build_groups, load_collection
 
-    log = log or (lambda s: None)
+    log = log or _log.info
     source = cfg.get("_source", "config")
     if standardize not in ("global", "none"):
         raise C.ConfigError(f"{source}: standardize must be global or none, got {standardize!r}")

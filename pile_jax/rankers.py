@@ -61,7 +61,8 @@ def cross_encoder(
         path, None if num_layers is None else int(num_layers), int(max_length), int(max_query_length), dtype, bool(remat))
     _, params = load_pretrained(path, num_layers=num_layers, seed=seed, new_head=new_head)
     return Ranker(params=params, score_fn=score_fn, featurize=featurize, kind="cross_encoder",
-                  meta={"config": config, "path": path, "tokenizer": tokenizer, "features": tokenizer, "model": model})
+                  meta={"config": config, "path": path, "tokenizer": tokenizer, "features": tokenizer, "model": model,
+                        "base": base, "max_length": int(max_length), "max_query_length": int(max_query_length)})
 
 
 def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 128, 192, 256, 384, 512)) -> Ranker:
@@ -209,4 +210,45 @@ def student(
         _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat, **opts)
     return Ranker(params=params, score_fn=score_fn, featurize=features.featurize, kind=kind,
                   meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl,
-                        "features": features})
+                        "features": features, "base": base, "max_length": int(max_length),
+                        "max_query_length": int(max_query_length), "max_doc_length": int(max_doc_length)})
+
+
+def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) -> str:
+    """Export a trained :func:`cross_encoder` or :func:`student` ranker with ``params`` to the
+    folder ``path`` in its kind's format (:mod:`pile_jax.models.export`: a Hugging Face /
+    sentence-transformers folder for cross-encoders and BERT-dot, pile_jax's own for ColBERT,
+    PreTT and TK), with a model card built from ``card`` (teachers, objective, data, metrics)."""
+    from pile_jax.models.export import export_student
+
+    meta = ranker.meta or {}
+    kind = ranker.kind
+    module = meta.get("module") if kind != "cross_encoder" else None
+    config = meta.get("config") if kind == "cross_encoder" else getattr(module, "config", None)
+    if kind == "cross_encoder" and config is None and meta.get("module") is not None:
+        config = meta["module"].config
+    return export_student(path, kind=kind, params=params, tokenizer=meta["path"], module=module, config=config,
+                          max_length=meta.get("max_length", 256), max_query_length=meta.get("max_query_length", 64),
+                          max_doc_length=meta.get("max_doc_length"), base=meta.get("base"), card=card)
+
+
+def load_student(path, *, dtype: str | None = None) -> Ranker:
+    """A :class:`Ranker` for a folder written by :func:`export_ranker` (any student kind): the
+    exported parameters, its score function and a featuriser with the training lengths
+    (``max_length``, ``max_query_length``, ``max_doc_length`` of ``pile_jax_student.json``)."""
+    from pile_jax.models.export import load_student as _load, read_student_info
+    from pile_jax.models.hub import resolve_model_path
+    from pile_jax.models.students import make_features
+
+    folder = str(resolve_model_path(path))
+    info = read_student_info(folder)
+    module, params, score_fn, input_kind = _load(folder, dtype=dtype)
+    mq = int(info["max_query_length"])
+    md = int(info.get("max_doc_length") or info["max_length"])
+    features = make_features(input_kind, folder, max_query_length=mq, max_doc_length=md,
+                             max_length=int(info["max_length"]))
+    meta = {"module": module, "input_kind": input_kind, "path": folder, "base": info.get("base"), "features": features,
+            "max_length": int(info["max_length"]), "max_query_length": mq, "max_doc_length": md, "export": info}
+    if info["kind"] == "cross_encoder":
+        meta["config"] = module.config
+    return Ranker(params=params, score_fn=score_fn, featurize=features.featurize, kind=info["kind"], meta=meta)

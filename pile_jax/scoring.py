@@ -185,9 +185,9 @@ def map_sorted(lengths, batch_size: int, make_batch: Callable, run: Callable, *,
     local = np.zeros((len(mine), batch_size, *tail), np.float32)
     it = range(len(mine))
     if progress:
-        from tqdm.auto import tqdm
+        from pile_jax.logs import progress as progress_bar
 
-        it = tqdm(it, desc=progress, unit="batch", leave=False)
+        it = progress_bar(it, desc=progress, unit="batch")
     pending = None
     for k in it:
         res = run(make_batch(mine[k], batch_size))

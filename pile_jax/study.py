@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import logging
 import os
 import platform
 import re
@@ -58,6 +59,9 @@ from pile_jax.report import jsonable as _jsonable
 from pile_jax.report import save_figure
 
 METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+EXPORT_METRIC = "ndcg_cut_10"  # dev metric that picks each cell's exported seed
+
+_log = logging.getLogger(__name__)
 STUDY_KEYS = ("teacher", "intermediate")
 
 
@@ -177,8 +181,9 @@ def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tupl
                                     out_dir=str(pio.as_path(out) / "layer_teacher_models"), log=log)
         path = str(pio.as_path(out) / "layer_teacher_models" / f"{spec['name']}_fold0" / "final_params.npz")
         how = "fine-tuned here on all train queries (pipeline code path, 1 fold)"
+    # a template for the fine-tuned params read next: its (new) head is overwritten, an expected step
     config, template = load_pretrained(model_cfg.get("base", "all-MiniLM-L6-v2"), num_layers=num_layers,
-                                       dtype=model_cfg.get("dtype", "float32"))
+                                       dtype=model_cfg.get("dtype", "float32"), new_head=True)
     params = load_params(path, template)
     log(f"layer teacher {spec['name']}: {config.num_layers}-layer CrossEncoder from {path}")
     return CrossEncoder(config), params, {"name": spec["name"], "params": str(path),
@@ -275,17 +280,27 @@ def _summary(vals: list[float]) -> dict:
 
 
 def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | None = None) -> dict:
-    """Runs the study of ``cfg`` (module docstring); returns the ``study.json`` content."""
+    """Runs the study of ``cfg`` (module docstring); returns the ``study.json`` content.
+
+    Progress goes to the ``pile_jax`` logger (or ``log``) and to ``<out>/log.txt``; each cell's
+    best seed (dev ``ndcg_cut_10``) is exported to ``<out>/models/<cell>/`` unless ``study.export``
+    is false (:func:`pile_jax.rankers.export_ranker`)."""
+    from pile_jax.logs import log_to_file
+
+    with log_to_file(pio.as_path(out) / "log.txt"):
+        return _run_study(cfg, out=out, log=log or _log.info)
+
+
+def _run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None]) -> dict:
     from pile_jax.bm25 import bm25_search
     from pile_jax.data import iter_group_examples, write_run
-    from pile_jax.prepare import Log, prepare, ranking_groups_source, standardize_setting
+    from pile_jax.prepare import prepare, ranking_groups_source, standardize_setting
     from pile_jax.train.evaluate import mean_metrics, run_metrics
     from pile_jax.train.loop import score_candidates, train
 
     t_start = time.perf_counter()
     out_path = pio.as_path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    log = log or Log(str(out_path / "log.txt"))
     study = dict(C.require(cfg, "study"))
     cells = expand_cells(study)
     seeds = [int(s) for s in study.get("seeds", [0])]
@@ -348,6 +363,9 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
     cell_out: dict[str, dict] = {}
     curves: dict[str, list] = {}
     trained_params: dict[str, Any] = {}
+    export = bool(study.get("export", True))
+    best_seed: dict[str, tuple] = {}
+    dev_cands = {q: candidates[q] for q in splits["dev"]}
     for cell in cells:
         obj, inter, used = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best_teacher,
                                              default_teacher=study.get("teacher", "best"))
@@ -368,6 +386,16 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
             secs.append(time.perf_counter() - t1)
             curves.setdefault(cell["name"], []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
             trained_params.setdefault(cell["student"], (eval_ranker, params))
+            if export:  # keep the best seed by the dev metric (one seed: no choice, no dev scoring)
+                dev = None
+                if len(seeds) > 1:
+                    dev_run = score_candidates(eval_ranker, params, dev_cands, coll.queries, coll.docs, batch_size=bs)
+                    dev = mean_metrics(run_metrics(dev_run, qrels, qids=splits["dev"]))[EXPORT_METRIC]
+                if cell["slug"] not in best_seed or (dev is not None and dev > best_seed[cell["slug"]][0]):
+                    best_seed[cell["slug"]] = (dev, seed, eval_ranker, params, {
+                        "name": f"{cell['name']} (seed {seed})", "teachers": teacher_names, "objective": obj,
+                        "data": f"{coll.name} train queries", "metrics": runs[fname], "metrics_split":
+                        C.get(cfg, "eval.split", "test"), **({"dev_" + EXPORT_METRIC: dev} if dev is not None else {})})
             log(f"{cell['name']} seed {seed}: " + " ".join(f"{k}={runs[fname][k]:.4f}" for k in METRICS)
                 + f" ({secs[-1]:.1f}s)")
         cell_out[cell["name"]] = {
@@ -380,6 +408,18 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
             pio.write_json(out_path / "study.partial.json",
                            _jsonable({"cells": cell_out, "runs": runs, "best_teacher": best_teacher}))
     phase("grid", t0)
+
+    # ---- export: each cell's best seed -> <out>/models/<cell>/
+    exported = {}
+    if export and pio.is_primary():
+        from pile_jax.rankers import export_ranker
+
+        for slug, (dev, seed, ranker, params, card) in best_seed.items():
+            path = out_path / "models" / slug
+            export_ranker(ranker, params, str(path), card=card)
+            exported[slug] = {"path": str(path), "seed": seed, "dev_" + EXPORT_METRIC: dev}
+            log(f"{slug}: exported seed {seed} -> {path}")
+    pio.barrier("study_export")
 
     # ---- latency per student architecture
     t0 = time.perf_counter()
@@ -422,6 +462,7 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
         "latency": latency,
         "device": device_description(),
         "timings_s": timings,
+        "exported_models": exported,
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
     if pio.is_primary():
@@ -429,7 +470,6 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
         write_study_report(results, curves, out)
     pio.barrier("study_results")
     log(f"done in {timings['total']}s: {out_path / 'study.md'}")
-    getattr(log, "flush", lambda: None)()
     return results
 
 

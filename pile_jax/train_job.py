@@ -14,17 +14,31 @@ checkpoints (``--resume`` continues exactly), TensorBoard scalars, ``best_params
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any, Mapping
 
 import numpy as np
 
 from pile_jax import config as C
 from pile_jax import io as pio
+from pile_jax.logs import log_to_file
+
+_log = logging.getLogger(__name__)
 
 
 def _student_ranker(scfg: Mapping[str, Any], seed: int):
+    """The student of a ``student:`` section: a cross-encoder (default), or ``kind:`` any student
+    of :mod:`pile_jax.models.students` with ``options:`` (what ``pile-jax run`` records)."""
     from pile_jax import rankers
 
+    kind = scfg.get("kind", "cross_encoder")
+    if kind != "cross_encoder" or scfg.get("options"):
+        return rankers.student(kind, scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
+                               max_length=int(scfg.get("max_length", 256)),
+                               max_query_length=int(scfg.get("max_query_length", 64)),
+                               max_doc_length=int(scfg.get("max_doc_length", scfg.get("max_length", 256))),
+                               dtype=scfg.get("dtype"), seed=seed, remat=scfg.get("remat"),
+                               **dict(scfg.get("options") or {}))
     return rankers.cross_encoder(scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
                                  max_length=int(scfg.get("max_length", 256)),
                                  max_query_length=int(scfg.get("max_query_length", 64)),
@@ -73,7 +87,8 @@ def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool
 
 
 def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_resume: bool = False) -> dict:
-    """Runs the job; returns the test metrics.
+    """Runs the job (progress on the ``pile_jax`` logger and in ``<out>/log.txt``, written by
+    process 0); returns the test metrics.
 
     On several processes (``distributed.enabled``), every process prepares the same data, model
     teachers score a slice of the queries each (gathered), and process 0 alone writes the shared
@@ -85,18 +100,25 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
     if dist.get("enabled"):
         maybe_initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
                                      dist.get("process_id"), auto=dist.get("coordinator_address") is None)
+    primary = pio.is_primary()
+    out_path = pio.as_path(out)
+    check_work_folder(out_path, run_spec(cfg), resume=resume, force=force_resume)
+    if primary:
+        out_path.mkdir(parents=True, exist_ok=True)
+    with log_to_file(out_path / "log.txt", enabled=primary):
+        return _train_job(cfg, out=out, resume=resume)
+
+
+def _train_job(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
     from pile_jax.data import write_run
-    from pile_jax.prepare import Log, prepare, ranking_groups_source, standardize_setting
+    from pile_jax.prepare import prepare, ranking_groups_source, standardize_setting
     from pile_jax.train.evaluate import mean_metrics, run_metrics
     from pile_jax.train.loop import score_candidates, train
 
     primary = pio.is_primary()
     out_path = pio.as_path(out)
     spec = run_spec(cfg)
-    check_work_folder(out_path, spec, resume=resume, force=force_resume)
-    if primary:
-        out_path.mkdir(parents=True, exist_ok=True)
-    log = Log(str(out_path / "log.txt") if primary else None, quiet=not primary)
+    log = _log.info
     scfg = C.require(cfg, "student")
     obj = dict(C.require(cfg, "objective"))
     standardize = standardize_setting(cfg, "standardize", "global")
@@ -137,20 +159,27 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
         write_run(out_path / f"{split}.trec", run, tag="pile_jax")
         pio.write_json(out_path / f"{split}_metrics.json",
                        {"metrics": metrics, "best_step": result.best_step, "best_dev": result.best_metric})
-        export_params(ranker, result.params, str(out_path / "export"))
+        export_params(ranker, result.params, str(out_path / "export"),
+                      card=_card(cfg.get("_source"), scfg, obj, names, coll.name, metrics, split))
     pio.barrier("train_job_results")
     log(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    getattr(log, "flush", lambda: None)()
     return metrics
 
 
-def export_params(ranker, params, path: str) -> str:
-    """Writes a Hugging Face folder (config, safetensors, tokenizer) for a cross-encoder ranker."""
-    from pile_jax.models import export_pretrained
+def _card(source, scfg, objective, teachers, data, metrics=None, split="test") -> dict:
+    """What the exported model card says about a training run."""
+    return {"name": f"{scfg.get('kind', 'cross_encoder')} student" + (f" ({source})" if source else ""),
+            "teachers": list(teachers or []), "objective": dict(objective or {}), "data": data,
+            "metrics": dict(metrics or {}), "metrics_split": split}
 
-    export_pretrained(params, ranker.meta["config"].replace(dtype="float32"), path,
-                      tokenizer=ranker.meta["path"])
-    return path
+
+def export_params(ranker, params, path: str, *, card: Mapping[str, Any] | None = None) -> str:
+    """Exports a trained ranker of any student kind to ``path`` (:func:`pile_jax.rankers.export_ranker`:
+    a Hugging Face folder for a cross-encoder, a sentence-transformers folder for BERT-dot,
+    pile_jax's format for ColBERT / PreTT / TK; with a model card)."""
+    from pile_jax.rankers import export_ranker
+
+    return export_ranker(ranker, params, path, card=card)
 
 
 def export_workdir(workdir: str, out: str, *, which: str = "best") -> str:
@@ -181,4 +210,12 @@ def export_workdir(workdir: str, out: str, *, which: str = "best") -> str:
         if restored is None:
             raise FileNotFoundError(f"{workdir}/checkpoints: no checkpoint to export")
         params = restored[0].params
-    return export_params(ranker, params, out)
+    card = meta.get("card")
+    if card is None:
+        teachers = [t.get("name") for t in (meta.get("run_spec") or {}).get("teachers") or [] if isinstance(t, Mapping)]
+        card = _card(None, meta["student"], (meta.get("run_spec") or {}).get("objective"), teachers, None)
+        for split in ("test", "dev"):
+            if (work / f"{split}_metrics.json").exists():
+                card.update(metrics=pio.read_json(work / f"{split}_metrics.json").get("metrics"), metrics_split=split)
+                break
+    return export_params(ranker, params, out, card=card)

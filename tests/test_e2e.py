@@ -28,7 +28,11 @@ def quick_run(tmp_path_factory):
          "--quick", "--out", str(out)],
         cwd=ROOT, env=user_env(tmp), capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _STDERR["quick"] = proc.stderr
     return out, proc.stdout
+
+
+_STDERR: dict = {}
 
 
 def test_artifacts_exist_and_are_consistent(quick_run):
@@ -111,6 +115,43 @@ def test_pipeline_two_tower_student_kind(tmp_path):
     for row in rows:
         qid, _, doc, _, score, _ = row.split()
         assert abs(float(score) - teacher[qid][doc]) < 2e-5, (qid, doc)
+    # the exported best seed is a SentenceTransformer whose dot product is that score
+    from sentence_transformers import SentenceTransformer
+
+    from pile_jax.data import load_collection
+
+    coll = load_collection("cranfield")
+    st = SentenceTransformer(str(out / "models" / "student_hard_labels"), device="cpu")
+    assert st.max_seq_length == 64
+    qid, _, doc, _, score, _ = rows[0].split()
+    q, d = st.encode([coll.queries[qid], coll.docs[doc]], convert_to_numpy=True)
+    assert abs(float(q @ d) - float(score)) < 2e-5
     cfg["students"]["kind"] = "bm42"
     with pytest.raises(C.ConfigError, match="students.kind"):
         pipeline.run(cfg, out=str(tmp_path / "bad"), log=lambda s: None)
+
+
+def test_output_starts_with_pile_jax_lines_and_students_are_exported(quick_run):
+    import re
+
+    from pile_jax import rankers
+    from pile_jax.data import load_collection, read_run
+
+    out, _ = quick_run
+    err = _STDERR["quick"].splitlines()
+    assert re.fullmatch(r"\d\d:\d\d:\d\d pile-jax run .* --quick -> .*", err[0]), err[:3]
+    assert not [l for l in err if "PyTorch was not found" in l or ("WARNING" in l and "head" in l)]
+    results = json.loads((out / "results.json").read_text())
+    students = sorted(s for s in results["systems"] if s.startswith("student_"))
+    assert sorted(results["exported_models"]) == students
+    coll = load_collection("cranfield")
+    for system in students:
+        info = results["exported_models"][system]
+        folder = out / "models" / system
+        assert (folder / "README.md").is_file() and (folder / "pile_jax_student.json").is_file()
+        ranker = rankers.load_student(folder)
+        run = read_run(out / "runs" / f"{system}__seed{info['seed']}.trec")
+        qid = sorted(run)[0]
+        docs = [d for d, _ in run[qid]][:5]
+        got = np.asarray(ranker.score_fn(ranker.params, ranker.featurize([coll.queries[qid]], [[coll.docs[d] for d in docs]])))
+        np.testing.assert_allclose(got[0], [dict(run[qid])[d] for d in docs], atol=1e-4)

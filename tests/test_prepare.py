@@ -345,10 +345,15 @@ def test_config_with_extends_on_a_url(fake_gcs):
 
 
 def test_log_on_a_url(fake_gcs):
-    log = P.Log("gs://bucket/run/log.txt", quiet=True, url_interval_s=3600)
-    log("first")
-    log("second")  # within the interval: kept in memory
-    assert (fake_gcs / "bucket" / "run" / "log.txt").read_text().count("\n") == 1
-    log.flush()
-    lines = (fake_gcs / "bucket" / "run" / "log.txt").read_text().splitlines()
-    assert [l.split("] ", 1)[1] for l in lines] == ["first", "second"]
+    import logging
+
+    from pile_jax.logs import log_to_file
+
+    logger = logging.getLogger("pile_jax.test_url_log")
+    with log_to_file("gs://bucket/run/log.txt", enabled=True) as handler:
+        handler.interval_s = 3600
+        logger.info("first")
+        logger.info("second")  # within the interval: kept in memory
+        assert (fake_gcs / "bucket" / "run" / "log.txt").read_text().count("\n") == 1
+    lines = (fake_gcs / "bucket" / "run" / "log.txt").read_text().splitlines()  # closing the block flushes
+    assert [l.split(" ", 2)[2] for l in lines] == ["first", "second"]

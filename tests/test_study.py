@@ -120,3 +120,22 @@ def test_quick_study_metrics_match_run_files(quick_study):
             assert c["metrics"][m]["mean"] == pytest.approx(np.mean(vals), abs=1e-9), (name, m)
             want_std = np.std(vals, ddof=1) if len(vals) > 1 else 0.0
             assert c["metrics"][m]["std"] == pytest.approx(want_std, abs=1e-9), (name, m)
+
+
+def test_quick_study_exports_every_cell_and_the_export_scores_as_in_the_run(quick_study):
+    from pile_jax import rankers
+    from pile_jax.data import load_collection, read_run
+
+    out = quick_study
+    res = json.loads((out / "study.json").read_text())
+    coll = load_collection("cranfield")
+    assert len(res["exported_models"]) == len(res["cells"])
+    for slug, info in res["exported_models"].items():
+        folder = out / "models" / slug
+        assert "pile_jax version" in (folder / "README.md").read_text()
+        ranker = rankers.load_student(folder)
+        run = read_run(out / "runs" / f"{slug}__seed{info['seed']}.trec")
+        qid = sorted(run)[0]
+        docs = [d for d, _ in run[qid]][:4]
+        got = np.asarray(ranker.score_fn(ranker.params, ranker.featurize([coll.queries[qid]], [[coll.docs[d] for d in docs]])))
+        np.testing.assert_allclose(got[0], [dict(run[qid])[d] for d in docs], atol=1e-4, err_msg=slug)

@@ -36,7 +36,6 @@ see :func:`make_featurizer`).
 
 from __future__ import annotations
 
-import logging
 import math
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -568,7 +567,7 @@ def make_score_fn(module: nn.Module, kind: str) -> Callable:
 
 
 # ============================================================================ factory
-def _load(pretrained_path_or_config, num_layers, seed, *, quiet_head=False):
+def _load(pretrained_path_or_config, num_layers, seed):
     """(config, encoder params or None, folder or None)."""
     if isinstance(pretrained_path_or_config, EncoderConfig):
         cfg = pretrained_path_or_config
@@ -579,14 +578,9 @@ def _load(pretrained_path_or_config, num_layers, seed, *, quiet_head=False):
     from .hub import resolve_model_path
 
     folder = resolve_model_path(pretrained_path_or_config)
-    log = logging.getLogger(load_pretrained.__module__)
-    level = log.level
-    if quiet_head:  # the "no score head, initialised" warning does not apply to two-tower students
-        log.setLevel(logging.ERROR)
-    try:
-        cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed)
-    finally:
-        log.setLevel(level)
+    # A student is built to be trained: a checkpoint without a score head (a bi-encoder) gets a
+    # new one, an expected step logged at INFO (the two-tower kinds keep only the encoder).
+    cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed, new_head=True)
     return cfg, params, folder
 
 
@@ -624,7 +618,7 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     rng = jax.random.PRNGKey(seed)
     if kind == "tk":
         return _build_tk(pretrained_path_or_config, rng=rng, seed=seed, **opts)
-    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed, quiet_head=kind != "cross_encoder")
+    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed)
     changes = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
     if changes:
         cfg = cfg.replace(**changes)
@@ -700,7 +694,7 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
     elif isinstance(source, (str, Path)):
         from .hub import resolve_model_path
 
-        _, loaded, _ = _load(resolve_model_path(source), 1, seed, quiet_head=True)
+        _, loaded, _ = _load(resolve_model_path(source), 1, seed)
         table = init_tk_embeddings_from(loaded)
         vocab, dim = table.shape
         if embed_dim is not None and int(embed_dim) != dim:

@@ -300,9 +300,9 @@ def train(
     writer = _summary_writer(wd)
     pbar = None
     if cfg.progress:
-        from tqdm.auto import tqdm
+        from pile_jax.logs import progress as progress_bar
 
-        pbar = tqdm(total=total, initial=start, desc="train", unit="step", leave=False)
+        pbar = progress_bar(total=total, initial=start, desc="train", unit="step")
     try:
         for step in range(start, total):
             batch = loader.next_batch()

@@ -1,0 +1,135 @@
+"""Export of every student kind (pile_jax.models.export, rankers.export_ranker / load_student).
+
+References: the students' own scores before export (a reload must reproduce them bit for bit,
+from perturbed parameters, so a loader that re-initialises cannot pass), sentence-transformers'
+PyTorch ``SentenceTransformer`` / ``CrossEncoder`` on the exported folders (≤ 1e-5).
+"""
+
+import json
+import logging
+
+import jax
+import numpy as np
+import pytest
+
+from pile_jax import rankers
+from pile_jax.models.export import flatten_params, read_student_info, unflatten_params
+
+QUERIES = ["what is the boundary layer thickness", "heat transfer at the wall"]
+LONG = "the boundary layer in supersonic flow over a flat plate is thin and laminar " * 20
+DOCS = [[LONG, "a short document about wings"], ["heat flux measured at the wall", "nothing relevant here"]]
+LENGTHS = dict(max_length=48, max_query_length=12, max_doc_length=24)
+
+
+def _perturbed(params, seed=0):
+    leaves, tree = jax.tree_util.tree_flatten(params)
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_unflatten(
+        tree, [np.asarray(x) + rng.normal(0, 0.01, np.shape(x)).astype(np.asarray(x).dtype) for x in leaves])
+
+
+def _scores(ranker, params):
+    return np.asarray(ranker.score_fn(params, ranker.featurize(QUERIES, DOCS)))
+
+
+def test_flatten_round_trip_keeps_scalars_and_paths():
+    tree = {"a": {"b": np.ones((2, 3), np.float32), "c": np.float32(0.5) * np.ones((), np.float32)}, "d": np.arange(3)}
+    flat = flatten_params(tree)
+    assert sorted(flat) == ["a/b", "a/c", "d"] and flat["a/c"].shape == ()
+    back = unflatten_params(flat)
+    assert back["a"]["c"].shape == () and np.array_equal(back["d"], tree["d"])
+
+
+@pytest.mark.parametrize("kind,opts", [
+    ("cross_encoder", {}),
+    ("bert_dot", {"pooling": "mean", "normalize": True, "compress_dim": 16}),
+    ("colbert", {"compress_dim": 16, "query_augment": True}),
+    ("prett", {"split_layer": 1}),
+    ("tk", {"tk_layers": 1}),
+])
+def test_every_kind_round_trips_exactly(tmp_path, kind, opts):
+    ranker = rankers.student(kind, "all-MiniLM-L6-v2", num_layers=1, seed=3, **LENGTHS, **opts)
+    params = _perturbed(ranker.params)
+    card = {"teachers": ["ce_a", "bm25"], "objective": {"loss": "margin_mse"}, "data": "cranfield",
+            "metrics": {"ndcg_cut_10": 0.4321}}
+    rankers.export_ranker(ranker, params, tmp_path / kind, card=card)
+    info = read_student_info(tmp_path / kind)
+    assert info["kind"] == kind and info["max_length"] == 48 and info["max_doc_length"] == 24
+    loaded = rankers.load_student(tmp_path / kind)
+    assert loaded.kind == kind
+    np.testing.assert_array_equal(_scores(loaded, loaded.params), _scores(ranker, params))
+    assert not np.allclose(_scores(ranker, ranker.params), _scores(ranker, params))  # the perturbation matters
+    readme = (tmp_path / kind / "README.md").read_text()
+    for needle in ("all-MiniLM-L6-v2", "ce_a, bm25", "margin_mse", "cranfield", "0.4321", "| 48 |", "pile_jax version"):
+        assert needle in readme, needle
+
+
+@pytest.mark.parametrize("opts", [{"pooling": "mean", "normalize": True, "compress_dim": 16}, {"pooling": "cls"}])
+def test_bert_dot_is_a_sentence_transformer_with_the_same_vectors(tmp_path, opts):
+    from sentence_transformers import SentenceTransformer
+
+    ranker = rankers.student("bert_dot", "all-MiniLM-L6-v2", num_layers=2, seed=1, **LENGTHS, **opts)
+    params = _perturbed(ranker.params, 1)
+    rankers.export_ranker(ranker, params, tmp_path)
+    modules = json.loads((tmp_path / "modules.json").read_text())
+    types = [m["type"].rsplit(".", 1)[1] for m in modules]
+    assert types == ["Transformer", "Pooling"] + (["Dense", "Normalize"] if opts.get("compress_dim") else [])
+    assert json.loads((tmp_path / "sentence_bert_config.json").read_text())["max_seq_length"] == 24 + 2
+
+    st = SentenceTransformer(str(tmp_path), device="cpu")
+    assert st.max_seq_length == 26
+    texts = [d for row in DOCS for d in row]  # the long one is truncated by both at 24 tokens + [CLS], [SEP]
+    module = ranker.meta["module"]
+    ids, mask = ranker.featurize.encode_documents(texts)
+    ours = np.asarray(module.apply({"params": params}, ids, mask, method="encode_documents"))
+    theirs = st.encode(texts, convert_to_numpy=True)
+    np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)
+    # the student's score is the dot product of the two vectors
+    q = st.encode(QUERIES[:1], convert_to_numpy=True)
+    np.testing.assert_allclose(q @ theirs[:2].T, _scores(ranker, params)[:1], atol=1e-5)
+
+
+def test_cross_encoder_export_loads_in_sentence_transformers_with_the_training_max_length(tmp_path):
+    from sentence_transformers import CrossEncoder
+
+    ranker = rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=2, max_length=48, max_query_length=12, seed=2,
+                                   new_head=True)
+    params = _perturbed(ranker.params, 2)
+    rankers.export_ranker(ranker, params, tmp_path)
+    ce = CrossEncoder(str(tmp_path), device="cpu")
+    assert ce.max_seq_length == 48
+    pairs = [(q, d) for q, row in zip(QUERIES, DOCS) for d in row]
+    theirs = ce.predict(pairs)
+    np.testing.assert_allclose(theirs, _scores(ranker, params).reshape(-1), atol=1e-5, rtol=0)
+
+
+def test_export_cli_exports_a_student_work_folder_of_any_kind(tmp_path):
+    from pile_jax.cli import main
+    from pile_jax.params import save_params
+
+    ranker = rankers.student("colbert", "all-MiniLM-L6-v2", num_layers=1, seed=0, **LENGTHS, compress_dim=8)
+    params = _perturbed(ranker.params, 4)
+    work = tmp_path / "work"
+    work.mkdir()
+    save_params(work / "best_params.npz", params)
+    (work / "model.json").write_text(json.dumps({"student": {
+        "kind": "colbert", "base": "all-MiniLM-L6-v2", "num_layers": 1, **LENGTHS, "options": {"compress_dim": 8}},
+        "seed": 0, "card": {"teachers": ["t"]}}))
+    pj, root = logging.getLogger("pile_jax"), logging.getLogger()
+    saved = (list(pj.handlers), pj.level, pj.propagate, list(root.handlers))
+    try:
+        assert main(["export", str(work), "--out", str(tmp_path / "out"), "-q"]) == 0
+    finally:  # the CLI configures logging for the process: undo it for the other tests
+        pj.handlers[:], root.handlers[:] = saved[0], saved[3]
+        pj.setLevel(saved[1])
+        pj.propagate = saved[2]
+    loaded = rankers.load_student(tmp_path / "out")
+    np.testing.assert_array_equal(_scores(loaded, loaded.params), _scores(ranker, params))
+
+
+def test_not_an_export_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="pile_jax_student.json"):
+        rankers.load_student(tmp_path)
+    (tmp_path / "pile_jax_student.json").write_text('{"format": "pile_jax_student", "format_version": 1, "kind": "x"}')
+    with pytest.raises(ValueError, match="unknown student kind"):
+        rankers.load_student(tmp_path)
