@@ -192,7 +192,7 @@ SECTION_KEYS = {
     "distributed": ("enabled", "coordinator_address", "num_processes", "process_id"),
     "eval": ("split",),
     "study": ("name", "train_source", "seeds", "teacher", "layer_teacher", "students", "factors", "cells", "train",
-              "latency"),
+              "latency", "export"),
     "study.latency": ("enabled", "queries", "candidates", "repeats"),
     "study.student": ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers",
                       "remat"),  # + the kind's options (STUDENT_OPTIONS)
