@@ -63,7 +63,7 @@ def test_crash_and_resume_on_a_gs_workdir(gcs, tmp_path, monkeypatch):
 
     def crash(i):
         reads.append(i)
-        if len(reads) > len(examples) + 4 * CFG["batch_size"]:   # the loader's length pass, then 4 batches
+        if len(reads) > len(examples) + 5 * CFG["batch_size"]:   # length pass; batch 5 is read during step 4
             raise Crash
 
     with pytest.raises(Crash):

@@ -17,8 +17,9 @@ The loop::
 
     placement = make_placement(cfg.parallel)        # pmap | shard_map | none, chosen once
     state = placement.init(create_train_state(...) or restore(...))
+    batches = DevicePrefetch(loader, placement.put)      # two batches already on device
     for step in range(start, total):
-        state, metrics = placement step(state, placement.put(loader.next_batch()))
+        state, metrics = placement step(state, batches.next_batch())
         read metrics / evaluate / checkpoint / stop on preemption, on their intervals
 
 Metrics stay on device until a log, eval or checkpoint step reads them (no per-step host sync);
@@ -36,7 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from pile_jax.data.loader import make_train_loader
+from pile_jax.data.loader import DevicePrefetch, make_train_loader
 from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
 from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
@@ -246,8 +247,13 @@ def train(
     step_fn = _STEPS[key]
     dstate = placement.init(state)
 
+    # Device prefetch: two batches already placed on device (device_put is asynchronous, so the
+    # copy of the next batch overlaps the running step); its state is that of the next batch
+    # returned, so checkpoints stay exact. The pair count is taken on the host, before the copy.
+    batches = DevicePrefetch(loader, lambda b: (int(np.asarray(b["mask"]).sum()) * pc, placement.put(b)), size=2)
+
     def extra():
-        return {"sampler": loader.state_dict(), "history": history, "best": best}
+        return {"sampler": batches.state_dict(), "history": history, "best": best}
 
     def run_eval(step):
         nonlocal best_params
@@ -305,9 +311,9 @@ def train(
         pbar = progress_bar(total=total, initial=start, desc="train", unit="step")
     try:
         for step in range(start, total):
-            batch = loader.next_batch()
-            clock["pairs"] += int(np.asarray(batch["mask"]).sum()) * pc
-            dstate, metrics = step_fn(dstate, placement.put(batch))
+            pairs, batch = batches.next_batch()
+            clock["pairs"] += pairs
+            dstate, metrics = step_fn(dstate, batch)
             done = step + 1
             pending.append((done, metrics))
             if pbar:
@@ -333,7 +339,7 @@ def train(
             ckpt.save(total, placement.host(dstate), extra(), force=True)
             ckpt.wait()
     finally:
-        loader.close()
+        batches.close()
         if pbar:
             pbar.close()
         if flag is not None:

@@ -56,7 +56,9 @@ def main():
 
         def crash(i):
             reads.append(i)
-            if len(reads) > len(examples) + STOP_AFTER * per_process:  # after the loader's length pass
+            # after the loader's length pass; batch STOP_AFTER + 1 is read while step STOP_AFTER
+            # waits for the device queue (2 batches), so the crash stops the run after that step
+            if len(reads) > len(examples) + (STOP_AFTER + 1) * per_process:
                 raise Crash(f"simulated crash after step {STOP_AFTER}")
 
         try:
@@ -76,11 +78,12 @@ def main():
 
     def sigterm_on_process_0(i):
         reads.append(i)
-        # the loader reads every group once (its length pass), then builds batches 2 ahead of the
-        # step: building batch index 4 happens during step 3
-        if pid == 0 and len(reads) == len(examples) + 4 * per_process + 1:
+        # the loader reads every group once (its length pass); then, with reads slowed from batch
+        # 2 on, the step waits for the device queue (2 batches), so batch index 5 is built
+        # while step 3 runs
+        if pid == 0 and len(reads) == len(examples) + 5 * per_process + 1:
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, to one host only
-        if len(reads) > len(examples) + 4 * per_process:
+        if len(reads) > len(examples) + 2 * per_process:
             time.sleep(0.2)  # the notice travels through the coordination service meanwhile
 
     try:
