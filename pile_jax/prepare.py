@@ -38,7 +38,7 @@ _log = logging.getLogger(__name__)
 
 __all__ = [
     "Prepared", "prepare", "candidate_settings", "first_stage", "train_group_args", "teacher_candidates",
-    "teacher_stats", "standardise", "obtain_teacher", "score_teacher", "teacher_fingerprint", "score_sharded",
+    "teacher_stats", "standardise", "obtain_teacher", "score_teacher", "teacher_fingerprint",
     "check_teacher_name", "TEACHER_KINDS", "train_cross_encoder_teacher", "ranking_groups_source", "standardize_setting",
 ]
 
@@ -125,46 +125,11 @@ def standardise(groups: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
     return dict(groups, teacher_scores=(ts * groups["mask"][:, None, :]).astype(np.float32))
 
 
-# ------------------------------------------------------------------------ sharded scoring
-def _allgather(x: np.ndarray) -> np.ndarray:
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=False))
-
-
+# ------------------------------------------------------------------------ processes
 def _process() -> tuple[int, int]:
     import jax
 
     return jax.process_index(), jax.process_count()
-
-
-def score_sharded(score_fn: Callable[[dict], Mapping[str, Mapping[str, float]]], candidates: Mapping[str, Sequence[str]],
-                  *, process_index: int | None = None, process_count: int | None = None,
-                  allgather: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, dict[str, float]]:
-    """Scores ``candidates`` with ``score_fn`` across processes and returns every score on every process.
-
-    Query ``i`` (in ``candidates`` order) is scored by process ``i % P``; each process packs its
-    scores into a float32 ``[Q, D]`` array (zeros elsewhere), the arrays are all-gathered to
-    ``[P, Q, D]`` and row ``i`` is read from process ``i % P``. Scores are float32 (the models'
-    output type), so the gather is exact. One process: ``score_fn(candidates)``.
-    """
-    if process_index is None or process_count is None:
-        process_index, process_count = _process()
-    if process_count == 1:
-        return {q: dict(s) for q, s in score_fn(dict(candidates)).items()}
-    qids = list(candidates)
-    width = max([len(candidates[q]) for q in qids] + [1])
-    mine = {q: list(candidates[q]) for i, q in enumerate(qids) if i % process_count == process_index}
-    got = score_fn(mine) if mine else {}
-    local = np.zeros((len(qids), width), np.float32)
-    for i, q in enumerate(qids):
-        if q in mine:
-            local[i, :len(mine[q])] = [got[q][d] for d in mine[q]]
-    gathered = np.asarray((allgather or _allgather)(local))
-    if gathered.shape != (process_count, len(qids), width):
-        raise RuntimeError(f"score_sharded: gathered shape {gathered.shape}, expected {(process_count, len(qids), width)}")
-    return {q: {d: float(gathered[i % process_count, i, j]) for j, d in enumerate(candidates[q])}
-            for i, q in enumerate(qids)}
 
 
 def _agree(flag: bool) -> bool:
@@ -260,9 +225,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     (``model.base``), ``checkpoint`` (``spec.path``, a Hugging Face cross-encoder folder),
     ``cross_encoder`` (fine-tuned here on ``fit_candidates``'s train groups, cross-fitted over
     ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``file`` (``spec.path``). Queries in
-    ``done`` whose candidates it covers are kept; model teachers on one process call ``save`` with
-    the scores so far every 50 queries (a killed run resumes), and on several processes score
-    their slice of the queries (:func:`score_sharded`).
+    ``done`` whose candidates it covers are kept; model teachers call ``save`` with the scores so
+    far every 50 queries (a killed run resumes); on several processes every process runs the same
+    calls and the scorers share the batches out across processes (data-parallel scoring).
     """
     log = log or _log.info
     from pile_jax.data import read_teacher_scores
@@ -299,17 +264,17 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
             def score(part, progress):
                 return score_candidates(ranker, ranker.params, part, coll.queries, coll.docs,
                                         batch_size=batch_size, progress=progress)
-        if _process()[1] > 1:
-            new = score_sharded(lambda part: score(part, f"score {spec['name']}"), todo)
-        else:
-            new = {}
-            keys = list(todo)
-            chunk = 50  # save every 50 queries, so a killed scoring run resumes
-            for i in range(0, len(keys), chunk):
-                part = {q: todo[q] for q in keys[i:i + chunk]}
-                new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
-                if save is not None and i + chunk < len(keys):
-                    save({**done, **new})
+        # Every process runs the same loop over the same queries: the scorers are data-parallel
+        # over the local devices and, on several processes, deal the batches out across processes
+        # and all-gather the scores (pile_jax.scoring.map_sorted), so all processes get them all.
+        new = {}
+        keys = list(todo)
+        chunk = 50  # save every 50 queries (process 0), so a killed scoring run resumes
+        for i in range(0, len(keys), chunk):
+            part = {q: todo[q] for q in keys[i:i + chunk]}
+            new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
+            if save is not None and i + chunk < len(keys):
+                save({**done, **new})
     elif kind == "cross_encoder":
         if _process()[1] > 1:
             raise C.ConfigError(f"teacher {spec.get('name')!r}: kind cross_encoder (fine-tuned in the job) runs on "

@@ -80,7 +80,7 @@ def test_bert_dot_is_a_sentence_transformer_with_the_same_vectors(tmp_path, opts
     assert st.max_seq_length == 26
     texts = [d for row in DOCS for d in row]  # the long one is truncated by both at 24 tokens + [CLS], [SEP]
     module = ranker.meta["module"]
-    ids, mask = ranker.featurize.encode_documents(texts)
+    ids, mask = ranker.meta["features"].encode_documents(texts)
     ours = np.asarray(module.apply({"params": params}, ids, mask, method="encode_documents"))
     theirs = st.encode(texts, convert_to_numpy=True)
     np.testing.assert_allclose(theirs, ours, atol=1e-5, rtol=0)

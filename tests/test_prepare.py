@@ -1,12 +1,10 @@
 """pile_jax.prepare (the one preparation path of `run`, `study` and `train`), URL paths for the jobs,
-sharded teacher scoring, float64 standardisation, teacher spec sidecars and atomic artefacts.
+float64 standardisation, teacher spec sidecars and atomic artefacts.
 
 References are independent: NumPy float64 re-derivations, `bm25_search` called directly, and
 files read back from the fake object store's folder on disk."""
 
 import json
-import os
-import threading
 
 import numpy as np
 import pytest
@@ -139,55 +137,6 @@ def test_ensemble_cli_refuses_two_teachers_with_one_name(tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------- sharded scoring
-def test_score_sharded_three_simulated_processes_agree_with_one():
-    """Three threads play three processes (process_index 0..2, an all-gather through a barrier):
-    each scores only its slice (queries i % 3 == p, disjoint and covering) and every process ends
-    with every score, equal to scoring everything at once."""
-    rng = np.random.default_rng(1)
-    cands = {f"q{i}": [f"d{j}" for j in range(int(rng.integers(1, 6)))] for i in range(10)}
-    table = {(q, d): float(np.float32(rng.normal())) for q, ds in cands.items() for d in ds}
-
-    def score(part):
-        return {q: {d: table[(q, d)] for d in ds} for q, ds in part.items()}
-
-    P_ = 3
-    barrier = threading.Barrier(P_)
-    slots, seen, results = [None] * P_, [None] * P_, [None] * P_
-
-    def worker(p):
-        def allgather(x):
-            slots[p] = x
-            barrier.wait()
-            out = np.stack(slots)
-            barrier.wait()
-            return out
-
-        def fn(part):
-            seen[p] = list(part)
-            return score(part)
-
-        results[p] = P.score_sharded(fn, cands, process_index=p, process_count=P_, allgather=allgather)
-
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(P_)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    qids = list(cands)
-    for p in range(P_):
-        assert seen[p] == [q for i, q in enumerate(qids) if i % P_ == p]
-        assert results[p] == score(cands)
-    assert sorted(sum(seen, [])) == sorted(qids)
-
-
-def test_score_sharded_one_process_calls_once():
-    calls = []
-    got = P.score_sharded(lambda part: calls.append(part) or {q: {d: 1.0 for d in ds} for q, ds in part.items()},
-                          {"a": ["x"], "b": ["y", "z"]}, process_index=0, process_count=1)
-    assert len(calls) == 1 and got == {"a": {"x": 1.0}, "b": {"y": 1.0, "z": 1.0}}
-
-
-# ------------------------------------------------------------------- prepare, reuse, sidecars
 def _bm25_reference(coll_path, qids, depth):
     from pile_jax.bm25 import bm25_search
     from pile_jax.data import load_collection
