@@ -135,3 +135,62 @@ def test_train_config_reads_lr_multipliers_and_names_bad_values():
         TrainConfig.from_config({"lr_multipliers": [1, 2]})
     with pytest.raises(ConfigError, match="train.lr_multipliers"):
         TrainConfig.from_config({"lr_multipliers": {"head(": 2.0}})
+
+
+def test_train_config_every_field_round_trips_its_default():
+    import dataclasses
+
+    from pile_jax.train.loop import TrainConfig
+
+    assert TrainConfig.from_config(None) == TrainConfig()
+    for f in dataclasses.fields(TrainConfig):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        got = getattr(TrainConfig.from_config({f.name: default}), f.name)
+        assert got == default and type(got) is type(default), f.name
+    everything = {f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig.from_config(everything) == TrainConfig()
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("learning_rate", "1e-4", 1e-4),        # YAML 1.1 reads 1e-4 (no dot) as a string
+    ("learning_rate", 3, 3.0),
+    ("batch_size", 2.0, 2),                 # an integral float is an int
+    ("batch_size", "16", 16),
+    ("steps", None, None),                  # int | None takes null
+    ("steps", 5.0, 5),
+    ("warmup_steps", 0.25, 0.25),           # int | float: a fraction ...
+    ("warmup_steps", 100, 100),             # ... or a step count
+    ("warmup_steps", "1e2", 100.0),
+    ("progress", False, False),
+    ("schedule", "cosine", "cosine"),
+    ("lr_multipliers", None, None),
+    ("lr_multipliers", {"head": 20, "encoder/layer_0": "0.5"}, {"head": 20.0, "encoder/layer_0": 0.5}),
+])
+def test_train_config_coerces_values_to_the_field_types(key, value, expected):
+    from pile_jax.train.loop import TrainConfig
+
+    got = getattr(TrainConfig.from_config({key: value}), key)
+    assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("key,value,expected_type", [
+    ("batch_size", 2.5, "int"),             # not integral
+    ("batch_size", True, "int"),            # a bool is not a number here
+    ("learning_rate", False, "float"),
+    ("learning_rate", "fast", "float"),
+    ("seed", None, "int"),                  # not nullable
+    ("steps", float("inf"), "int | None"),
+    ("eval_every", "x", "int | None"),
+    ("warmup_steps", True, "int | float"),
+    ("progress", 1, "bool"),
+    ("progress", "yes", "bool"),
+    ("lr_multipliers", {"head": "big"}, "dict[str, float] | None"),
+])
+def test_train_config_bad_value_names_the_key_and_type(key, value, expected_type):
+    import re
+
+    from pile_jax.config import ConfigError
+    from pile_jax.train.loop import TrainConfig
+
+    with pytest.raises(ConfigError, match="^" + re.escape(f"train.{key}: expected {expected_type}, got {value!r} (")):
+        TrainConfig.from_config({key: value})

@@ -32,6 +32,8 @@ import dataclasses
 import os
 import re
 import time
+import types
+import typing
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -67,7 +69,7 @@ class TrainConfig:
     epochs: float = 1.0            # used when steps is None
     steps: int | None = None
     learning_rate: float = 3e-5
-    lr_multipliers: dict | None = None  # {path regex: factor}, e.g. {"head": 20.0} for a new score head
+    lr_multipliers: dict[str, float] | None = None  # {path regex: factor}, e.g. {"head": 20.0} for a new score head
     warmup_steps: int | float = 0.1  # < 1: fraction of the total steps
     schedule: str = "linear"
     weight_decay: float = 0.01
@@ -85,45 +87,99 @@ class TrainConfig:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> "TrainConfig":
+        """A TrainConfig from a ``train:`` mapping, each value converted to its field's real type.
+
+        The field types come from ``typing.get_type_hints`` (not annotation strings); each value goes
+        through :func:`_convert`. Missing keys keep the dataclass default (the one home of each
+        default). Raises ``ConfigError("train.<key>: expected <type>, got <value> (<why>)")``."""
+        from pile_jax.config import ConfigError
+
         cfg = dict(cfg or {})
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:
-            from pile_jax.config import ConfigError
-
             raise ConfigError(f"train: unknown key(s) {unknown} (known: {sorted(known)})")
-        types = {f.name: f.type for f in dataclasses.fields(cls)}
+        hints = typing.get_type_hints(cls)
         out = {}
         for key, value in cfg.items():
-            kind = types[key]
+            tp = hints[key]
             try:
-                if value is None:
-                    if "None" not in kind:
-                        raise ValueError("must not be null")
-                    out[key] = None
-                elif kind.startswith("int | float") or kind.startswith("float"):
-                    out[key] = float(value)  # YAML reads 1e-4 (no dot) as a string
-                elif kind.startswith("int"):
-                    out[key] = int(value) if float(value) == int(float(value)) else _bad(value)
-                elif kind.startswith("dict"):
-                    if not isinstance(value, Mapping):
-                        _bad(value)
-                    out[key] = {str(k): float(v) for k, v in value.items()}
-                    for pattern in out[key]:
-                        re.compile(pattern)
-                elif kind == "bool":
-                    out[key] = value if isinstance(value, bool) else _bad(value)
-                else:
-                    out[key] = str(value)
-            except (TypeError, ValueError, re.error) as e:
-                from pile_jax.config import ConfigError
-
-                raise ConfigError(f"train.{key}: expected {kind}, got {value!r} ({e})") from e
+                out[key] = _convert(tp, value)
+            except (TypeError, ValueError, OverflowError, re.error) as e:
+                raise ConfigError(f"train.{key}: expected {_type_name(tp)}, got {value!r} ({e})") from e
         return cls(**out)
+
+
+def _type_name(tp) -> str:
+    """``int``, ``int | None``, ``dict[str, float] | None``: the type as it is written in the class."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in args)
+    if args:
+        return f"{typing.get_origin(tp).__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return "None" if tp is type(None) else getattr(tp, "__name__", str(tp))
 
 
 def _bad(value):
     raise ValueError(f"invalid value {value!r}")
+
+
+def _to_bool(value) -> bool:
+    """Only a YAML boolean (true/false): a number or a string is an error, not a truth value."""
+    return value if isinstance(value, bool) else _bad(value)
+
+
+def _to_float(value) -> float:
+    """A number, or a numeric string (YAML reads ``1e-4``, without a dot, as a string); not a bool."""
+    return float(value) if not isinstance(value, bool) else _bad(value)
+
+
+def _to_int(value) -> int:
+    """An integral number (``2``, ``2.0``, ``"2"``, ``"1e3"``); ``2.5`` and booleans are errors."""
+    f = _to_float(value)
+    return int(f) if f == int(f) else _bad(value)
+
+
+def _to_int_or_float(value) -> int | float:
+    """An int stays an int; anything else numeric becomes a float."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else _to_float(value)
+
+
+def _to_str(value) -> str:
+    return str(value)
+
+
+_CONVERTERS: dict = {bool: _to_bool, int: _to_int, float: _to_float, str: _to_str}
+
+
+def _convert(tp, value):
+    """``value`` as type ``tp``: one converter per real type; ``X | None`` also takes null;
+    ``dict[str, float]`` needs a mapping, its keys are parameter-path regexes (compiled to check)."""
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None:
+            if type(None) in args:
+                return None
+            raise ValueError("must not be null")
+        rest = tuple(a for a in args if a is not type(None))
+        if set(rest) == {int, float}:
+            return _to_int_or_float(value)
+        if len(rest) == 1:
+            return _convert(rest[0], value)
+        raise TypeError(f"no converter for {_type_name(tp)}")
+    if value is None:
+        raise ValueError("must not be null")
+    if typing.get_origin(tp) is dict:
+        if not isinstance(value, Mapping):
+            _bad(value)
+        key_type, value_type = args or (str, float)
+        out = {_convert(key_type, k): _convert(value_type, v) for k, v in value.items()}
+        for pattern in out:
+            re.compile(pattern)
+        return out
+    if tp in _CONVERTERS:
+        return _CONVERTERS[tp](value)
+    raise TypeError(f"no converter for {_type_name(tp)}")
 
 
 @dataclasses.dataclass
