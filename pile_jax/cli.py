@@ -19,6 +19,8 @@ def _add_config_args(p: argparse.ArgumentParser, *, required: bool = True) -> No
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH
+
     parser = argparse.ArgumentParser(prog="pile-jax", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -36,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", action="append", required=True, metavar="NAME=SPEC",
                    help="NAME=bm25 | NAME=biencoder:MODEL | NAME=MODEL_DIR[:LAYERS] (HF cross-encoder folder); repeatable")
     p.add_argument("--out", required=True, help="folder for <NAME>.tsv teacher score files")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     p.add_argument("--batch-size", type=int, default=64)
 
     p = sub.add_parser("ensemble", help="ensemble teacher score files (pile, mean, ...) and print the teacher report")
@@ -63,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="HF cross-encoder folder: re-rank the run's candidates first")
     p.add_argument("--split", default="test")
     p.add_argument("--depth", type=int, default=100)
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH)
     p.add_argument("--out-run", help="where to write the re-ranked run (with --model)")
 
     p = sub.add_parser("export", help="export a trained student (work folder) to a Hugging Face folder")

@@ -413,7 +413,10 @@ def position_limit(base: str) -> tuple[int, str]:
 
 
 def _check_length(c: _Checker, model: Mapping[str, Any], where: str, base_key: str = "base",
-                  default_length: int = 128) -> None:
+                  default_length: int | None = None) -> None:
+    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH
+
+    default_length = PIPELINE_MAX_LENGTH if default_length is None else default_length
     base = model.get(base_key, "all-MiniLM-L6-v2")
     length = model.get("max_length", default_length)
     for key in ("max_length", "max_query_length", "max_doc_length"):
@@ -496,8 +499,11 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         student = c.section(cfg.get("student"), "student", SECTION_KEYS["student"], required=True)
         c.choice(student, "dtype", "student", DTYPES)
         c.number(student, "num_layers", "student", integer=True, low=1)
-        _check_length(c, student, "student", default_length=256)
-        model = {"max_length": student.get("max_length", 256), "max_query_length": 64}
+        from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
+
+        _check_length(c, student, "student", default_length=DEFAULT_MAX_LENGTH)
+        model = {"max_length": student.get("max_length", DEFAULT_MAX_LENGTH),
+                 "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
     else:
         model = _model_section(c, cfg.get("model"), "model")
         _check_length(c, model, "model")

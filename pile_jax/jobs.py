@@ -72,6 +72,7 @@ def _check_max_length(model: str, max_length: int) -> None:
 
 def cmd_score(args) -> int:
     from pile_jax.data import load_collection
+    from pile_jax.models.tokenize import DEFAULT_MAX_QUERY_LENGTH
     from pile_jax.prepare import first_stage, obtain_teacher
 
     _positive(args, "depth", "max_length", "batch_size")
@@ -84,7 +85,8 @@ def cmd_score(args) -> int:
     candidates, ranked = first_stage(coll, run_path=args.candidates, depth=args.depth, qids=qids)
     for spec in specs:
         path = pio.as_path(args.out) / f"{spec['name']}.tsv"
-        model = {"max_length": args.max_length, "max_query_length": 64, "base": "all-MiniLM-L6-v2"}
+        model = {"max_length": args.max_length, "max_query_length": DEFAULT_MAX_QUERY_LENGTH,
+                 "base": "all-MiniLM-L6-v2"}
         if isinstance(spec.get("model"), str):
             model["base"] = spec["model"]
         scores, _ = obtain_teacher(spec, path=path, coll=coll, candidates=candidates, ranked=ranked, model=model,

@@ -90,6 +90,7 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
 def _run(cfg, *, out, data, log, export):
     from pile_jax import ensemble as E
     from pile_jax import rankers
+    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
     from pile_jax.train.loop import score_candidates, train
     from pile_jax.report import jsonable, write_report
 
@@ -198,7 +199,7 @@ def _run(cfg, *, out, data, log, export):
     else:
         make_student = functools.partial(rankers.student, kind)
         if kind != "cross_encoder":
-            student_extra["max_doc_length"] = int(model_cfg.get("max_doc_length", model_cfg.get("max_length", 128)))
+            student_extra["max_doc_length"] = int(model_cfg.get("max_doc_length", model_cfg.get("max_length", PIPELINE_MAX_LENGTH)))
     for run_name, obj_cfg in scfg["runs"].items():
         obj = dict(obj_cfg)
         if obj.get("teacher") == "best":
@@ -209,8 +210,8 @@ def _run(cfg, *, out, data, log, export):
             t1 = time.perf_counter()
             ranker = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                   num_layers=int(scfg.get("num_layers", 2)),
-                                  max_length=int(model_cfg.get("max_length", 128)),
-                                  max_query_length=int(model_cfg.get("max_query_length", 32)),
+                                  max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                  max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
                                   dtype=model_cfg.get("dtype", "float32"), seed=seed, **student_extra)
             bs = int(cfg.get("score_batch_size", 64))
 
@@ -236,10 +237,10 @@ def _run(cfg, *, out, data, log, export):
                 work = out_path / "students" / f"{run_name}__seed{seed}"
                 student_meta = {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
                                 "num_layers": int(scfg.get("num_layers", 2)),
-                                "max_length": int(model_cfg.get("max_length", 128)),
-                                "max_query_length": int(model_cfg.get("max_query_length", 32)),
+                                "max_length": int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                "max_query_length": int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
                                 "max_doc_length": student_extra.get("max_doc_length",
-                                                                    int(model_cfg.get("max_length", 128))),
+                                                                    int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH))),
                                 "dtype": model_cfg.get("dtype", "float32"),
                                 "options": {k: v for k, v in student_extra.items() if k != "max_doc_length"}}
                 card = {"name": f"student_{run_name} (seed {seed})", "teachers": teacher_names, "objective": obj,

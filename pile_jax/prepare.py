@@ -245,9 +245,10 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
             new = bm25_scores_for(coll.docs, coll.queries, todo)
     elif kind in ("biencoder_cosine", "checkpoint"):
         from pile_jax import rankers
+        from pile_jax.models.tokenize import DEFAULT_MAX_QUERY_LENGTH, PIPELINE_MAX_LENGTH
 
         if kind == "biencoder_cosine":
-            ranker = rankers.biencoder_cosine(model["base"], max_length=int(model.get("max_length", 128)))
+            ranker = rankers.biencoder_cosine(model["base"], max_length=int(model.get("max_length", PIPELINE_MAX_LENGTH)))
 
             def score(part, progress):
                 return rankers.biencoder_score_candidates(ranker, part, coll.queries, coll.docs,
@@ -257,8 +258,8 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
 
             ranker = rankers.cross_encoder(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"),
                                            num_layers=spec.get("num_layers"),
-                                           max_length=int(model.get("max_length", 128)),
-                                           max_query_length=int(model.get("max_query_length", 64)),
+                                           max_length=int(model.get("max_length", PIPELINE_MAX_LENGTH)),
+                                           max_query_length=int(model.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
                                            new_head=False)
 
             def score(part, progress):
@@ -298,6 +299,7 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
     scores the other queries and their logits are averaged."""
     from pile_jax import rankers
     from pile_jax.data import build_groups, iter_group_examples
+    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
     from pile_jax.train.loop import score_candidates, train
 
     depth = candidate_settings(cfg)[1]
@@ -315,8 +317,8 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
                                      **train_group_args(cfg, depth))
         ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
                                        num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
-                                       max_length=int(model_cfg.get("max_length", 128)),
-                                       max_query_length=int(model_cfg.get("max_query_length", 32)),
+                                       max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                       max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
                                        dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
         train_cfg = dict(cfg.get("teacher_train", {}))
         train_cfg.update(spec.get("train", {}))

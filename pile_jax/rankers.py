@@ -17,6 +17,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pile_jax.models.tokenize import (
+    DEFAULT_MAX_DOC_LENGTH,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_MAX_QUERY_LENGTH,
+    DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+)
 from pile_jax.train.loop import Ranker
 
 
@@ -43,8 +49,8 @@ def cross_encoder(
     base: str,
     *,
     num_layers: int | None = None,
-    max_length: int = 256,
-    max_query_length: int = 64,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
     dtype: str = "float32",
     seed: int = 0,
     remat: bool = False,
@@ -65,7 +71,7 @@ def cross_encoder(
                         "base": base, "max_length": int(max_length), "max_query_length": int(max_query_length)})
 
 
-def biencoder_cosine(base: str, *, max_length: int = 256, buckets=(16, 32, 64, 128, 192, 256, 384, 512)) -> Ranker:
+def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets=(16, 32, 64, 128, 192, 256, 384, 512)) -> Ranker:
     """Zero-shot bi-encoder: cosine of mean-pooled, L2-normalised token vectors (no training).
 
     Texts are ``[CLS] text [SEP]`` with at most ``max_length - 2`` content tokens (the two-tower
@@ -179,9 +185,9 @@ def student(
     base: str = "all-MiniLM-L6-v2",
     *,
     num_layers: int | None = None,
-    max_length: int = 256,
-    max_query_length: int = 30,
-    max_doc_length: int = 200,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,  # also for kind="cross_encoder" here
+    max_doc_length: int = DEFAULT_MAX_DOC_LENGTH,
     dtype: str | None = None,
     remat: bool | None = None,
     seed: int = 0,
@@ -228,7 +234,8 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
     if kind == "cross_encoder" and config is None and meta.get("module") is not None:
         config = meta["module"].config
     return export_student(path, kind=kind, params=params, tokenizer=meta["path"], module=module, config=config,
-                          max_length=meta.get("max_length", 256), max_query_length=meta.get("max_query_length", 64),
+                          max_length=meta.get("max_length", DEFAULT_MAX_LENGTH),
+                          max_query_length=meta.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH),
                           max_doc_length=meta.get("max_doc_length"), base=meta.get("base"), card=card)
 
 

@@ -206,8 +206,11 @@ def make_student(cell, *, cfg, seed: int, layer_teacher=None):
     kind = spec.pop("kind")
     model_cfg = dict(cfg.get("model", {}))
     base = spec.pop("base", model_cfg.get("base", "all-MiniLM-L6-v2"))
+    from pile_jax.models import tokenize as T
+
     kw = {k: spec.pop(k, model_cfg.get(k, d)) for k, d in
-          (("max_length", 128), ("max_query_length", 32), ("max_doc_length", 96))}
+          (("max_length", T.PIPELINE_MAX_LENGTH), ("max_query_length", T.PIPELINE_MAX_QUERY_LENGTH),
+           ("max_doc_length", T.STUDY_MAX_DOC_LENGTH))}
     dtype = spec.pop("dtype", model_cfg.get("dtype"))
     num_layers = spec.pop("num_layers", None)
     ranker = rankers.student(kind, base, num_layers=num_layers, dtype=dtype, seed=seed, **kw, **spec)

@@ -30,18 +30,19 @@ def _student_ranker(scfg: Mapping[str, Any], seed: int):
     """The student of a ``student:`` section: a cross-encoder (default), or ``kind:`` any student
     of :mod:`pile_jax.models.students` with ``options:`` (what ``pile-jax run`` records)."""
     from pile_jax import rankers
+    from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
 
     kind = scfg.get("kind", "cross_encoder")
     if kind != "cross_encoder" or scfg.get("options"):
         return rankers.student(kind, scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
-                               max_length=int(scfg.get("max_length", 256)),
-                               max_query_length=int(scfg.get("max_query_length", 64)),
-                               max_doc_length=int(scfg.get("max_doc_length", scfg.get("max_length", 256))),
+                               max_length=int(scfg.get("max_length", DEFAULT_MAX_LENGTH)),
+                               max_query_length=int(scfg.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
+                               max_doc_length=int(scfg.get("max_doc_length", scfg.get("max_length", DEFAULT_MAX_LENGTH))),
                                dtype=scfg.get("dtype"), seed=seed, remat=scfg.get("remat"),
                                **dict(scfg.get("options") or {}))
     return rankers.cross_encoder(scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
-                                 max_length=int(scfg.get("max_length", 256)),
-                                 max_query_length=int(scfg.get("max_query_length", 64)),
+                                 max_length=int(scfg.get("max_length", DEFAULT_MAX_LENGTH)),
+                                 max_query_length=int(scfg.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
                                  dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)),
                                  new_head=True)
 
@@ -113,6 +114,7 @@ def _train_job(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
     from pile_jax.data import write_run
     from pile_jax.prepare import prepare, ranking_groups_source, standardize_setting
     from pile_jax.train.evaluate import mean_metrics, run_metrics
+    from pile_jax.models import tokenize as T
     from pile_jax.train.loop import score_candidates, train
 
     primary = pio.is_primary()
@@ -124,7 +126,8 @@ def _train_job(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
     standardize = standardize_setting(cfg, "standardize", "global")
     split = C.get(cfg, "eval.split", "test")
     prep = prepare(cfg, out=out, log=log, standardize=standardize,
-                   teacher_model={"max_length": int(scfg.get("max_length", 256)), "max_query_length": 64})
+                   teacher_model={"max_length": int(scfg.get("max_length", T.DEFAULT_MAX_LENGTH)),
+                                  "max_query_length": T.DEFAULT_MAX_QUERY_LENGTH})
     coll, splits, candidates, groups, names = prep.coll, prep.splits, prep.candidates, prep.groups, prep.teacher_names
     if split not in splits:
         raise C.ConfigError(f"{cfg.get('_source', 'config')}: eval.split: unknown split {split!r} "

@@ -167,3 +167,36 @@ def test_token_store_round_trip_and_lookup(tmp_path, bert_tok):
     assert back.keys == store.keys
     np.testing.assert_array_equal(back.tokens, store.tokens)
     np.testing.assert_array_equal(back.offsets, store.offsets)
+
+
+def test_length_defaults_have_one_home():
+    """Every library signature defaults to the constants of pile_jax.models.tokenize, which hold the
+    documented values (pairs 256 / query 64; two-tower query 30 / document 200; pipeline 128 / 32)."""
+    import inspect
+
+    from pile_jax import rankers
+    from pile_jax.models import reranker, students
+    from pile_jax.models import tokenize as T
+
+    assert (T.DEFAULT_MAX_LENGTH, T.DEFAULT_MAX_QUERY_LENGTH) == (256, 64)
+    assert (T.DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH, T.DEFAULT_MAX_DOC_LENGTH) == (30, 200)
+    assert (T.PIPELINE_MAX_LENGTH, T.PIPELINE_MAX_QUERY_LENGTH, T.STUDY_MAX_DOC_LENGTH) == (128, 32, 96)
+
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if k.startswith("max_")}
+
+    pair = {"max_length": 256, "max_query_length": 64}
+    two_tower = {"max_length": 256, "max_query_length": 30, "max_doc_length": 200}
+    assert defaults(T.PairTokenizer.__init__) == pair
+    assert defaults(reranker.Reranker.from_pretrained) == pair
+    assert defaults(rankers.cross_encoder) == pair
+    assert defaults(rankers.biencoder_cosine) == {"max_length": 256}
+    assert defaults(T.TwoTowerTokenizer.__init__) == {"max_query_length": 30, "max_doc_length": 200}
+    assert defaults(students.make_features) == two_tower
+    assert defaults(students.make_featurizer) == two_tower
+    assert defaults(rankers.student) == two_tower
+
+    from pile_jax.cli import build_parser
+
+    args = build_parser().parse_args(["score", "--collection", "cranfield", "--teacher", "b=bm25", "--out", "x"])
+    assert args.max_length == 256

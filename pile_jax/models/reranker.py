@@ -33,7 +33,7 @@ from .config import EncoderConfig
 from .cross_encoder import CrossEncoder
 from .hf_io import export_pretrained, load_pretrained
 from .hub import resolve_model_path
-from .tokenize import DEFAULT_BUCKETS, PairTokenizer
+from .tokenize import DEFAULT_BUCKETS, DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH, PairTokenizer
 
 __all__ = ["Reranker"]
 
@@ -56,8 +56,9 @@ class Reranker:
         self._score = jax.jit(score)
 
     @classmethod
-    def from_pretrained(cls, path, num_layers: int | None = None, max_length: int = 256,
-                        dtype: str = "float32", *, max_query_length: int = 64, num_labels: int = 1,
+    def from_pretrained(cls, path, num_layers: int | None = None, max_length: int = DEFAULT_MAX_LENGTH,
+                        dtype: str = "float32", *, max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
+                        num_labels: int = 1,
                         seed: int = 0, buckets: Sequence[int] = DEFAULT_BUCKETS, new_head: bool = False,
                         attention_impl: Optional[str] = None) -> "Reranker":
         """Load weights + tokenizer from a local HF folder, a hub id in the local Hugging Face cache,

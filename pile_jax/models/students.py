@@ -712,11 +712,17 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
 # ============================================================================ featurisers
 # One tokenisation path (pile_jax.models.tokenize): texts are tokenised once into token stores and
 # batches are assembled from ids; TwoTowerTokenizer lives there and is re-exported here.
-from .tokenize import TWO_TOWER_BUCKETS, TwoTowerTokenizer  # noqa: E402
+from .tokenize import (  # noqa: E402
+    DEFAULT_MAX_DOC_LENGTH,
+    DEFAULT_MAX_LENGTH,
+    DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+    TWO_TOWER_BUCKETS,
+    TwoTowerTokenizer,
+)
 
 
-def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
-                  max_length: int = 256):
+def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+                  max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH):
     """The featuriser object of a student's ``input_kind``: a
     :class:`~pile_jax.models.tokenize.PairTokenizer` (``"pair"``: ``max_length``,
     ``max_query_length``) or a :class:`TwoTowerTokenizer` with the matching special-token layout.
@@ -737,8 +743,9 @@ def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int =
                              **layouts[input_kind])
 
 
-def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
-                    max_length: int = 256) -> Callable[[Sequence[str], Sequence[Sequence[str]]], dict]:
+def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+                    max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH,
+                    ) -> Callable[[Sequence[str], Sequence[Sequence[str]]], dict]:
     """``featurize(queries [B], docs [B][n]) -> batch arrays`` of :func:`make_features`."""
     return make_features(input_kind, tokenizer_or_path, max_query_length=max_query_length,
                          max_doc_length=max_doc_length, max_length=max_length).featurize

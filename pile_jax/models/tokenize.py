@@ -43,8 +43,27 @@ __all__ = [
     "PairTokenizer", "TwoTowerTokenizer", "TokenStore", "SpecialTemplate", "tokenize_texts", "load_or_tokenize",
     "store_fingerprint", "bucket_length",
     "bucket_set", "assemble_pairs", "assemble_texts", "bucketed_batches", "ragged_arange", "DEFAULT_BUCKETS",
-    "TWO_TOWER_BUCKETS",
+    "TWO_TOWER_BUCKETS", "DEFAULT_MAX_LENGTH", "DEFAULT_MAX_QUERY_LENGTH", "DEFAULT_MAX_DOC_LENGTH",
+    "DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH", "PIPELINE_MAX_LENGTH", "PIPELINE_MAX_QUERY_LENGTH", "STUDY_MAX_DOC_LENGTH",
 ]
+
+# Token-length defaults: the one home of each. Every function signature and ``cfg.get(key, default)``
+# of the library (tokenisers, rankers, students, reranker, the ``train`` job's ``student:`` section,
+# the CLI) refers to these names; a config that sets the key is never affected.
+DEFAULT_MAX_LENGTH = 256        # query + document tokens of a cross-encoder pair (specials included)
+DEFAULT_MAX_QUERY_LENGTH = 64   # query budget inside a pair (clipped so one document token always fits)
+# Two-tower students (BERT-dot, ColBERT, PreTT, TK) encode query and document separately; their
+# budgets are the usual Margin-MSE setting (Hofstaetter et al. 2020: query 30, passage 200 tokens).
+# The query default differs from the pair one on purpose: a query encoded alone needs no room for a
+# document, and PreTT pads every query to this fixed length, so a short budget is cheaper.
+DEFAULT_MAX_DOC_LENGTH = 200
+DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH = 30
+# The ``model:`` section of ``pile-jax run`` / ``pile-jax study`` configs (pipeline, prepare, study,
+# config validation): smaller documented defaults sized for CPU budgets. The shipped configs set
+# these keys explicitly; the defaults apply only to a config that leaves them out.
+PIPELINE_MAX_LENGTH = 128
+PIPELINE_MAX_QUERY_LENGTH = 32
+STUDY_MAX_DOC_LENGTH = 96       # study cells' two-tower document budget (the pipeline uses max_length)
 
 DEFAULT_BUCKETS = (32, 64, 128, 192, 256, 384, 512)
 TWO_TOWER_BUCKETS = (8, 16, 32, 64, 128, 192, 256, 384, 512)
@@ -412,7 +431,8 @@ class PairTokenizer:
     clipped to ``max_length - num_special - 1`` (at least one document token always fits).
     """
 
-    def __init__(self, tokenizer_or_path, *, max_length: int = 256, max_query_length: int = 64,
+    def __init__(self, tokenizer_or_path, *, max_length: int = DEFAULT_MAX_LENGTH,
+                 max_query_length: int = DEFAULT_MAX_QUERY_LENGTH,
                  buckets: Sequence[int] = DEFAULT_BUCKETS, pad_token_id: int | None = None):
         self.tokenizer = _load_tokenizer(tokenizer_or_path)
         self._backend = _backend(self.tokenizer)
@@ -526,7 +546,8 @@ class TwoTowerTokenizer:
     ``tokenizer_or_path``: a transformers fast tokenizer, or a folder / name for ``resolve_model_path``.
     """
 
-    def __init__(self, tokenizer_or_path, *, max_query_length: int = 30, max_doc_length: int = 200,
+    def __init__(self, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+                 max_doc_length: int = DEFAULT_MAX_DOC_LENGTH,
                  query_special: bool = True, doc_special: str = "cls_sep", fixed_query_length: bool = False,
                  buckets: Sequence[int] = TWO_TOWER_BUCKETS):
         if doc_special not in ("cls_sep", "sep", "none"):
