@@ -29,7 +29,7 @@ from pile_jax.prepare import (Log, concat_groups, prepare, ranking_groups_source
                               teacher_stats, train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
 
-METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 
 
 __all__ = ["run", "groups_to_run", "ensemble_specs", "Log", "teacher_stats", "standardise", "METRIC_NAMES"]

@@ -9,7 +9,8 @@ import numpy as np
 
 from pile_jax import io as pio
 
-COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR"))
+COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR (mean of lists)"),
+           ("pnr_pooled", "PNR (pooled pairs)"))
 
 
 def _cell(stats: Mapping[str, float]) -> str:

@@ -180,3 +180,28 @@ def test_pipeline_two_tower_student_kind(tmp_path):
     cfg["students"]["kind"] = "bm42"
     with pytest.raises(C.ConfigError, match="students.kind"):
         pipeline.run(cfg, out=str(tmp_path / "bad"), log=lambda s: None)
+
+
+def test_transfer_set_pseudo_queries_and_groups():
+    """Pseudo-queries are documents' first sentences (cut to max_words, too-short ones skipped,
+    ids ``pq:<doc>``); concatenated train + transfer groups keep every row, in order."""
+    from pile_jax.prepare import concat_groups, pseudo_queries, transfer_settings
+
+    docs = {"a": "flow over a flat plate . more text", "b": "short . x y z", "c": "no full stop at all here",
+            "d": "wing tips. second"}
+    got = pseudo_queries(docs, 10, max_words=3, seed=0)
+    assert got == {"pq:a": "flow over a", "pq:c": "no full stop"}  # "short" and "wing tips" < 3 words
+    assert len(pseudo_queries(docs, 1, max_words=3, seed=0)) == 1
+    g1 = {"query_id": ["1"], "teacher_names": ["t"], "doc_ids": np.array([["x", "y"]]), "labels": np.array([[1.0, 0.0]]),
+          "label_mask": np.array([[True, True]]), "mask": np.array([[True, True]]),
+          "teacher_scores": np.array([[[0.5, 0.1]]])}
+    g2 = dict(g1, query_id=["pq:a"], label_mask=np.array([[False, False]]), labels=np.zeros((1, 2)))
+    both = concat_groups(g1, g2)
+    assert both["query_id"] == ["1", "pq:a"] and both["teacher_names"] == ["t"]
+    np.testing.assert_array_equal(both["label_mask"], [[True, True], [False, False]])
+    assert both["teacher_scores"].shape == (2, 1, 2)
+    assert transfer_settings({"transfer": {"queries": 0}}) is None
+    from pile_jax.config import ConfigError
+
+    with pytest.raises(ConfigError, match="transfer"):
+        transfer_settings({"transfer": {"querys": 5}})
