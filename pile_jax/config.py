@@ -173,7 +173,7 @@ def _data_error(path: str, message: str):
 
 JOB_KEYS = {
     "run": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
-            "teacher_train", "ensembles", "students", "eval"),
+            "teacher_train", "ensembles", "students", "eval", "transfer"),
     "study": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
               "teachers_from", "teacher_train", "ensembles", "study", "eval"),
     "train": ("data", "first_stage", "candidates", "train_groups", "score_batch_size", "teachers", "teacher_train",
@@ -187,7 +187,7 @@ SECTION_KEYS = {
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train"),
     "ensembles": ("standardize", "methods"),
-    "students": ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs"),
+    "students": ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init"),
     "student": ("base", "num_layers", "max_length", "max_query_length", "dtype", "remat"),
     "distributed": ("enabled", "coordinator_address", "num_processes", "process_id"),
     "eval": ("split",),
@@ -579,7 +579,14 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
             c.fail("students.runs", "required: a mapping of run name -> objective")
         for rname, obj in runs.items():
             c.name(rname, f"students.runs.{rname}")
+            if isinstance(obj, Mapping) and "transfer" in obj:   # read the transfer set too (bool)
+                if not isinstance(obj["transfer"], bool):
+                    c.fail(f"students.runs.{rname}.transfer", f"must be true or false, got {obj['transfer']!r}")
+                obj = {k: v for k, v in obj.items() if k != "transfer"}
             check_objective(obj, f"students.runs.{rname}", c.source, teacher=["best"])
+        from pile_jax.prepare import transfer_settings
+
+        transfer_settings(dict(cfg, _source=c.source))   # the transfer section's keys and values
     elif job == "train":
         check_objective(cfg.get("objective"), "objective", c.source, teacher=names)
         check_train_section(cfg.get("train"), "train", c.source)

@@ -27,11 +27,11 @@ from pile_jax import config as C
 from pile_jax import io as pio
 from pile_jax.data import build_groups, write_run
 from pile_jax.logs import log_to_file
-from pile_jax.prepare import (prepare, ranking_groups_source, standardise, standardize_setting, teacher_stats,
-                              train_group_args)
+from pile_jax.prepare import (concat_groups, prepare, ranking_groups_source, standardise, standardize_setting,
+                              teacher_stats, train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
 
-METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
 
 
@@ -121,7 +121,15 @@ def _run(cfg, *, out, data, log, export):
     runs_dir = out_path / "runs"
     train_source, builder = ranking_groups_source(
         groups["train"], out_path / "tfds", f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}")
+    # distillation runs also read the transfer set (unlabelled pseudo-query groups, label_mask all
+    # False: they take part in distillation terms only, and PILE there is the mean of the teachers)
+    transfer_source = None
+    if prep.transfer is not None:
+        transfer_source, _ = ranking_groups_source(
+            concat_groups(groups["train"], prep.transfer), out_path / "tfds",
+            f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}_transfer")
     log("ranking groups: " + ", ".join(f"{s} {len(g['query_id'])}" for s, g in groups.items())
+        + (f", transfer {len(prep.transfer['query_id'])} (unlabelled)" if prep.transfer is not None else "")
         + f"; train skipped (no label pair) {stats['train'].get('skipped_no_label_pair', 0)}; "
         f"TFDS ArrayRecord at {builder.data_dir}")
     phase("prepare", t0)
@@ -200,20 +208,34 @@ def _run(cfg, *, out, data, log, export):
         make_student = functools.partial(rankers.student, kind)
         if kind != "cross_encoder":
             student_extra["max_doc_length"] = int(model_cfg.get("max_doc_length", model_cfg.get("max_length", PIPELINE_MAX_LENGTH)))
-    for run_name, obj_cfg in scfg["runs"].items():
+    bs = int(cfg.get("score_batch_size", 64))
+    student_args = dict(num_layers=int(scfg.get("num_layers", 2)),
+                        max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                        max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+                        dtype=model_cfg.get("dtype", "float32"), **student_extra)
+    if scfg.get("report_init", True):
+        # the students' common starting point, untrained (seed of the first run: new heads are random)
+        init = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"), seed=seeds[0], **student_args)
+        add_run("student_init", None, score_candidates(init, init.params, {q: candidates[q] for q in eval_qids},
+                                                       coll.queries, coll.docs, batch_size=bs))
+    for run_name, obj_cfg in (scfg.get("runs") or {}).items():
         obj = dict(obj_cfg)
+        # transfer: true|false (default: true for runs with a distillation term, when a transfer set exists)
+        use_transfer = bool(obj.pop("transfer", bool(obj.get("distill_losses"))))
+        if use_transfer and transfer_source is None and "transfer" in obj_cfg:
+            raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.runs.{run_name}.transfer: "
+                                "no transfer set (set transfer.queries)")
+        if use_transfer and not obj.get("distill_losses"):
+            raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.runs.{run_name}.transfer: the transfer "
+                                "set is unlabelled, so it needs a distillation term (distill_losses)")
+        source = transfer_source if (use_transfer and transfer_source is not None) else train_source
         if obj.get("teacher") == "best":
             obj.pop("teacher")
             obj["target"] = "teacher"
             obj["teacher_index"] = teacher_names.index(best_teacher)
         for seed in seeds:
             t1 = time.perf_counter()
-            ranker = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"),
-                                  num_layers=int(scfg.get("num_layers", 2)),
-                                  max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-                                  max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-                                  dtype=model_cfg.get("dtype", "float32"), seed=seed, **student_extra)
-            bs = int(cfg.get("score_batch_size", 64))
+            ranker = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"), seed=seed, **student_args)
 
             def dev_eval(params, ranker=ranker):
                 run_ = score_candidates(ranker, params, dev_cands, coll.queries, coll.docs, batch_size=bs)
@@ -221,7 +243,7 @@ def _run(cfg, *, out, data, log, export):
 
             tcfg = dict(scfg.get("train", {}))
             tcfg["seed"] = seed
-            result = train(ranker, source=train_source, objective=obj, queries=coll.queries, docs=coll.docs,
+            result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs,
                            config=tcfg, workdir=str(out_path / "students" / f"{run_name}__seed{seed}"),
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])

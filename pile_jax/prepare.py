@@ -40,6 +40,7 @@ __all__ = [
     "Prepared", "prepare", "candidate_settings", "first_stage", "train_group_args", "teacher_candidates",
     "teacher_stats", "standardise", "obtain_teacher", "score_teacher", "teacher_fingerprint",
     "check_teacher_name", "TEACHER_KINDS", "train_cross_encoder_teacher", "ranking_groups_source", "standardize_setting",
+    "pseudo_queries", "transfer_settings", "concat_groups",
 ]
 
 TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "file")
@@ -98,6 +99,57 @@ def teacher_candidates(cfg: Mapping[str, Any], coll, candidates: Mapping[str, li
     for qid, row, mask in zip(members["query_id"], members["doc_ids"], members["mask"]):
         scored[qid] = [str(d) for d, m in zip(row, mask) if m]
     return scored
+
+
+# ------------------------------------------------------------------------------ transfer set
+def transfer_settings(cfg: Mapping[str, Any]) -> dict | None:
+    """The ``transfer`` section (None when absent or ``queries: 0``): ``queries`` (number of
+    documents turned into pseudo-queries), ``max_words`` (pseudo-query length), ``group_size``
+    (BM25 candidates per pseudo-query, default ``train_groups.size``), ``seed``."""
+    t = cfg.get("transfer") or {}
+    source = cfg.get("_source", "config")
+    unknown = sorted(set(t) - {"queries", "max_words", "group_size", "seed"})
+    if unknown:
+        raise C.ConfigError(f"{source}: transfer: unknown key(s) {unknown} (known: group_size, max_words, queries, seed)")
+    try:
+        n = int(t.get("queries", 0))
+        out = {"queries": n, "max_words": int(t.get("max_words", 24)),
+               "group_size": int(t.get("group_size", (cfg.get("train_groups") or {}).get("size", 8))),
+               "seed": int(t.get("seed", 0))}
+    except (TypeError, ValueError) as e:
+        raise C.ConfigError(f"{source}: transfer: values must be integers ({e})") from None
+    if n < 0 or out["max_words"] < 1 or out["group_size"] < 2:
+        raise C.ConfigError(f"{source}: transfer: need queries >= 0, max_words >= 1, group_size >= 2, got {out}")
+    return out if n > 0 else None
+
+
+def pseudo_queries(docs: Mapping[str, str], num: int, *, max_words: int = 24, seed: int = 0,
+                   min_words: int = 3) -> dict[str, str]:
+    """``{"pq:<doc_id>": text}``: the first sentence (text up to the first ``" . "`` or ``". "``)
+    of ``num`` documents drawn without replacement (``numpy.random.default_rng(seed)``), cut to
+    ``max_words`` words; documents whose first sentence has fewer than ``min_words`` words are
+    skipped. They are unlabelled queries of the transfer set (no test query text is used)."""
+    ids = list(docs)
+    order = np.random.default_rng(seed).permutation(len(ids))
+    out: dict[str, str] = {}
+    for i in order:
+        if len(out) >= num:
+            break
+        text = docs[ids[i]]
+        cut = [p for p in (text.find(" . "), text.find(". ")) if p > 0]
+        words = (text[:min(cut)] if cut else text).split()[:max_words]
+        if len(words) >= min_words:
+            out[f"pq:{ids[i]}"] = " ".join(words)
+    return out
+
+
+def concat_groups(*parts: Mapping[str, Any]) -> dict:
+    """Ranking groups concatenated along the group axis (same n and teachers)."""
+    parts = [p for p in parts if p is not None and len(p["query_id"])]
+    out = {"query_id": [q for p in parts for q in p["query_id"]], "teacher_names": list(parts[0].get("teacher_names", []))}
+    for k in ("doc_ids", "labels", "label_mask", "mask", "teacher_scores"):
+        out[k] = np.concatenate([np.asarray(p[k]) for p in parts], axis=0)
+    return out
 
 
 # --------------------------------------------------------------------------- standardisation
@@ -226,7 +278,7 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     ``cross_encoder`` (fine-tuned here on ``fit_candidates``'s train groups, cross-fitted over
     ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``file`` (``spec.path``). Queries in
     ``done`` whose candidates it covers are kept; model teachers call ``save`` with the scores so
-    far every 50 queries (a killed run resumes); on several processes every process runs the same
+    far every 400 queries (a killed run resumes); on several processes every process runs the same
     calls and the scorers share the batches out across processes (data-parallel scoring).
     """
     log = log or _log.info
@@ -270,7 +322,7 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
         # and all-gather the scores (pile_jax.scoring.map_sorted), so all processes get them all.
         new = {}
         keys = list(todo)
-        chunk = 50  # save every 50 queries (process 0), so a killed scoring run resumes
+        chunk = 400  # save every 400 queries (process 0; a killed scoring run resumes); a document is encoded once per chunk
         for i in range(0, len(keys), chunk):
             part = {q: todo[q] for q in keys[i:i + chunk]}
             new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
@@ -283,6 +335,8 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
         if cfg is None or splits is None or out_dir is None:
             raise ValueError("score_teacher: a cross_encoder teacher needs cfg, splits and out_dir")
         score_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
+        split_set = set(score_qids)
+        score_qids += [q for q in candidates if q not in split_set]  # e.g. transfer-set pseudo-queries
         new = train_cross_encoder_teacher(spec, cfg=cfg, coll=coll, candidates=candidates,
                                            fit_candidates=candidates if fit_candidates is None else fit_candidates,
                                            train_qids=splits["train"], score_qids=score_qids, model_cfg=model,
@@ -411,7 +465,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
         done = read_teacher_scores(str(here))
         if not _covers(done, candidates):
             log(f"teacher {name}: reusing {here}")
-            return {q: done[q] for q in candidates}, {"kind": spec.get("kind"), "source": str(here)}
+            return {q: done.get(q, {}) for q in candidates}, {"kind": spec.get("kind"), "source": str(here)}
         log(f"teacher {name}: completing {here} ({len(done)} queries done)")
     elif here.exists():
         log(f"teacher {name}: {here} was made by another spec ({', '.join(_diff_keys(side, fp))} differ): recomputing")
@@ -479,6 +533,7 @@ class Prepared:
     mu: np.ndarray                               # float64 [T]
     sd: np.ndarray                               # float64 [T]
     standardize: str
+    transfer: dict | None = None                 # unlabelled pseudo-query groups (label_mask all False), or None
 
     @property
     def teacher_names(self) -> list[str]:
@@ -521,6 +576,20 @@ def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: C
     all_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
     candidates, ranked = first_stage(coll, run_path=run_path, depth=depth, qids=all_qids)
     scored = teacher_candidates(cfg, coll, candidates, splits["train"], depth)
+    tset = transfer_settings(cfg)
+    transfer_cands: dict[str, list[str]] = {}
+    if tset:
+        # transfer set: pseudo-queries from documents, their BM25 top group_size, scored by every teacher
+        pq = pseudo_queries(coll.docs, tset["queries"], max_words=tset["max_words"], seed=tset["seed"])
+        clash = sorted(set(pq) & set(coll.queries))
+        if clash:
+            raise C.ConfigError(f"{source}: transfer: pseudo-query ids {clash[:3]} clash with the collection's query ids")
+        coll = dataclasses.replace(coll, queries={**coll.queries, **pq})
+        transfer_cands, transfer_ranked = first_stage(coll, run_path=None, depth=tset["group_size"], qids=list(pq))
+        transfer_cands = {q: c for q, c in transfer_cands.items() if len(c) >= 2}  # a list needs a pair
+        ranked = {**ranked, **transfer_ranked}
+        scored = {**scored, **transfer_cands}
+        log(f"transfer set: {len(transfer_cands)} pseudo-queries (first sentences of documents), BM25 top {tset['group_size']}")
 
     tdir = pio.as_path(out) / "teachers"
     model_defaults = dict(cfg.get("model") or {}) if teacher_model is None else dict(teacher_model)
@@ -542,11 +611,18 @@ def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: C
         size_args = train_group_args(cfg, depth) if s == "train" else {"group_size": depth}
         groups[s], gstats[s] = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=unjudged,
                                             require_label_pair=(s == "train"), **size_args)
+    transfer = None
+    if transfer_cands:
+        transfer, _ = build_groups({}, transfer_cands, teachers, qids=list(transfer_cands), unjudged="zero",
+                                   group_size=tset["group_size"], policy="top", require_label_pair=False)
+        transfer["label_mask"] = np.zeros_like(transfer["label_mask"], dtype=bool)  # unlabelled: no label pair
     if teachers:
         mu, sd = teacher_stats(groups["train"])
     else:
         mu, sd = np.zeros(0, np.float64), np.ones(0, np.float64)
     if standardize == "global" and teachers:
         groups = {s: standardise(g, mu, sd) for s, g in groups.items()}
+        transfer = standardise(transfer, mu, sd) if transfer is not None else None
     return Prepared(coll=coll, splits=splits, depth=depth, ranked=ranked, candidates=candidates, teachers=teachers,
-                    provenance=prov, groups=groups, group_stats=gstats, mu=mu, sd=sd, standardize=standardize)
+                    provenance=prov, groups=groups, group_stats=gstats, mu=mu, sd=sd, standardize=standardize,
+                    transfer=transfer)

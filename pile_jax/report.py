@@ -9,7 +9,8 @@ import numpy as np
 
 from pile_jax import io as pio
 
-COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR"))
+COLUMNS = (("ndcg_cut_10", "NDCG@10"), ("recip_rank", "MRR"), ("map", "MAP"), ("pnr", "PNR (mean of lists)"),
+           ("pnr_pooled", "PNR (pooled pairs)"))
 
 
 def _cell(stats: Mapping[str, float]) -> str:
@@ -54,23 +55,28 @@ def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    for name, runs in curves.items():
-        for i, curve in enumerate(runs):
-            if not curve:
-                continue
-            steps, losses = zip(*curve)
-            ax1.plot(steps, losses, color=f"C{list(curves).index(name) % 10}", alpha=0.8,
-                     label=name if i == 0 else None)
+    for k, (name, runs) in enumerate(curves.items()):
+        color = f"C{k % 10}"
+        for i, curve in enumerate(runs):   # one faint line per seed, then the mean over seeds
+            if curve:
+                steps, losses = zip(*curve)
+                ax1.plot(steps, losses, color=color, alpha=0.3, lw=0.8)
+        full = [c for c in runs if c]
+        if full:
+            n = min(len(c) for c in full)
+            steps = [s for s, _ in full[0][:n]]
+            mean = np.mean([[l for _, l in c[:n]] for c in full], axis=0)
+            ax1.plot(steps, mean, color=color, lw=2, label=f"{name} (mean of {len(full)} seeds)")
     ax1.set_xlabel("step")
-    ax1.set_ylabel("training loss")
-    ax1.set_title("students: training loss")
+    ax1.set_ylabel("training loss (the run's objective)")
+    ax1.set_title("students: learning curves")
     if curves:
         ax1.legend(fontsize=7)
     names = list(results["systems"])
     means = np.array([results["systems"][s]["ndcg_cut_10"]["mean"] for s in names])
     stds = np.array([results["systems"][s]["ndcg_cut_10"]["std"] for s in names])
     y = np.arange(len(names))
-    ax2.barh(y, means, xerr=stds, color=["C0" if s.startswith("student") else "C7" for s in names])
+    ax2.barh(y, means, xerr=stds, color=["C1" if s == "student_init" else "C0" if s.startswith("student") else "C7" for s in names])
     ax2.set_yticks(y, names, fontsize=7)
     ax2.invert_yaxis()
     ax2.set_xlabel("NDCG@10 (mean ± std over seeds)")

@@ -58,7 +58,7 @@ from pile_jax import io as pio
 from pile_jax.report import jsonable as _jsonable
 from pile_jax.report import save_figure
 
-METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr")
+METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 EXPORT_METRIC = "ndcg_cut_10"  # dev metric that picks each cell's exported seed
 
 _log = logging.getLogger(__name__)
