@@ -84,7 +84,9 @@ def main():
         if pid == 0 and len(reads) == len(examples) + 5 * per_process + 1:
             os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice, to one host only
         if len(reads) > len(examples) + 2 * per_process:
-            time.sleep(0.2)  # the notice travels through the coordination service meanwhile
+            # paced steps; slower after the notice, which travels through the coordination
+            # service meanwhile (an idle machine otherwise finishes all steps before it lands)
+            time.sleep(0.2 if len(reads) <= len(examples) + 5 * per_process + 1 else 0.6)
 
     try:
         train(ranker, source=PoisonedSource(examples, on_read=sigterm_on_process_0), objective=TINY_OBJECTIVE,
