@@ -120,40 +120,19 @@ def test_data_parallel_scores_equal_single_device_and_the_unsorted_reference(col
 def test_two_processes_each_score_a_slice_and_gather_everything(tmp_path):
     """Two CPU processes (2 devices each): batches dealt round-robin, all-gathered; both return
     the single-process scores of every pair, in input order."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
     from helpers import score_dist_worker as worker
+    from helpers.procs import finish_workers, start_workers
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    procs = [subprocess.Popen([sys.executable, worker.__file__, str(pid), "2", str(port), str(tmp_path)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for pid in range(2)]
+    procs = start_workers(worker.__file__, tmp_path)
     r = worker.ranker()
     ref = score_pairs(r, r.params, worker.pairs(), batch_size=16, distributed=False)
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=240)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-3000:]
+    finish_workers(procs, timeout=240, tail=3000)
     assert len(set(ref.tolist())) > 100      # distinct scores: a misplaced pair would show
     for pid in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"p{pid}.npy"), ref)
 
 
 def test_token_stores_saved_beside_the_data_are_reused_only_for_the_same_texts(tmp_path, monkeypatch):
-    from pile_jax.models import tokenize as T
     from pile_jax.models.tokenize import PairTokenizer
 
     tok = PairTokenizer(MINILM, max_length=32, max_query_length=8)

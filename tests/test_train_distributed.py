@@ -7,50 +7,26 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 
-import socket
-import subprocess
-import sys
-
 import jax
 import numpy as np
 import pytest
 
 from helpers import train_dist_worker as worker
+from helpers.procs import finish_workers, start_workers
 from helpers.train_tiny import TINY_OBJECTIVE, PoisonedSource, tiny_collection, tiny_ranker
 from pile_jax.train.loop import train
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_two_processes_train_crash_resume_match_one_process(tmp_path):
     assert jax.device_count() == 4
-    port = _free_port()
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "helpers", "train_dist_worker.py")
-    procs = [subprocess.Popen([sys.executable, script, str(pid), "2", str(port), str(tmp_path)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for pid in range(2)]
+    procs = start_workers(worker.__file__, tmp_path)
     # the reference meanwhile: one process, 4 devices, the same global batches, no interruption
     queries, docs, examples = tiny_collection()
     ref = train(tiny_ranker(dropout=0.1), source=PoisonedSource(examples), objective=TINY_OBJECTIVE,
                 queries=queries, docs=docs, config=dict(worker.CONFIG, parallel="pmap"))
     ref = worker.flat(ref.final_params)
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=400)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, log in zip(procs, logs):
-        assert p.returncode == 0, log[-4000:]
+    finish_workers(procs, timeout=400)
     init = worker.flat(tiny_ranker(dropout=0.1).params)
     assert max(float(np.max(np.abs(ref[k] - init[k]))) for k in ref) > 1e-3  # it did train
     diffs = {}
