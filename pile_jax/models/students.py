@@ -43,7 +43,6 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .config import EncoderConfig
 from .encoder import Encoder, dense_init

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
