@@ -204,6 +204,7 @@ STUDENT_OPTIONS = {
     "colbert": ("compress_dim", "query_augment", "mask_token_id"),
     "prett": ("split_layer",),
     "tk": ("tk_layers", "embed_dim", "num_heads", "ff_dim", "mu", "sigma", "doc_position_offset", "dropout"),
+    "query_encoder": ("pooling", "normalize", "doc_encoder", "doc_layers", "doc_pooling", "doc_normalize"),
 }
 SPLITS = ("train", "dev", "test")
 UNJUDGED = ("zero", "ignore")

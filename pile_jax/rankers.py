@@ -80,8 +80,11 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
     from pile_jax.models.tokenize import TwoTowerTokenizer
     from pile_jax.scoring import data_parallel, map_sorted
 
+    from pile_jax.models.frozen_docs import encoder_key, remember_vectors
+
     path = resolve_model_path(base)
     config, params = load_pretrained(path, new_head=True)  # the head is not used: only the encoder
+    key = encoder_key(path, config.num_layers, "mean", True, max_length - 2, config.dtype)
     encoder = Encoder(config)
     features = TwoTowerTokenizer(path, max_query_length=max_length - 2, max_doc_length=max_length - 2,
                                  query_special=True, doc_special="cls_sep", buckets=buckets)
@@ -120,8 +123,11 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
             ids, mask = features.encode_query_rows(store, r)
             return {"ids": ids, "mask": mask}
 
-        return map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
+        vecs = map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
                           tail=(config.hidden_size,), progress=progress, distributed=distributed)
+        if enc_params is params["encoder"]:   # the pretrained vectors: a frozen document index reuses them
+            remember_vectors(key, store, rows, vecs, max_length - 2)
+        return vecs
 
     return Ranker(params=params["encoder"], score_fn=score_fn, featurize=features.featurize, kind="biencoder_cosine",
                   meta={"config": config, "path": path, "encode_texts": encode_texts, "features": features})
@@ -164,12 +170,24 @@ def _student_parts(kind: str, path: str, num_layers, max_length: int, max_query_
     key = (kind, path, num_layers, max_length, max_query_length, max_doc_length, dtype, remat, opts)
     if key in _STUDENT_PARTS:
         return (*_STUDENT_PARTS[key], None)
+    module_opts, doc_side = _split_doc_side(kind, dict(opts))
     module, params, score_fn, input_kind = build_student(kind, path, seed=seed, num_layers=num_layers, dtype=dtype,
-                                                         remat=remat, **dict(opts))
+                                                         remat=remat, **module_opts)
     features = make_features(input_kind, path, max_query_length=max_query_length, max_doc_length=max_doc_length,
-                             max_length=max_length)
+                             max_length=max_length, **({"dtype": dtype, **doc_side} if input_kind == "frozen_docs" else {}))
     _STUDENT_PARTS[key] = (module, score_fn, features, input_kind)
     return module, score_fn, features, input_kind, params
+
+
+def _split_doc_side(kind: str, opts: dict) -> tuple[dict, dict]:
+    """``(module options, frozen document-side options)``: kind query_encoder's ``doc_*`` options
+    set its featuriser's frozen document encoder (:mod:`pile_jax.models.frozen_docs`)."""
+    from pile_jax.models.frozen_docs import DOC_ENCODER_OPTIONS
+
+    if kind != "query_encoder":
+        return opts, {}
+    return ({k: v for k, v in opts.items() if k not in DOC_ENCODER_OPTIONS},
+            {k: v for k, v in opts.items() if k in DOC_ENCODER_OPTIONS})
 
 
 def _hashable(value):
@@ -194,11 +212,15 @@ def student(
     **opts,
 ) -> Ranker:
     """A student of :mod:`pile_jax.models.students` (``kind`` in ``cross_encoder``, ``bert_dot``,
-    ``colbert``, ``prett``, ``tk``) from a Hugging Face folder (or "all-MiniLM-L6-v2"): the first
+    ``colbert``, ``prett``, ``tk``, ``query_encoder``) from a Hugging Face folder (or "all-MiniLM-L6-v2"): the first
     ``num_layers`` encoder layers are loaded, new parts (heads, compressors, TK's Transformer)
     are initialised from ``seed``. ``max_length`` bounds cross-encoder pairs; the two-tower kinds
     use ``max_query_length`` / ``max_doc_length``. ``opts`` are :func:`build_student`'s per-kind
-    options (e.g. ``split_layer`` for prett, ``compress_dim`` for colbert, ``tk_layers`` for tk).
+    options (e.g. ``split_layer`` for prett, ``compress_dim`` for colbert, ``tk_layers`` for tk);
+    ``query_encoder`` (a query tower scored against a frozen, precomputed document index,
+    :mod:`pile_jax.models.frozen_docs`) also takes ``doc_encoder`` (default ``base``),
+    ``doc_layers`` (default all), ``doc_pooling`` (``mean``), ``doc_normalize`` (true); its
+    documents keep ``max_doc_length`` content tokens.
 
     The module, score function and featuriser are cached per shape config, so rankers that differ
     only in ``seed`` share JAX's compiled steps. ``meta``: ``module``, ``input_kind``, ``path``,
@@ -213,7 +235,8 @@ def student(
     module, score_fn, features, input_kind, params = _student_parts(
         kind, path, nl, int(max_length), int(max_query_length), int(max_doc_length), dtype, remat, key_opts, int(seed))
     if params is None:
-        _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat, **opts)
+        _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat,
+                                        **_split_doc_side(kind, dict(opts))[0])
     return Ranker(params=params, score_fn=score_fn, featurize=features.featurize, kind=kind,
                   meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl,
                         "features": features, "base": base, "max_length": int(max_length),
@@ -236,7 +259,8 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
     return export_student(path, kind=kind, params=params, tokenizer=meta["path"], module=module, config=config,
                           max_length=meta.get("max_length", DEFAULT_MAX_LENGTH),
                           max_query_length=meta.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH),
-                          max_doc_length=meta.get("max_doc_length"), base=meta.get("base"), card=card)
+                          max_doc_length=meta.get("max_doc_length"), base=meta.get("base"), card=card,
+                          document_index=getattr(meta.get("features"), "index", None) if kind == "query_encoder" else None)
 
 
 def load_student(path, *, dtype: str | None = None) -> Ranker:
@@ -252,8 +276,13 @@ def load_student(path, *, dtype: str | None = None) -> Ranker:
     module, params, score_fn, input_kind = _load(folder, dtype=dtype)
     mq = int(info["max_query_length"])
     md = int(info.get("max_doc_length") or info["max_length"])
+    doc_side = {}
+    if input_kind == "frozen_docs":   # the frozen document encoder exported beside the query tower
+        d = info["document_encoder"]
+        doc_side = {"doc_encoder": str(Path(folder) / d["path"]), "doc_pooling": d["pooling"],
+                    "doc_normalize": bool(d["normalize"]), "dtype": dtype}
     features = make_features(input_kind, folder, max_query_length=mq, max_doc_length=md,
-                             max_length=int(info["max_length"]))
+                             max_length=int(info["max_length"]), **doc_side)
     meta = {"module": module, "input_kind": input_kind, "path": folder, "base": info.get("base"), "features": features,
             "max_length": int(info["max_length"]), "max_query_length": mq, "max_doc_length": md, "export": info}
     if info["kind"] == "cross_encoder":

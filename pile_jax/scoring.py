@@ -52,7 +52,8 @@ def _group_arrays(records) -> dict:
     return batch
 
 
-def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *, store_dir=None):
+def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *, store_dir=None,
+                 index_doc_ids: Sequence[str] | None = None):
     """Records -> train batch: the group arrays (``labels``, ``label_mask``, ``mask``,
     ``teacher_scores``, optional ``target``) plus the ranker's token arrays.
 
@@ -61,6 +62,9 @@ def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *,
     tokenizer; written there otherwise); each batch is then one dict lookup per id and NumPy.
     ``collate.group_lengths(query_ids [G], doc_ids [G, n]) -> int64 [G]``: the tokens of each
     group's longest pair (cross-encoders) or longest query / document item (two towers).
+    A featuriser with a frozen document index (``index_documents``, the ``query_encoder``
+    student) encodes the documents ``index_doc_ids`` (default: all of ``docs``) here, before
+    the first batch (every process must call: the encoding is split over processes).
     """
     feats = features_of(ranker)
     if feats is None:
@@ -70,6 +74,9 @@ def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *,
     path = (lambda name: None) if store_dir is None else (lambda name: _join(store_dir, f"{name}.tokens.npz"))
     q_store = load_or_tokenize(feats, queries, path("queries"))
     d_store = load_or_tokenize(feats, docs, path("docs"))
+    if hasattr(feats, "index_documents"):   # frozen document vectors: computed before the first batch
+        feats.index_documents(d_store, None if index_doc_ids is None else d_store.rows(list(index_doc_ids)),
+                              progress="document index")
 
     def rows(records):
         q_rows = q_store.rows([r["query_id"] for r in records])
@@ -237,7 +244,8 @@ def score_pairs(
     run, multiple = data_parallel(scorer, params, devices)
     rows = -(-batch_size // multiple) * multiple
     feats = features_of(ranker)
-    lengths, make_batch = pair_batches(feats, pairs) if feats is not None else _text_pair_batches(ranker, pairs)
+    lengths, make_batch = (pair_batches(feats, pairs, distributed=distributed) if feats is not None
+                           else _text_pair_batches(ranker, pairs))
 
     def score(batch):
         return scorer_first_column(run(batch))
@@ -245,11 +253,13 @@ def score_pairs(
     return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
 
 
-def pair_batches(features, pairs: Sequence[tuple[str, str]]):
+def pair_batches(features, pairs: Sequence[tuple[str, str]], *, distributed: bool | None = None):
     """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one
     with a tokenise-once featuriser: each unique text tokenised once (the Rust batch path),
     ``lengths`` the tokens per pair (``item_lengths``), ``make_batch`` assembles pairs ``idx``
-    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True."""
+    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True. A
+    featuriser with a frozen document index (``index_documents``) encodes the unique documents
+    first (``distributed`` as in :func:`map_sorted`)."""
     from pile_jax.models.tokenize import tokenize_texts
 
     qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
@@ -258,6 +268,8 @@ def pair_batches(features, pairs: Sequence[tuple[str, str]]):
     q_rows = store.rows(np.asarray(qs, dtype=object))
     d_rows = store.rows(np.asarray(ds, dtype=object))
     empty = store.index[""]
+    if hasattr(features, "index_documents"):   # frozen document vectors: each unique document once
+        features.index_documents(store, np.unique(np.append(d_rows, empty)), distributed=distributed)
 
     def make_batch(idx, size):
         q = np.full(size, empty, np.int64)

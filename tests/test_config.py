@@ -150,7 +150,7 @@ def test_shipped_configs_and_presets_validate(name, job):
     ("study_margin_mse.yaml", "study", "study.students.prett.split_layr=1", "study.students.prett.split_layr",
      "did you mean 'split_layer'"),
     ("cranfield_pile.yaml", "run", "students.options={poolin: mean}", "students.options.poolin",
-     "known: compress_dim, normalize, pooling"),   # the default students are bert_dot
+     "known: doc_encoder, doc_layers, doc_normalize, doc_pooling, normalize, pooling"),   # the default: query_encoder
     ("cranfield_pile.yaml", "run", "students={kind: bert_dot, options: {poolin: mean}, runs: {a: {label_losses: "
      "{ranknet: 1}}}}", "students.options.poolin", "did you mean 'pooling'"),
     ("study_uniform.yaml", "study", "study.cells=[nope]", "study.cells", "unknown cell"),

@@ -46,6 +46,7 @@ def test_flatten_round_trip_keeps_scalars_and_paths():
     ("colbert", {"compress_dim": 16, "query_augment": True}),
     ("prett", {"split_layer": 1}),
     ("tk", {"tk_layers": 1}),
+    ("query_encoder", {"pooling": "mean", "doc_layers": 1}),
 ])
 def test_every_kind_round_trips_exactly(tmp_path, kind, opts):
     ranker = rankers.student(kind, "all-MiniLM-L6-v2", num_layers=1, seed=3, **LENGTHS, **opts)
@@ -87,6 +88,26 @@ def test_bert_dot_is_a_sentence_transformer_with_the_same_vectors(tmp_path, opts
     # the student's score is the dot product of the two vectors
     q = st.encode(QUERIES[:1], convert_to_numpy=True)
     np.testing.assert_allclose(q @ theirs[:2].T, _scores(ranker, params)[:1], atol=1e-5)
+
+
+def test_query_encoder_exports_two_sentence_transformers_whose_dot_product_is_its_score(tmp_path):
+    """The trained query tower at the root, the frozen document encoder (all 6 pretrained layers,
+    mean pooling, normalised: all-MiniLM-L6-v2 as published) in document_encoder/; PyTorch
+    sentence-transformers on both folders reproduces the student's scores."""
+    from sentence_transformers import SentenceTransformer
+
+    ranker = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=2, seed=1, **LENGTHS)
+    params = _perturbed(ranker.params, 2)
+    rankers.export_ranker(ranker, params, tmp_path)
+    info = read_student_info(tmp_path)
+    assert info["document_encoder"]["path"] == "document_encoder" and info["document_encoder"]["num_layers"] == 6
+    queries = SentenceTransformer(str(tmp_path), device="cpu")
+    documents = SentenceTransformer(str(tmp_path / "document_encoder"), device="cpu")
+    assert (queries.max_seq_length, documents.max_seq_length) == (12 + 2, 24 + 2)
+    q = queries.encode(QUERIES, convert_to_numpy=True)
+    d = documents.encode([t for row in DOCS for t in row], convert_to_numpy=True).reshape(2, 2, -1)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=-1), 1.0, atol=1e-5)   # the published cosine model
+    np.testing.assert_allclose(np.einsum("bh,bnh->bn", q, d), _scores(ranker, params), atol=1e-4, rtol=1e-5)
 
 
 def test_cross_encoder_export_loads_in_sentence_transformers_with_the_training_max_length(tmp_path):

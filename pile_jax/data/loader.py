@@ -86,6 +86,18 @@ def read_group_lengths(source, group_lengths: Callable, *, chunk: int = 4096) ->
     return np.concatenate(out) if out else np.zeros(0, np.int64)
 
 
+def source_doc_ids(source, *, chunk: int = 4096) -> list[str]:
+    """The distinct document ids (``str``, padding ``""`` included) of every record of ``source``,
+    sorted: what a frozen document index must hold before the first batch."""
+    if isinstance(source, ColumnarSource) and "doc_ids" in source.columns:
+        return sorted(set(np.unique(source.columns["doc_ids"]).tolist()) | {""})
+    ids: set = {""}
+    for start in range(0, len(source), chunk):
+        for r in _read(source, range(start, min(start + chunk, len(source)))):
+            ids.update(_as_str(d) for d in r["doc_ids"])
+    return sorted(ids)
+
+
 class ColumnarSource:
     """A random-access source held in memory as columns (one NumPy array per field), read once.
 

@@ -18,6 +18,13 @@ Folder formats (every export also writes ``pile_jax_student.json``, the tokenize
     the student has a ``compress_dim`` projection, ``N_Normalize`` when it L2-normalises, and
     ``modules.json`` listing them. ``SentenceTransformer(folder).encode(texts)`` gives the
     student's vectors; its score is their dot product.
+``query_encoder``
+    The trained query tower as a sentence-transformers folder at the root (as ``bert_dot``;
+    ``max_seq_length`` = the query length) and the frozen document encoder, unchanged, as a
+    second sentence-transformers folder ``document_encoder/`` (its pooling, ``Normalize`` when it
+    normalises, ``max_seq_length`` = the document length); ``pile_jax_student.json`` records
+    it under ``document_encoder``. Score: ``query_model.encode(q) · document_model.encode(d)``;
+    an index built with the document encoder before training stays valid.
 ``colbert``, ``prett``, ``tk``
     pile_jax's own format: ``pile_jax_student.json`` and ``model.safetensors`` holding the Flax
     parameter tree, one tensor per leaf named by its path joined with ``/`` (e.g.
@@ -58,7 +65,8 @@ log = logging.getLogger(__name__)
 STUDENT_FILE = "pile_jax_student.json"
 FORMAT_VERSION = 1
 INPUT_KIND_OF = {"cross_encoder": "pair", "bert_dot": "two_tower", "colbert": "two_tower",
-                 "prett": "two_tower_prett", "tk": "two_tower_words"}
+                 "prett": "two_tower_prett", "tk": "two_tower_words", "query_encoder": "frozen_docs"}
+DOCUMENT_ENCODER_DIR = "document_encoder"
 _MODULE_SKIP = ("parent", "name", "config")
 
 
@@ -179,7 +187,8 @@ def model_card(info: Mapping[str, Any]) -> str:
     metrics, training lengths, pile_jax version, and how to load it."""
     card = dict(info.get("card") or {})
     kind = info["kind"]
-    lines = ["---", "library_name: " + ("sentence-transformers" if kind in ("cross_encoder", "bert_dot") else "pile_jax"),
+    lines = ["---", "library_name: " + ("sentence-transformers" if kind in ("cross_encoder", "bert_dot", "query_encoder")
+                                    else "pile_jax"),
              "tags:", "- pile_jax", "- knowledge-distillation", "- reranking", f"- {kind}"]
     if info.get("base"):
         lines.append(f"base_model: {info['base']}")
@@ -209,6 +218,11 @@ def model_card(info: Mapping[str, Any]) -> str:
                   "model = CrossEncoder('PATH')  # raw logits; pairs truncated at the training max_length",
                   "scores = model.predict([('query', 'document'), ...])", "",
                   "# or in JAX: pile_jax.models.Reranker.from_pretrained('PATH')"]
+    elif kind == "query_encoder":
+        lines += ["from sentence_transformers import SentenceTransformer", "",
+                  "queries = SentenceTransformer('PATH')                    # the trained query encoder",
+                  "documents = SentenceTransformer('PATH/document_encoder') # frozen: an existing index stays valid",
+                  "score = (queries.encode(['query']) * documents.encode(['document'])).sum(-1)"]
     elif kind == "bert_dot":
         lines += ["from sentence_transformers import SentenceTransformer", "",
                   "model = SentenceTransformer('PATH')",
@@ -233,14 +247,15 @@ def _copy_tree(src: Path, dest) -> None:
 # ----------------------------------------------------------------------------- export
 def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, config: EncoderConfig | None = None,
                    max_length: int, max_query_length: int, max_doc_length: int | None = None,
-                   base: str | None = None, card: Mapping[str, Any] | None = None) -> str:
+                   base: str | None = None, card: Mapping[str, Any] | None = None, document_index=None) -> str:
     """Write a student to the folder ``path`` (local or URL) in its kind's format (module docstring).
 
     ``module``: the student's Flax module (two-tower kinds); ``config``: the encoder config
     (cross_encoder; taken from ``module.config`` otherwise). ``params``: float32 master weights.
     ``tokenizer``: a transformers tokenizer, a featuriser holding one, or a folder. ``card``:
     ``teachers``, ``objective``, ``data``, ``metrics`` (+ ``metrics_split``), ``name`` for the
-    model card. Returns ``str(path)``.
+    model card. ``document_index``: the frozen
+    :class:`~pile_jax.models.frozen_docs.DocumentIndex` (kind ``query_encoder``). Returns ``str(path)``.
     """
     from safetensors.numpy import save as st_save
 
@@ -252,6 +267,8 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
         raise ValueError(f"export_student({kind!r}): pass the encoder config (or the module)")
     if kind != "cross_encoder" and module is None:
         raise ValueError(f"export_student({kind!r}): pass the student module")
+    if kind == "query_encoder" and document_index is None:
+        raise ValueError("export_student('query_encoder'): pass the frozen document_index")
     info: dict[str, Any] = {
         "format": "pile_jax_student", "format_version": FORMAT_VERSION, "kind": kind, "input_kind": INPUT_KIND_OF[kind],
         "module": _module_options(module) if kind != "cross_encoder" else {},
@@ -275,6 +292,11 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
             seq_len = int(max_doc_length or max_length) + _special_tokens(tok)  # [CLS] d [SEP]
             _write_sentence_transformer(folder, module, config, params, seq_len)
             info["sentence_transformers_max_seq_length"] = seq_len
+        elif kind == "query_encoder":
+            seq_len = int(max_query_length) + _special_tokens(tok)             # [CLS] q [SEP]
+            _write_sentence_transformer(folder, module, config, params, seq_len)
+            info["sentence_transformers_max_seq_length"] = seq_len
+            info["document_encoder"] = _write_document_encoder(folder / DOCUMENT_ENCODER_DIR, document_index, tok)
         else:
             seq_len = int(max(max_length, (max_doc_length or 0)))
             flat = {k: v.astype(np.float32) if v.dtype.kind == "f" else v for k, v in flatten_params(params).items()}
@@ -326,6 +348,21 @@ def _write_sentence_transformer(folder: Path, module, config: EncoderConfig, par
                         "type": "sentence_transformers.models.Normalize"})
     _write_json(folder / "modules.json", modules)
     _write_json(folder / "sentence_bert_config.json", {"max_seq_length": int(seq_len), "do_lower_case": False})
+
+
+def _write_document_encoder(folder: Path, index, tok) -> dict:
+    """The frozen document encoder of a query_encoder student as a sentence-transformers folder."""
+    from .students import BertDot
+
+    folder.mkdir(parents=True)
+    seq_len = int(index.tokens.max_doc_length) + _special_tokens(tok)
+    module = BertDot(index.config, pooling=index.pooling, normalize=index.normalize)
+    _write_sentence_transformer(folder, module, index.config.replace(dtype="float32"), {"encoder": index.params}, seq_len)
+    _save_tokenizer(tok, folder, seq_len)
+    spec = index.spec()
+    return {"path": DOCUMENT_ENCODER_DIR, "source": spec["doc_encoder"], "num_layers": spec["doc_layers"],
+            "pooling": spec["doc_pooling"], "normalize": spec["doc_normalize"],
+            "max_doc_length": spec["max_doc_length"], "encoder_config": index.config.to_dict()}
 
 
 # ----------------------------------------------------------------------------- reload
@@ -381,8 +418,8 @@ def load_student(path, *, dtype: str | None = None):
             opts["mu"] = tuple(opts["mu"])
         module = TK(**opts)
     else:
-        module = {"bert_dot": BertDot, "colbert": ColBERT, "prett": PreTT}[kind](config, **opts)
-    if kind == "bert_dot":
+        module = {"bert_dot": BertDot, "query_encoder": BertDot, "colbert": ColBERT, "prett": PreTT}[kind](config, **opts)
+    if kind in ("bert_dot", "query_encoder"):
         params = {"encoder": _encoder_from_state_dict(load_file(str(folder / "model.safetensors")), config)}
         if opts.get("compress_dim"):
             dense = load_file(str(folder / "2_Dense" / "model.safetensors"))

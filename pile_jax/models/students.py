@@ -17,6 +17,8 @@ scores are never quantised to bf16 (as the cross-encoder's ``ScoreHead``).
 * :class:`TK`       x̂ = α·x + (1−α)·ctx(x + P) (P sinusoidal, document positions +500),
   M_ij = cos(q̂_i, d̂_j), K_k(M_ij) = exp(−(M_ij − μ_k)²/(2σ²)),
   φ_k = Σ_{i∈q} log(max(a_k Σ_{j∈d} K_k(M_ij), 1e-10)), s = Σ_k w_k φ_k.
+* ``query_encoder``  s = q⃗·v_d: BertDot's query tower against the vectors ``v_d`` of a frozen,
+  precomputed document encoder (:mod:`pile_jax.models.frozen_docs`); only the query side trains.
 
 Batch keys read by each ``score_fn`` (``B`` groups of ``n`` documents):
 
@@ -26,12 +28,14 @@ bert_dot/colbert/tk  ``query_ids``, ``query_mask`` ``[B, Lq]`` (one query per gr
                      ``doc_ids``, ``doc_mask`` ``[B, n, Ld]``
 prett                same keys; the documents are ``d [SEP]`` (no leading [CLS]) and the
                      queries are padded to one fixed length (so document halves are precomputable)
+query_encoder        ``query_ids``, ``query_mask`` ``[B, Lq]``, ``doc_vecs`` float32 ``[B, n, H]``
 ===================  =====================================================================
 
 ``build_student(kind, path_or_config, **opts) -> (module, params, score_fn, input_kind)``;
 ``input_kind`` names the featuriser: ``"pair"`` (:class:`~pile_jax.models.tokenize.PairTokenizer`),
 ``"two_tower"``, ``"two_tower_prett"`` or ``"two_tower_words"`` (:class:`TwoTowerTokenizer`;
-see :func:`make_featurizer`).
+see :func:`make_featurizer`) or ``"frozen_docs"``
+(:class:`~pile_jax.models.frozen_docs.FrozenDocFeatures`).
 """
 
 from __future__ import annotations
@@ -60,8 +64,8 @@ __all__ = [
     "INPUT_KINDS",
 ]
 
-STUDENT_KINDS = ("cross_encoder", "bert_dot", "colbert", "prett", "tk")
-INPUT_KINDS = ("pair", "two_tower", "two_tower_prett", "two_tower_words")
+STUDENT_KINDS = ("cross_encoder", "bert_dot", "colbert", "prett", "tk", "query_encoder")
+INPUT_KINDS = ("pair", "two_tower", "two_tower_prett", "two_tower_words", "frozen_docs")
 TK_MUS = (1.0, 0.9, 0.7, 0.5, 0.3, 0.1, -0.1, -0.3, -0.5, -0.7, -0.9)
 
 _NEG = -1e9  # stands in for -inf in masked maxima (finite: no NaN gradients)
@@ -555,6 +559,10 @@ def make_score_fn(module: nn.Module, kind: str) -> Callable:
         return score_fn
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student kind {kind!r}; use one of {STUDENT_KINDS}")
+    if kind == "query_encoder":
+        from .frozen_docs import query_encoder_score_fn
+
+        return query_encoder_score_fn(module)
 
     def score_fn(params, batch, *, rng=None, train=False):
         s = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
@@ -602,7 +610,9 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     ``pretrained_path_or_config``: a Hugging Face folder / name known to ``resolve_model_path``
     (encoder weights loaded, first ``num_layers`` layers; new parts initialised from ``seed``) or
     an :class:`EncoderConfig` (everything random). ``dtype`` / ``remat`` override the config.
-    ``opts`` by kind: bert_dot ``compress_dim, pooling, normalize``; colbert ``compress_dim,
+    ``opts`` by kind: bert_dot ``compress_dim, pooling, normalize``; query_encoder ``pooling``
+    (default ``mean``), ``normalize`` (default off: the query norm is the score scale; the frozen
+    document side is set on the featuriser, :func:`make_features`); colbert ``compress_dim,
     query_augment, mask_token_id`` (default: the tokenizer's); prett ``split_layer`` (default
     ``num_layers // 2``); tk ``tk_layers`` (TK's own Transformer depth, default 2), ``embed_dim``
     (from a config: default ``embedding_size``; from a checkpoint: its embedding width, whose
@@ -610,7 +620,8 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     ``doc_position_offset``, ``dropout`` (TK ignores ``num_layers``, ``dtype``, ``remat``;
     ``pretrained_path_or_config`` may also be a ``[V, E]`` embedding array for TK).
     ``input_kind``: ``"pair"`` (cross_encoder), ``"two_tower"`` (bert_dot, colbert),
-    ``"two_tower_prett"`` (prett), ``"two_tower_words"`` (tk); see :func:`make_featurizer`.
+    ``"two_tower_prett"`` (prett), ``"two_tower_words"`` (tk), ``"frozen_docs"`` (query_encoder);
+    see :func:`make_featurizer`.
     """
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student kind {kind!r}; use one of {STUDENT_KINDS}")
@@ -636,6 +647,11 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     if kind == "bert_dot":
         module = BertDot(cfg, **_only(opts, ("compress_dim", "pooling", "normalize"), kind))
         input_kind = "two_tower"
+    elif kind == "query_encoder":   # the document side is the featuriser's frozen index
+        kw = _only(opts, ("pooling", "normalize"), kind)
+        kw.setdefault("pooling", "mean")
+        module = BertDot(cfg, **kw)
+        input_kind = "frozen_docs"
     elif kind == "colbert":
         kw = _only(opts, ("compress_dim", "query_augment", "mask_token_id"), kind)
         if kw.get("query_augment") and "mask_token_id" not in kw:
@@ -721,12 +737,28 @@ from .tokenize import (  # noqa: E402
 
 
 def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
-                  max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH):
+                  max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH,
+                  dtype: Optional[str] = None, **doc_side):
     """The featuriser object of a student's ``input_kind``: a
     :class:`~pile_jax.models.tokenize.PairTokenizer` (``"pair"``: ``max_length``,
     ``max_query_length``) or a :class:`TwoTowerTokenizer` with the matching special-token layout.
     Both offer ``featurize(queries [B], docs [B][n])`` (text in) and ``tokenize_texts`` /
-    ``assemble`` / ``item_lengths`` (tokenise once, assemble from ids: the train loop, the scorers)."""
+    ``assemble`` / ``item_lengths`` (tokenise once, assemble from ids: the train loop, the scorers).
+    ``"frozen_docs"``: a :class:`~pile_jax.models.frozen_docs.FrozenDocFeatures` whose frozen
+    document encoder is set by ``doc_side`` (``doc_encoder`` default the same checkpoint,
+    ``doc_layers`` default all, ``doc_pooling`` default ``mean``, ``doc_normalize`` default true)
+    and computes in ``dtype``."""
+    if input_kind == "frozen_docs":
+        from .frozen_docs import DOC_ENCODER_OPTIONS, FrozenDocFeatures
+
+        unknown = sorted(set(doc_side) - set(DOC_ENCODER_OPTIONS))
+        if unknown:
+            raise TypeError(f"query_encoder: unknown document-side option(s) {unknown}; allowed: "
+                            f"{sorted(DOC_ENCODER_OPTIONS)}")
+        return FrozenDocFeatures(tokenizer_or_path, max_query_length=max_query_length, max_doc_length=max_doc_length,
+                                 dtype=dtype, **doc_side)
+    if doc_side:
+        raise TypeError(f"{input_kind}: document-side options {sorted(doc_side)} are for the query_encoder student")
     if input_kind == "pair":
         from .tokenize import PairTokenizer
 

@@ -39,7 +39,7 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
-from pile_jax.data.loader import DevicePrefetch, make_train_loader
+from pile_jax.data.loader import DevicePrefetch, make_train_loader, source_doc_ids
 from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
 from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
@@ -208,6 +208,7 @@ class Preempted(RuntimeError):
 # data-parallel scoring); re-exported here for existing imports.
 from pile_jax.scoring import (  # noqa: E402
     cached_scorer,
+    features_of,
     lookup_texts,
     make_collate,
     score_candidates,
@@ -258,7 +259,10 @@ def train(
             f"devices ({placement.devices_per_process}) x accum_steps ({cfg.accum_steps})")
     # every text tokenised once; with a workdir the token ids are kept in workdir/tokens/ (process 0
     # writes them) and a resumed run reads them back instead of tokenising again
-    collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None)
+    # a frozen document index (query_encoder student) encodes the documents the source reads, once
+    index_ids = source_doc_ids(source) if hasattr(features_of(ranker), "index_documents") else None
+    collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None,
+                           index_doc_ids=index_ids)
     loader = make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
                                process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size)
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * loader.steps_per_epoch)))

@@ -1,0 +1,271 @@
+"""A query encoder scored against a frozen, precomputed document index (student kind ``query_encoder``).
+
+How a deployed bi-encoder is improved (or its query side made cheaper) without re-indexing: the
+documents keep the vectors of a frozen document encoder ``E_d`` (by default the full pretrained
+bi-encoder, e.g. all-MiniLM-L6-v2's 6 layers, mean pooling, L2-normalised), computed once per
+document text; only a (smaller) query encoder ``E_q`` trains:
+
+    s(q, d) = E_q(q) · v_d,    v_d = norm?(pool(E_d([CLS] d [SEP])))   (fixed)
+
+``E_q`` is :class:`~pile_jax.models.students.BertDot`'s encoder (pooling ``mean`` or ``cls``, not
+normalised by default, so the query vector's norm is the score scale the distillation losses
+need). One training step runs only the query tower on ``B`` short queries; every candidate's
+vector is a table lookup, so a step costs a fraction of a two-tower step and the transfer set can
+be large. Hofstätter et al. 2020 (arXiv 2010.02666) train BERT-dot's two towers jointly; the
+frozen document side is this library's deployment variant (docs/students.md).
+
+* :class:`DocumentIndex`: the frozen encoder; ``vectors(store, rows)`` -> float32 ``[*rows, H]``,
+  each document content encoded once per process (an in-memory cache keyed by its token ids).
+* :class:`FrozenDocFeatures`: the featuriser (``tokenize_texts`` / ``index_documents`` /
+  ``assemble`` / ``item_lengths`` / ``featurize``): batches hold ``query_ids``, ``query_mask``
+  ``[B, Lq]`` and ``doc_vecs`` float32 ``[B, n, H]``.
+* :func:`query_encoder_score_fn`: ``score_fn(params, batch) -> [B, n]``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .tokenize import (
+    DEFAULT_MAX_DOC_LENGTH,
+    DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+    TokenStore,
+    TwoTowerTokenizer,
+    _group_shape,
+    _unique_store,
+)
+
+__all__ = ["DocumentIndex", "FrozenDocFeatures", "query_encoder_score_fn", "DOC_ENCODER_OPTIONS"]
+
+log = logging.getLogger(__name__)
+
+# options of the frozen document side (students.options of kind query_encoder)
+DOC_ENCODER_OPTIONS = ("doc_encoder", "doc_layers", "doc_pooling", "doc_normalize")
+
+_CONTENT_CACHE: dict = {}   # encoder key -> {token-id bytes: vector}: shared by every index of that encoder
+
+
+def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens: int, dtype: str) -> tuple:
+    """What identifies a text vector: checkpoint folder, layers, pooling, normalisation, content
+    token budget (``[CLS] t[:max_tokens] [SEP]``) and compute dtype."""
+    return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype))
+
+
+def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: int) -> None:
+    """Put vectors computed elsewhere with the encoder ``key`` (e.g. by the zero-shot bi-encoder
+    teacher, :func:`pile_jax.rankers.biencoder_cosine`) into the cache a :class:`DocumentIndex`
+    with the same key reads, so the frozen document side does not encode them again."""
+    cache = _CONTENT_CACHE.setdefault(key, {})
+    for r, v in zip(np.asarray(rows, np.int64).tolist(), np.asarray(vectors, np.float32)):
+        cache[store.ids(r)[:max_tokens].tobytes()] = v
+
+
+class DocumentIndex:
+    """The frozen document encoder ``v_d = norm?(pool(E_d([CLS] d[:max_doc_length] [SEP])))``.
+
+    ``path``: a Hugging Face folder / name (:func:`~pile_jax.models.hub.resolve_model_path`);
+    ``num_layers``: its first layers (default all); ``pooling``: ``"mean"`` | ``"cls"``;
+    ``normalize``: L2-normalise (all-MiniLM-L6-v2's cosine). ``tokens``: the
+    :class:`~pile_jax.models.tokenize.TwoTowerTokenizer` whose document layout it reads (it must be
+    this checkpoint's tokenizer). Vectors are computed once per document content per process and
+    kept in memory (``H`` float32 per document: 1.5 kB for MiniLM, i.e. 1.5 GB per million).
+    """
+
+    def __init__(self, path, *, tokens: TwoTowerTokenizer, num_layers: Optional[int] = None, pooling: str = "mean",
+                 normalize: bool = True, dtype: Optional[str] = None, batch_size: int = 64):
+        from .encoder import Encoder
+        from .hf_io import load_pretrained
+        from .hub import resolve_model_path
+
+        if pooling not in ("mean", "cls"):
+            raise ValueError(f"doc_pooling must be 'mean' or 'cls', got {pooling!r}")
+        self.path = str(resolve_model_path(path))
+        config, params = load_pretrained(self.path, num_layers=num_layers, new_head=True)  # encoder only
+        if dtype is not None:
+            config = config.replace(dtype=dtype)
+        self.config, self.params = config, params["encoder"]
+        self.pooling, self.normalize, self.tokens = pooling, bool(normalize), tokens
+        self.batch_size = int(batch_size)
+        self.dim = int(config.hidden_size)
+        self.key = encoder_key(self.path, config.num_layers, pooling, self.normalize, tokens.max_doc_length,
+                               config.dtype)
+        encoder = Encoder(config)
+
+        def encode(p, batch):
+            ids, mask = batch["ids"], batch["mask"]
+            h = encoder.apply({"params": p}, ids, mask, jnp.zeros_like(ids), deterministic=True).last_hidden_state
+            h = h.astype(jnp.float32)
+            if pooling == "cls":
+                v = h[:, 0]
+            else:
+                m = mask[..., None].astype(jnp.float32)
+                v = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
+            return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12) if normalize else v
+
+        self._encode = jax.jit(encode)
+
+    def spec(self) -> dict:
+        """What identifies the document side (recorded in exports and run specs)."""
+        return {"doc_encoder": self.path, "doc_layers": int(self.config.num_layers), "doc_pooling": self.pooling,
+                "doc_normalize": self.normalize, "max_doc_length": int(self.tokens.max_doc_length)}
+
+    def _content(self, store: TokenStore, rows) -> list:
+        budget = self.tokens.max_doc_length
+        return [store.ids(int(r))[:budget].tobytes() for r in rows]
+
+    def index(self, store: TokenStore, rows=None, *, distributed: Optional[bool] = False, progress: Optional[str] = None):
+        """Compute (once) the vectors of ``rows`` of ``store`` (default: all rows).
+
+        ``distributed``: encode data-parallel over processes (every process must call; see
+        :func:`pile_jax.scoring.map_sorted`); otherwise this process encodes what it lacks."""
+        from pile_jax.scoring import data_parallel, map_sorted
+
+        mat, have = self._table(store)
+        rows = np.arange(len(store)) if rows is None else np.unique(np.asarray(rows, np.int64).ravel())
+        rows = rows[~have[rows]]
+        if rows.size == 0:
+            return
+        cache = _CONTENT_CACHE.setdefault(self.key, {})
+        contents = self._content(store, rows)
+        hit = np.fromiter((c in cache for c in contents), bool, len(contents))
+        for r, c in zip(rows[hit], (c for c, h in zip(contents, hit) if h)):
+            mat[r] = cache[c]
+        have[rows[hit]] = True
+        todo = rows[~hit]
+        if todo.size == 0:
+            return
+        # distributed: every process encodes its share of the same rows (processes call in the
+        # same order on the same stores, so their caches lack the same documents)
+        run, multiple = data_parallel(self._encode, self.params)
+        size = -(-self.batch_size // multiple) * multiple
+        empty = store.index[""]
+
+        def make_batch(idx, n_rows):
+            r = np.full(n_rows, empty, np.int64)
+            r[:len(idx)] = todo[idx]
+            ids, mask = self.tokens.encode_document_rows(store, r)
+            return {"ids": ids, "mask": mask}
+
+        lengths = np.minimum(store.lengths[todo], self.tokens.max_doc_length)
+        vecs = map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress,
+                          distributed=distributed)
+        mat[todo] = vecs
+        have[todo] = True
+        for c, v in zip((c for c, h in zip(contents, hit) if not h), vecs):
+            cache[c] = v
+        if todo.size:
+            log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
+
+    def _table(self, store: TokenStore):
+        tables = store.__dict__.setdefault("_doc_vectors", {})
+        if self.key not in tables:
+            tables[self.key] = (np.zeros((len(store), self.dim), np.float32), np.zeros(len(store), bool))
+        return tables[self.key]
+
+    def vectors(self, store: TokenStore, rows) -> np.ndarray:
+        """float32 ``[*rows.shape, H]`` (rows not indexed yet are encoded here, on this process)."""
+        rows = np.asarray(rows, np.int64)
+        mat, have = self._table(store)
+        if not have[rows].all():
+            self.index(store, rows[~have[rows]])
+        return mat[rows]
+
+
+class FrozenDocFeatures:
+    """Featuriser of the ``query_encoder`` student: queries as BertDot query-tower ids (``[CLS] q
+    [SEP]``, at most ``max_query_length`` content tokens, padded to length buckets), documents as
+    vectors of the frozen :class:`DocumentIndex` (at most ``max_doc_length`` content tokens).
+
+    ``assemble(q_store, q_rows [B], d_store, d_rows [B, n]) -> {query_ids, query_mask [B, Lq],
+    doc_vecs [B, n, H]}``; ``index_documents(store, rows)`` precomputes vectors (the collate and
+    the scorers call it before the first batch, so no batch waits for the encoder).
+    """
+
+    def __init__(self, tokenizer_or_path, *, doc_encoder=None, doc_layers: Optional[int] = None,
+                 doc_pooling: str = "mean", doc_normalize: bool = True,
+                 max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
+                 max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, dtype: Optional[str] = None):
+        self.tokens = TwoTowerTokenizer(tokenizer_or_path, max_query_length=max_query_length,
+                                        max_doc_length=max_doc_length, query_special=True, doc_special="cls_sep")
+        self.tokenizer = self.tokens.tokenizer
+        self._backend = self.tokens._backend
+        self.max_query_length, self.max_doc_length = self.tokens.max_query_length, self.tokens.max_doc_length
+        source = tokenizer_or_path if doc_encoder is None else doc_encoder
+        if doc_encoder is not None:
+            _check_same_vocab(self.tokenizer, doc_encoder)
+        self.index = DocumentIndex(source, tokens=self.tokens, num_layers=doc_layers, pooling=doc_pooling,
+                                   normalize=doc_normalize, dtype=dtype)
+
+    def tokenize_texts(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> TokenStore:
+        return self.tokens.tokenize_texts(texts, keys)
+
+    def item_lengths(self, q_store: TokenStore, q_rows, d_store: TokenStore, d_rows) -> np.ndarray:
+        """Tokens of each query item, broadcast to ``d_rows``' shape (documents cost no tokens:
+        their vectors are precomputed)."""
+        q_rows, d_rows = np.asarray(q_rows, np.int64), np.asarray(d_rows, np.int64)
+        q = np.minimum(q_store.lengths[q_rows], self.max_query_length) + sum(map(len, self.tokens.query_specials))
+        if q.ndim == d_rows.ndim - 1:
+            q = q[..., None]
+        return np.broadcast_to(q, np.broadcast_shapes(q.shape, d_rows.shape)).astype(np.int64)
+
+    def index_documents(self, store: TokenStore, rows=None, *, distributed: Optional[bool] = None,
+                        progress: Optional[str] = None) -> None:
+        """Precompute the vectors of ``rows`` of ``store`` (default all; ``distributed``: default
+        more than one process, and then every process must call)."""
+        if distributed is None:
+            distributed = jax.process_count() > 1
+        self.index.index(store, rows, distributed=distributed, progress=progress)
+
+    def assemble(self, q_store: TokenStore, q_rows, d_store: TokenStore, d_rows) -> dict:
+        qi, qm = self.tokens.encode_query_rows(q_store, q_rows)
+        return {"query_ids": qi, "query_mask": qm, "doc_vecs": self.index.vectors(d_store, d_rows)}
+
+    def featurize(self, queries: Sequence[str], docs: Sequence[Sequence[str]]) -> dict:
+        """Text in: ``queries [B]``, ``docs [B][n_b]`` -> batch arrays (missing documents of
+        ragged lists: zero vectors; mask them out)."""
+        queries, docs, n, present = _group_shape(queries, docs)
+        qs, qr = _unique_store(self._backend, queries)
+        ds, dr = _unique_store(self._backend, [d for r in docs for d in r])
+        out = self.assemble(qs, qr, ds, dr.reshape(len(queries), n))
+        out["doc_vecs"][~present] = 0.0
+        return out
+
+    encode = featurize
+    __call__ = featurize
+
+    def encode_queries(self, queries: Sequence[str]):
+        """Text -> ``(ids, mask)`` int32 ``[N, Lq]`` (the query tower's input)."""
+        return self.tokens.encode_queries(queries)
+
+    def encode_documents(self, docs: Sequence[str]) -> np.ndarray:
+        """Text -> the frozen document vectors float32 ``[N, H]``."""
+        store, rows = _unique_store(self._backend, docs)
+        return self.index.vectors(store, rows)
+
+
+def _check_same_vocab(tokenizer, doc_encoder) -> None:
+    """The document encoder reads the query tokenizer's ids: both checkpoints must share a vocabulary."""
+    from .tokenize import _load_tokenizer
+
+    other = _load_tokenizer(doc_encoder)
+    if tokenizer.get_vocab() != other.get_vocab():
+        raise ValueError(f"doc_encoder {doc_encoder!r}: its tokenizer's vocabulary differs from the student's; "
+                         "the query encoder and the frozen document encoder must share one tokenizer")
+
+
+def query_encoder_score_fn(module) -> Any:
+    """``score_fn(params, batch, *, rng=None, train=False) -> float32 [B, n]``:
+    ``s = E_q(query) · doc_vecs`` (``module``: a :class:`~pile_jax.models.students.BertDot`)."""
+    from .students import _rngs
+
+    def score_fn(params, batch, *, rng=None, train=False):
+        q = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
+                         deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
+                         method="encode_queries")
+        return jnp.einsum("bh,bnh->bn", q, jnp.asarray(batch["doc_vecs"], jnp.float32))
+    return score_fn

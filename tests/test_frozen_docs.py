@@ -1,0 +1,134 @@
+"""The query_encoder student: a query tower scored against a frozen, precomputed document index
+(pile_jax.models.frozen_docs).
+
+References: the zero-shot bi-encoder teacher (rankers.biencoder_cosine, itself checked against
+sentence-transformers in test_export / test_reranker): at full depth with normalised queries the
+student *is* that model, so its scores must equal the teacher's; a float64 NumPy Margin-MSE for
+the learning check; counts of documents sent to the encoder for the caching contract.
+"""
+
+import numpy as np
+import pytest
+
+from pile_jax import rankers
+from pile_jax.data import load_collection
+from pile_jax.scoring import score_candidates, score_pairs
+
+LENGTHS = dict(max_query_length=30, max_doc_length=62)
+
+
+@pytest.fixture(scope="module")
+def cranfield():
+    coll = load_collection("cranfield")
+    qids = sorted(coll.queries)[:6]
+    dids = sorted(coll.docs)[:40]
+    return coll, qids, dids
+
+
+def _count_encoded(features):
+    """Wraps the document encoder: returns a list that receives each encoded batch's real rows."""
+    index = features.index
+    seen = []
+    inner = index._encode
+
+    def counting(p, batch):
+        seen.append(int((np.asarray(batch["mask"]).sum(-1) > 2).sum()))   # rows with content
+        return inner(p, batch)
+
+    index._encode = counting
+    return seen, lambda: setattr(index, "_encode", inner)
+
+
+def test_full_depth_normalised_query_encoder_scores_exactly_like_the_biencoder_teacher(cranfield):
+    coll, qids, dids = cranfield
+    student = rankers.student("query_encoder", "all-MiniLM-L6-v2", normalize=True, **LENGTHS)
+    teacher = rankers.biencoder_cosine("all-MiniLM-L6-v2", max_length=64)   # 62 content tokens per text
+    pairs = [(coll.queries[q], coll.docs[d]) for q in qids for d in dids[:5]]
+    ours = score_pairs(student, student.params, pairs)
+    ref = score_pairs(teacher, teacher.params, pairs)
+    np.testing.assert_allclose(ours, ref, atol=2e-5, rtol=0)
+    assert np.std(ref) > 0.05   # real, distinct scores
+
+
+def test_every_document_is_encoded_once_across_rankers_and_calls(cranfield):
+    coll, qids, dids = cranfield
+    a = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, seed=0, **LENGTHS)
+    seen, restore = _count_encoded(a.meta["features"])
+    try:
+        cands = {q: dids[i * 5:(i + 1) * 5] for i, q in enumerate(qids)}   # 30 distinct documents
+        first = score_candidates(a, a.params, cands, coll.queries, coll.docs)
+        assert sum(seen) == 30
+        b = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, seed=1, **LENGTHS)
+        again = score_candidates(b, a.params, cands, coll.queries, coll.docs)   # another ranker, same index
+        assert sum(seen) == 30
+        assert first == again
+    finally:
+        restore()
+
+
+def test_the_biencoder_teachers_vectors_are_the_index_and_are_not_encoded_again(cranfield):
+    coll, qids, dids = cranfield
+    teacher = rankers.biencoder_cosine("all-MiniLM-L6-v2", max_length=64)
+    texts = [coll.docs[d] for d in dids[30:40]]
+    ref = teacher.meta["encode_texts"](teacher.params, texts)
+    student = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, **LENGTHS)  # all 6 doc layers
+    seen, restore = _count_encoded(student.meta["features"])
+    try:
+        got = student.meta["features"].encode_documents(texts)
+    finally:
+        restore()
+    assert sum(seen) == 0
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_ragged_lists_get_zero_vectors_for_missing_documents(cranfield):
+    coll, _, dids = cranfield
+    r = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, **LENGTHS)
+    batch = r.featurize(["boundary layer", "wing flutter"], [[coll.docs[dids[0]], coll.docs[dids[1]]],
+                                                          [coll.docs[dids[2]]]])
+    assert batch["doc_vecs"].shape == (2, 2, 384)
+    assert np.all(batch["doc_vecs"][1, 1] == 0) and np.all(np.abs(batch["doc_vecs"][1, 0]) > 0)
+
+
+def test_training_the_query_tower_fits_the_teacher_margins(cranfield, tmp_path):
+    """train() end to end with the frozen document side: Margin-MSE to a teacher falls on the
+    training lists (float64 NumPy re-derivation of the loss before and after)."""
+    from pile_jax.data import build_groups, iter_group_examples
+
+    coll, qids, dids = cranfield
+    cands = {q: dids[i * 6:(i + 1) * 6] for i, q in enumerate(qids)}
+    rng = np.random.default_rng(0)
+    teacher = {"t": {q: {d: float(rng.normal()) for d in c} for q, c in cands.items()}}
+    groups, _ = build_groups({}, cands, teacher, qids=qids, group_size=6, policy="top", require_label_pair=False)
+    groups["label_mask"][:] = False
+    records = list(iter_group_examples(groups))
+    r = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, **LENGTHS)
+
+    def margin_mse(params):
+        s = score_candidates(r, params, cands, coll.queries, coll.docs)
+        total, n = 0.0, 0
+        for q, c in cands.items():
+            a = np.array([s[q][d] for d in c], np.float64)
+            t = np.array([teacher["t"][q][d] for d in c], np.float64)
+            i, j = np.triu_indices(len(c), 1)
+            total += (((a[i] - a[j]) - (t[i] - t[j])) ** 2).sum()
+            n += len(i)
+        return total / n
+
+    from pile_jax.train.loop import train
+
+    res = train(r, source=records, objective={"distill_losses": {"margin_mse": 1.0}, "ensemble": {"name": "mean"}},
+                queries=coll.queries, docs=coll.docs,
+                config={"batch_size": 4, "steps": 40, "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 10,
+                        "seed": 0, "progress": False}, workdir=str(tmp_path / "w"))
+    before, after = margin_mse(r.params), margin_mse(res.params)
+    assert after < 0.6 * before, (before, after)
+
+
+def test_document_side_options_are_checked():
+    with pytest.raises(TypeError, match="doc_colour"):
+        rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_colour=1)
+    with pytest.raises(ValueError, match="doc_pooling"):
+        rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_pooling="max")
+    with pytest.raises(TypeError, match="compress_dim"):   # the query vector must match the index's width
+        rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, compress_dim=16)
