@@ -196,6 +196,7 @@ def _run(cfg, *, out, data, log, export):
     log(f"best single teacher on dev (ndcg_cut_10): {best_teacher} "
         f"({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
     curves: dict[str, list] = {}
+    dev_curves: dict[str, list] = {}   # the dev selection metric during training (select_on_dev)
     best_students: dict[str, tuple] = {}
     model_cfg = dict(cfg.get("model", {}))
     # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
@@ -213,11 +214,16 @@ def _run(cfg, *, out, data, log, export):
                         max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
                         max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
                         dtype=model_cfg.get("dtype", "float32"), **student_extra)
+    init_dev = None
     if scfg.get("report_init", True):
         # the students' common starting point, untrained (seed of the first run: new heads are random)
         init = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"), seed=seeds[0], **student_args)
         add_run("student_init", None, score_candidates(init, init.params, {q: candidates[q] for q in eval_qids},
                                                        coll.queries, coll.docs, batch_size=bs))
+        if scfg.get("select_on_dev", True):   # step 0 of the dev curves in results.png
+            sel_metric = str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC))
+            init_run = score_candidates(init, init.params, dev_cands, coll.queries, coll.docs, batch_size=bs)
+            init_dev = mean_metrics(run_metrics(init_run, qrels, qids=splits["dev"]))[sel_metric]
     for run_name, obj_cfg in (scfg.get("runs") or {}).items():
         obj = dict(obj_cfg)
         # transfer: true|false (default: true for runs with a distillation term, when a transfer set exists)
@@ -247,6 +253,12 @@ def _run(cfg, *, out, data, log, export):
                            config=tcfg, workdir=str(out_path / "students" / f"{run_name}__seed{seed}"),
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
+            sel_metric = str(tcfg.get("select_metric", DEV_METRIC))
+            dev_points = {h["step"]: h["eval"][sel_metric] for h in result.history
+                          if isinstance(h.get("eval"), Mapping) and sel_metric in h["eval"]}
+            if dev_points and init_dev is not None:
+                dev_points.setdefault(0, init_dev)
+            dev_curves.setdefault(run_name, []).append(sorted(dev_points.items()))
             run_ = score_candidates(ranker, result.params, {q: candidates[q] for q in eval_qids},
                                     coll.queries, coll.docs, batch_size=bs, progress=f"{eval_split} {run_name}")
             add_run(f"student_{run_name}", seed, run_)
@@ -312,7 +324,8 @@ def _run(cfg, *, out, data, log, export):
     }
     if pio.is_primary():
         pio.write_json(out_path / "results.json", results)
-        write_report(results, curves, out)
+        write_report(results, curves, out, dev_curves=dev_curves,
+                     dev_metric=str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC)))
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
     return results

@@ -39,8 +39,12 @@ def save_figure(fig, path) -> None:
     pio.write_bytes(path, buf.getvalue())
 
 
-def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], out: str) -> None:
-    """Writes ``results.md`` and ``results.png`` (training curves + NDCG@10 per system) into ``out`` (local or URL)."""
+def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]], out: str,
+                 dev_curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]] | None = None,
+                 dev_metric: str = "ndcg_cut_10") -> None:
+    """Writes ``results.md`` and ``results.png`` (training curves, the dev metric during training
+    when ``dev_curves`` has points, NDCG@10 per system) into ``out`` (local or URL).
+    ``curves`` / ``dev_curves``: per run name, one ``[(step, value), ...]`` per seed."""
     md = [f"# pile_jax run: {results['collection']} ({results['eval_split']}, {results['eval_queries']} queries)",
           "", markdown_table(results["systems"]), "",
           f"Teachers: {', '.join(results['teachers'])}; best single teacher on dev: {results['best_teacher']}.",
@@ -54,19 +58,17 @@ def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
-    for k, (name, runs) in enumerate(curves.items()):
-        color = f"C{k % 10}"
-        for i, curve in enumerate(runs):   # one faint line per seed, then the mean over seeds
-            if curve:
-                steps, losses = zip(*curve)
-                ax1.plot(steps, losses, color=color, alpha=0.3, lw=0.8)
-        full = [c for c in runs if c]
-        if full:
-            n = min(len(c) for c in full)
-            steps = [s for s, _ in full[0][:n]]
-            mean = np.mean([[l for _, l in c[:n]] for c in full], axis=0)
-            ax1.plot(steps, mean, color=color, lw=2, label=f"{name} (mean of {len(full)} seeds)")
+    dev_curves = {k: v for k, v in (dev_curves or {}).items() if any(v)}
+    if dev_curves:
+        fig, (ax1, ax3, ax2) = plt.subplots(1, 3, figsize=(19, 5))
+        _plot_seed_curves(ax3, dev_curves)
+        ax3.set_xlabel("step")
+        ax3.set_ylabel(f"dev {dev_metric}")
+        ax3.set_title(f"students: dev {dev_metric} during training (the selection metric)")
+        ax3.legend(fontsize=7)
+    else:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
+    _plot_seed_curves(ax1, curves)
     ax1.set_xlabel("step")
     ax1.set_ylabel("training loss (the run's objective)")
     ax1.set_title("students: learning curves")
@@ -83,6 +85,23 @@ def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[
     ax2.set_title(f"{results['collection']} {results['eval_split']}")
     fig.tight_layout()
     save_figure(fig, pio.as_path(out) / "results.png")
+
+
+def _plot_seed_curves(ax, curves: Mapping[str, Sequence[Sequence[tuple[int, float]]]]) -> None:
+    """One faint line per seed and the mean over seeds (bold) per run name."""
+    for k, (name, runs) in enumerate(curves.items()):
+        color = f"C{k % 10}"
+        for curve in runs:
+            if curve:
+                steps, values = zip(*curve)
+                ax.plot(steps, values, color=color, alpha=0.3, lw=0.8)
+        full = [c for c in runs if c]
+        if full:
+            n = min(len(c) for c in full)
+            steps = [s for s, _ in full[0][:n]]
+            mean = np.mean([[v for _, v in c[:n]] for c in full], axis=0)
+            ax.plot(steps, mean, color=color, lw=2, marker="o" if n <= 12 else None, ms=3,
+                    label=f"{name} (mean of {len(full)} seeds)")
 
 
 def jsonable(obj):

@@ -90,7 +90,7 @@ def test_ragged_lists_get_zero_vectors_for_missing_documents(cranfield):
     assert np.all(batch["doc_vecs"][1, 1] == 0) and np.all(np.abs(batch["doc_vecs"][1, 0]) > 0)
 
 
-def test_training_the_query_tower_fits_the_teacher_margins(cranfield, tmp_path):
+def test_training_the_query_tower_fits_the_teacher_margins(cranfield):
     """train() end to end with the frozen document side: Margin-MSE to a teacher falls on the
     training lists (float64 NumPy re-derivation of the loss before and after)."""
     from pile_jax.data import build_groups, iter_group_examples
@@ -119,9 +119,10 @@ def test_training_the_query_tower_fits_the_teacher_margins(cranfield, tmp_path):
 
     res = train(r, source=records, objective={"distill_losses": {"margin_mse": 1.0}, "ensemble": {"name": "mean"}},
                 queries=coll.queries, docs=coll.docs,
-                config={"batch_size": 4, "steps": 40, "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 10,
-                        "seed": 0, "progress": False}, workdir=str(tmp_path / "w"))
+                config={"batch_size": 4, "steps": 15, "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 5,
+                        "seed": 0, "progress": False})
     before, after = margin_mse(r.params), margin_mse(res.params)
+    print(f"margin MSE to the teacher: {before:.4f} -> {after:.4f}")
     assert after < 0.6 * before, (before, after)
 
 
