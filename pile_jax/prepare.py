@@ -322,7 +322,7 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
         # and all-gather the scores (pile_jax.scoring.map_sorted), so all processes get them all.
         new = {}
         keys = list(todo)
-        chunk = 400  # save every 400 queries (process 0; a killed scoring run resumes); a document is encoded once per chunk
+        chunk = 400  # save every 400 queries (process 0; a killed scoring run resumes); the bi-encoder keeps its vectors
         for i in range(0, len(keys), chunk):
             part = {q: todo[q] for q in keys[i:i + chunk]}
             new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))

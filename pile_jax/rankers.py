@@ -77,10 +77,9 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
     Texts are ``[CLS] text [SEP]`` with at most ``max_length - 2`` content tokens (the two-tower
     featuriser, both towers alike); ``meta["encode_texts"]`` encodes texts once each."""
     from pile_jax.models import Encoder, load_pretrained, resolve_model_path
+    from pile_jax.models.frozen_docs import cached_vectors, encoder_key, remember_vectors
     from pile_jax.models.tokenize import TwoTowerTokenizer
     from pile_jax.scoring import data_parallel, map_sorted
-
-    from pile_jax.models.frozen_docs import encoder_key, remember_vectors
 
     path = resolve_model_path(base)
     config, params = load_pretrained(path, new_head=True)  # the head is not used: only the encoder
@@ -106,28 +105,37 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
 
     def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None,
                      devices=None, distributed: bool | None = None) -> np.ndarray:
-        """L2-normalised vectors [N, H] of ``texts``, each unique text tokenised once, encoded in
+        """L2-normalised vectors [N, H] of ``texts``, each unique text tokenised once and encoded
+        once per process (with the pretrained params, vectors are kept for later calls and for a
+        frozen document index of the same model, :mod:`pile_jax.models.frozen_docs`), in
         length-sorted batches, data-parallel (:func:`pile_jax.scoring.map_sorted`)."""
         texts = [str(t) for t in texts]
         if not texts:
             return np.zeros((0, config.hidden_size), np.float32)
         unique = list(dict.fromkeys(texts))
         store = features.tokenize_texts(unique, unique)
-        rows = store.rows(np.asarray(texts, dtype=object))
-        run, multiple = data_parallel(encode_jit, enc_params, devices)
-        size = -(-batch_size // multiple) * multiple
+        urows = store.rows(np.asarray(unique, dtype=object))
+        out = np.zeros((len(unique), config.hidden_size), np.float32)
+        pretrained = enc_params is params["encoder"]
+        todo = np.flatnonzero(~cached_vectors(key, store, urows, max_length - 2, out)) if pretrained \
+            else np.arange(len(unique))
+        if todo.size:
+            rows = urows[todo]
+            run, multiple = data_parallel(encode_jit, enc_params, devices)
+            size = -(-batch_size // multiple) * multiple
 
-        def make_batch(idx, n_rows):
-            r = np.full(n_rows, store.index[""], np.int64)   # padding rows: "" ([CLS] [SEP])
-            r[:len(idx)] = rows[idx]
-            ids, mask = features.encode_query_rows(store, r)
-            return {"ids": ids, "mask": mask}
+            def make_batch(idx, n_rows):
+                r = np.full(n_rows, store.index[""], np.int64)   # padding rows: "" ([CLS] [SEP])
+                r[:len(idx)] = rows[idx]
+                ids, mask = features.encode_query_rows(store, r)
+                return {"ids": ids, "mask": mask}
 
-        vecs = map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
-                          tail=(config.hidden_size,), progress=progress, distributed=distributed)
-        if enc_params is params["encoder"]:   # the pretrained vectors: a frozen document index reuses them
-            remember_vectors(key, store, rows, vecs, max_length - 2)
-        return vecs
+            out[todo] = map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
+                                   tail=(config.hidden_size,), progress=progress, distributed=distributed)
+            if pretrained:
+                remember_vectors(key, store, rows, out[todo], max_length - 2)
+        position = {t: i for i, t in enumerate(unique)}
+        return out[np.fromiter((position[t] for t in texts), np.int64, len(texts))]
 
     return Ranker(params=params["encoder"], score_fn=score_fn, featurize=features.featurize, kind="biencoder_cosine",
                   meta={"config": config, "path": path, "encode_texts": encode_texts, "features": features})

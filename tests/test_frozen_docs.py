@@ -81,6 +81,33 @@ def test_the_biencoder_teachers_vectors_are_the_index_and_are_not_encoded_again(
     np.testing.assert_array_equal(got, ref)
 
 
+def test_the_biencoder_teacher_reads_its_kept_vectors_instead_of_encoding_again(cranfield):
+    """Second call: the kept vector is returned (a marked copy proves it was read, not recomputed);
+    other params than the pretrained ones never read or fill the cache."""
+    import jax
+
+    from pile_jax.models import frozen_docs
+
+    coll, _, dids = cranfield
+    teacher = rankers.biencoder_cosine("all-MiniLM-L6-v2", max_length=32)
+    texts = [coll.docs[d] for d in dids[:6]] + [coll.docs[dids[0]]]   # a repeated text: one encoding
+    first = teacher.meta["encode_texts"](teacher.params, texts)
+    np.testing.assert_array_equal(first[0], first[-1])
+    key = next(k for k in frozen_docs._CONTENT_CACHE if k[0] == teacher.meta["path"].as_posix() and k[4] == 30)
+    cache = frozen_docs._CONTENT_CACHE[key]
+    content = next(c for c, v in cache.items() if np.array_equal(v, first[2]))
+    cache[content] = np.full_like(first[2], 7.0)                      # mark the kept vector
+    try:
+        again = teacher.meta["encode_texts"](teacher.params, texts)
+        assert np.all(again[2] == 7.0)
+        np.testing.assert_array_equal(np.delete(again, 2, 0), np.delete(first, 2, 0))
+        other = jax.tree_util.tree_map(lambda x: x * 1.0, teacher.params)   # not the pretrained object
+        fresh = teacher.meta["encode_texts"](other, texts)
+        np.testing.assert_allclose(fresh, first, atol=1e-6)
+    finally:
+        cache[content] = first[2]
+
+
 def test_ragged_lists_get_zero_vectors_for_missing_documents(cranfield):
     coll, _, dids = cranfield
     r = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, **LENGTHS)

@@ -57,12 +57,25 @@ def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens
 
 
 def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: int) -> None:
-    """Put vectors computed elsewhere with the encoder ``key`` (e.g. by the zero-shot bi-encoder
-    teacher, :func:`pile_jax.rankers.biencoder_cosine`) into the cache a :class:`DocumentIndex`
-    with the same key reads, so the frozen document side does not encode them again."""
+    """Keep the vectors of ``rows`` of ``store`` (computed with the encoder ``key``) for every
+    later reader of that key: a :class:`DocumentIndex`, or the zero-shot bi-encoder teacher
+    (:func:`pile_jax.rankers.biencoder_cosine`), so no text content is encoded twice."""
     cache = _CONTENT_CACHE.setdefault(key, {})
     for r, v in zip(np.asarray(rows, np.int64).tolist(), np.asarray(vectors, np.float32)):
         cache[store.ids(r)[:max_tokens].tobytes()] = v
+
+
+def cached_vectors(key: tuple, store: TokenStore, rows, max_tokens: int, out: np.ndarray) -> np.ndarray:
+    """Fill ``out[i]`` with the kept vector of ``rows[i]`` where there is one (see
+    :func:`remember_vectors`); returns which rows were found (bool ``[len(rows)]``)."""
+    cache = _CONTENT_CACHE.get(key) or {}
+    rows = np.asarray(rows, np.int64).tolist()
+    hit = np.zeros(len(rows), bool)
+    for i, r in enumerate(rows):
+        v = cache.get(store.ids(r)[:max_tokens].tobytes())
+        if v is not None:
+            out[i], hit[i] = v, True
+    return hit
 
 
 class DocumentIndex:
@@ -114,10 +127,6 @@ class DocumentIndex:
         return {"doc_encoder": self.path, "doc_layers": int(self.config.num_layers), "doc_pooling": self.pooling,
                 "doc_normalize": self.normalize, "max_doc_length": int(self.tokens.max_doc_length)}
 
-    def _content(self, store: TokenStore, rows) -> list:
-        budget = self.tokens.max_doc_length
-        return [store.ids(int(r))[:budget].tobytes() for r in rows]
-
     def index(self, store: TokenStore, rows=None, *, distributed: Optional[bool] = False, progress: Optional[str] = None):
         """Compute (once) the vectors of ``rows`` of ``store`` (default: all rows).
 
@@ -130,11 +139,10 @@ class DocumentIndex:
         rows = rows[~have[rows]]
         if rows.size == 0:
             return
-        cache = _CONTENT_CACHE.setdefault(self.key, {})
-        contents = self._content(store, rows)
-        hit = np.fromiter((c in cache for c in contents), bool, len(contents))
-        for r, c in zip(rows[hit], (c for c, h in zip(contents, hit) if h)):
-            mat[r] = cache[c]
+        budget = self.tokens.max_doc_length
+        found = np.zeros((len(rows), self.dim), np.float32)
+        hit = cached_vectors(self.key, store, rows, budget, found)
+        mat[rows[hit]] = found[hit]
         have[rows[hit]] = True
         todo = rows[~hit]
         if todo.size == 0:
@@ -151,15 +159,13 @@ class DocumentIndex:
             ids, mask = self.tokens.encode_document_rows(store, r)
             return {"ids": ids, "mask": mask}
 
-        lengths = np.minimum(store.lengths[todo], self.tokens.max_doc_length)
+        lengths = np.minimum(store.lengths[todo], budget)
         vecs = map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress,
                           distributed=distributed)
         mat[todo] = vecs
         have[todo] = True
-        for c, v in zip((c for c, h in zip(contents, hit) if not h), vecs):
-            cache[c] = v
-        if todo.size:
-            log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
+        remember_vectors(self.key, store, todo, vecs, budget)
+        log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
 
     def _table(self, store: TokenStore):
         tables = store.__dict__.setdefault("_doc_vectors", {})
