@@ -25,7 +25,7 @@ frozen document side is this library's deployment variant (docs/students.md).
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -91,9 +91,9 @@ class DocumentIndex:
 
     def __init__(self, path, *, tokens: TwoTowerTokenizer, num_layers: Optional[int] = None, pooling: str = "mean",
                  normalize: bool = True, dtype: Optional[str] = None, batch_size: int = 64):
-        from .encoder import Encoder
         from .hf_io import load_pretrained
         from .hub import resolve_model_path
+        from .students import BertDot
 
         if pooling not in ("mean", "cls"):
             raise ValueError(f"doc_pooling must be 'mean' or 'cls', got {pooling!r}")
@@ -107,18 +107,10 @@ class DocumentIndex:
         self.dim = int(config.hidden_size)
         self.key = encoder_key(self.path, config.num_layers, pooling, self.normalize, tokens.max_doc_length,
                                config.dtype)
-        encoder = Encoder(config)
+        module = BertDot(config, pooling=pooling, normalize=self.normalize)   # its document tower, frozen
 
         def encode(p, batch):
-            ids, mask = batch["ids"], batch["mask"]
-            h = encoder.apply({"params": p}, ids, mask, jnp.zeros_like(ids), deterministic=True).last_hidden_state
-            h = h.astype(jnp.float32)
-            if pooling == "cls":
-                v = h[:, 0]
-            else:
-                m = mask[..., None].astype(jnp.float32)
-                v = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
-            return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12) if normalize else v
+            return module.apply({"params": {"encoder": p}}, batch["ids"], batch["mask"], method=BertDot.encode)
 
         self._encode = jax.jit(encode)
 
