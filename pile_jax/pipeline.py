@@ -214,6 +214,7 @@ def _run(cfg, *, out, data, log, export):
                         max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
                         max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
                         dtype=model_cfg.get("dtype", "float32"), **student_extra)
+    sel = str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC))  # dev selection metric
     init_dev = None
     if scfg.get("report_init", True):
         # the students' common starting point, untrained (seed of the first run: new heads are random)
@@ -221,9 +222,8 @@ def _run(cfg, *, out, data, log, export):
         add_run("student_init", None, score_candidates(init, init.params, {q: candidates[q] for q in eval_qids},
                                                        coll.queries, coll.docs, batch_size=bs))
         if scfg.get("select_on_dev", True):   # step 0 of the dev curves in results.png
-            sel_metric = str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC))
             init_run = score_candidates(init, init.params, dev_cands, coll.queries, coll.docs, batch_size=bs)
-            init_dev = mean_metrics(run_metrics(init_run, qrels, qids=splits["dev"]))[sel_metric]
+            init_dev = mean_metrics(run_metrics(init_run, qrels, qids=splits["dev"]))[sel]
     for run_name, obj_cfg in (scfg.get("runs") or {}).items():
         obj = dict(obj_cfg)
         # transfer: true|false (default: true for runs with a distillation term, when a transfer set exists)
@@ -253,9 +253,8 @@ def _run(cfg, *, out, data, log, export):
                            config=tcfg, workdir=str(out_path / "students" / f"{run_name}__seed{seed}"),
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
-            sel_metric = str(tcfg.get("select_metric", DEV_METRIC))
-            dev_points = {h["step"]: h["eval"][sel_metric] for h in result.history
-                          if isinstance(h.get("eval"), Mapping) and sel_metric in h["eval"]}
+            dev_points = {h["step"]: h["eval"][sel] for h in result.history
+                          if isinstance(h.get("eval"), Mapping) and sel in h["eval"]}
             if dev_points and init_dev is not None:
                 dev_points.setdefault(0, init_dev)
             dev_curves.setdefault(run_name, []).append(sorted(dev_points.items()))
@@ -264,7 +263,6 @@ def _run(cfg, *, out, data, log, export):
             add_run(f"student_{run_name}", seed, run_)
             log(f"student {run_name} seed {seed}: {time.perf_counter() - t1:.1f}s (best dev step {result.best_step})")
             if export:
-                sel = str(tcfg.get("select_metric", DEV_METRIC))
                 dev = result.best_metric
                 if dev is None:  # trained without dev selection: score dev once to pick the seed
                     dev = dev_eval(result.params)[sel]
@@ -325,7 +323,7 @@ def _run(cfg, *, out, data, log, export):
     if pio.is_primary():
         pio.write_json(out_path / "results.json", results)
         write_report(results, curves, out, dev_curves=dev_curves,
-                     dev_metric=str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC)))
+                     dev_metric=sel)
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
     return results
