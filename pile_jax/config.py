@@ -647,3 +647,61 @@ def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) 
         obj, _, _ = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best,
                                       default_teacher=study.get("teacher", "best"))
         check_objective(obj, f"study cell {cell['name']}", c.source)
+
+
+# ------------------------------------------------------------------------- device counts
+def _train_sections(cfg: Mapping[str, Any], job: str) -> list[tuple[str, dict]]:
+    """``(key path, merged train mapping)`` of every training the job will run: the fine-tuned
+    (``cross_encoder``) teachers (``teacher_train`` + the teacher's own ``train``), then the
+    job's students (``train`` | ``students.train`` | ``study.train``). The key path names the
+    section that set ``batch_size`` (so the error points at the key to change)."""
+    out = []
+    base = dict(cfg.get("teacher_train") or {})
+    for i, spec in enumerate(cfg.get("teachers") or []):
+        if isinstance(spec, Mapping) and spec.get("kind") == "cross_encoder":
+            own = dict(spec.get("train") or {})
+            path = f"teachers[{i}] ({spec.get('name')}).train" if "batch_size" in own else "teacher_train"
+            out.append((path, {**base, **own}))
+    if job == "train":
+        out.append(("train", dict(cfg.get("train") or {})))
+    elif job == "run":
+        out.append(("students.train", dict((cfg.get("students") or {}).get("train") or {})))
+    elif job == "study":
+        out.append(("study.train", dict((cfg.get("study") or {}).get("train") or {})))
+    return out
+
+
+def check_device_counts(cfg: Mapping[str, Any], *, job: str, process_count: int | None = None,
+                        local_device_count: int | None = None) -> None:
+    """Checks every device-count condition of the job's trainings against the real process and
+    local device counts (default: ``jax.process_count()`` / ``jax.local_device_count()``, so on a
+    pod call it after ``jax.distributed.initialize``), before any work:
+
+    * ``parallel: none`` runs on one process (``pmap`` / ``shard_map`` otherwise);
+    * ``batch_size`` divisible by ``processes x local devices x accum_steps`` (``parallel: none``:
+      1 device), the condition :func:`pile_jax.train.loop.train` needs.
+
+    Raises ``ConfigError("<file>: <section>.batch_size: 4 is not divisible by ... ; use 8")``
+    naming the smallest batch size >= the configured one that works."""
+    import dataclasses
+
+    from pile_jax.train.loop import TrainConfig
+
+    if process_count is None or local_device_count is None:
+        import jax
+
+        process_count = jax.process_count() if process_count is None else process_count
+        local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    c = _Checker(str(cfg.get("_source", "config")))
+    for path, node in _train_sections(cfg, job):
+        parallel = node.get("parallel", defaults["parallel"])
+        if parallel == "none" and process_count > 1:
+            c.fail(f"{path}.parallel", f"none runs on one device of one process, but this job has {process_count} "
+                                       "processes; use pmap or shard_map")
+        devices = 1 if parallel == "none" else int(local_device_count)
+        bs, acc = int(node.get("batch_size", defaults["batch_size"])), int(node.get("accum_steps", defaults["accum_steps"]))
+        unit = int(process_count) * devices * acc
+        if bs % unit:
+            c.fail(f"{path}.batch_size", f"{bs} is not divisible by processes ({process_count}) x local devices "
+                                         f"({devices}) x accum_steps ({acc}) = {unit}; use {-(-bs // unit) * unit}")
