@@ -8,8 +8,8 @@ What is trained is a :class:`Ranker`: float32 params, a score function
 Training reads ranking groups (``query_id``, ``doc_ids [n]``, ``labels``, ``label_mask``,
 ``mask``, ``teacher_scores [T, n]``) from any random-access source (the TFDS ArrayRecord data
 source, or a list of examples) through the deterministic, resumable, prefetching loader of
-:mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history
-and the best dev score, so
+:mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history,
+the best dev score and the best params (so every host resumes with the same ones), so
 ``resume=True`` continues exactly where a killed run stopped: same batches, same dropout keys,
 same result.
 
@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from pile_jax.data.loader import DevicePrefetch, make_train_loader, source_doc_ids
-from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
+from pile_jax.io import as_path, barrier, check_shared_folder, is_primary, is_url, write_json
 from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from pile_jax.train.objective import Objective
@@ -239,7 +239,8 @@ def train(
 
     ``workdir`` is a local path or a URL (``gs://bucket/run``); it holds ``checkpoints/``,
     ``best_params.npz``, ``final_params.npz``, ``history.json`` and ``tensorboard/``. Shared files
-    are written by process 0 only. ``evaluate(params) -> {metric: value}`` runs every
+    are written by process 0 only; on several processes ``workdir`` must be shared by all of them
+    (checked: :func:`pile_jax.io.check_shared_folder`). ``evaluate(params) -> {metric: value}`` runs every
     ``eval_every`` steps and at the end; the params with the best ``select_metric`` are returned
     (best-checkpoint selection). With a workdir, SIGTERM saves a checkpoint and raises
     :class:`Preempted` (several processes: at orbax's preemption sync point, every process).
@@ -283,6 +284,7 @@ def train(
     if wd is not None:
         if is_primary():
             wd.mkdir(parents=True, exist_ok=True)
+        check_shared_folder(wd)   # several processes: one folder all of them see, or a ConfigError
         ckpt = Checkpointer(wd / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                             save_interval_steps=cfg.checkpoint_every)
         if resume:
@@ -292,8 +294,11 @@ def train(
                 loader.load_state_dict(extra["sampler"])
                 history = list(extra.get("history", []))
                 best = dict(extra.get("best", best))
-                if best["step"] is not None and (wd / "best_params.npz").exists():
-                    best_params = load_params(wd / "best_params.npz", state.params)
+                if best["step"] is not None:   # kept in the checkpoint: every host, this very step
+                    best_params = ckpt.restore_best(int(state.step), state.params)
+                    if best_params is None and (wd / "best_params.npz").exists():   # older checkpoints
+                        best_params = load_params(wd / "best_params.npz", state.params)
+                    best_params = None if best_params is None else _host(best_params)
                 log(f"resumed from step {int(state.step)} (epoch {loader.state_dict()['epoch']})")
     start = int(state.step)
 
@@ -386,17 +391,17 @@ def train(
             if eval_now:
                 run_eval(done)
             if stop:
-                ckpt.save(done, placement.host(dstate), extra(), force=True)
+                ckpt.save(done, placement.host(dstate), extra(), force=True, best=best_params)
                 ckpt.wait()
                 raise Preempted(f"preempted (SIGTERM): saved a checkpoint at step {done} in "
                                 f"{ckpt.directory}; rerun with --resume to continue")
             if save_now:
-                ckpt.save(done, placement.host(dstate), extra())
+                ckpt.save(done, placement.host(dstate), extra(), best=best_params)
         read_metrics()
         if evaluate and not any(h.get("step") == total and "eval" in h for h in history):
             run_eval(total)
         if ckpt:
-            ckpt.save(total, placement.host(dstate), extra(), force=True)
+            ckpt.save(total, placement.host(dstate), extra(), force=True, best=best_params)
             ckpt.wait()
     finally:
         batches.close()
