@@ -23,6 +23,7 @@ from pile_jax.models.tokenize import (
     DEFAULT_MAX_QUERY_LENGTH,
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
 )
+from pile_jax.precision import SCORE_PRECISION
 from pile_jax.train.loop import Ranker
 
 
@@ -99,7 +100,7 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
         q = encode(params, batch["query_ids"], batch["query_mask"])                     # [B, H]
         B, n, L = batch["doc_ids"].shape
         d = encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L)).reshape(B, n, -1)
-        return jnp.einsum("bh,bnh->bn", q, d)
+        return jnp.einsum("bh,bnh->bn", q, d, precision=SCORE_PRECISION)
 
     encode_jit = jax.jit(lambda p, batch: encode(p, batch["ids"], batch["mask"]))
 

@@ -26,6 +26,8 @@ from typing import Any, Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from pile_jax.precision import score_precision
+
 __all__ = ["make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
            "data_parallel", "pair_batches", "GROUP_KEYS"]
 
@@ -146,7 +148,8 @@ def cached_scorer(score_fn: Callable) -> Callable:
 def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     """``(run(batch) -> device array, rows multiple)``: ``fn(params, batch)`` with ``params``
     replicated on ``devices`` (default: all local devices) and ``batch`` split on its leading
-    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings."""
+    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings, at the
+    score precision (:func:`pile_jax.precision.score_precision`: HIGHEST matmuls)."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = list(devices or jax.local_devices())
@@ -155,7 +158,8 @@ def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     split = NamedSharding(mesh, PartitionSpec("data"))
 
     def run(batch):
-        return fn(replicated, jax.device_put(batch, split))
+        with score_precision():   # what is scored, encoded or cached: HIGHEST (pile_jax.precision)
+            return fn(replicated, jax.device_put(batch, split))
 
     return run, len(devices)
 

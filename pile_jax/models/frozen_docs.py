@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from pile_jax.precision import INDEX_DTYPE, SCORE_PRECISION, SCORE_PRECISION_NAME
+
 from .tokenize import (
     DEFAULT_MAX_DOC_LENGTH,
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
@@ -52,8 +54,10 @@ _CONTENT_CACHE: dict = {}   # encoder key -> {token-id bytes: vector}: shared by
 
 def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens: int, dtype: str) -> tuple:
     """What identifies a text vector: checkpoint folder, layers, pooling, normalisation, content
-    token budget (``[CLS] t[:max_tokens] [SEP]``) and compute dtype."""
-    return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype))
+    token budget (``[CLS] t[:max_tokens] [SEP]``), compute dtype and matmul precision (the
+    policy's :data:`~pile_jax.precision.SCORE_PRECISION_NAME`: vectors are encoded under it)."""
+    return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype),
+            SCORE_PRECISION_NAME)
 
 
 def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: int) -> None:
@@ -87,6 +91,9 @@ class DocumentIndex:
     :class:`~pile_jax.models.tokenize.TwoTowerTokenizer` whose document layout it reads (it must be
     this checkpoint's tokenizer). Vectors are computed once per document content per process and
     kept in memory (``H`` float32 per document: 1.5 kB for MiniLM, i.e. 1.5 GB per million).
+    ``dtype``: the encoder's compute dtype (default the checkpoint's, float32; the ``query_encoder``
+    student always uses float32, :data:`pile_jax.precision.INDEX_DTYPE`); encoding runs at HIGHEST
+    matmul precision (:func:`pile_jax.precision.score_precision`, through ``data_parallel``).
     """
 
     def __init__(self, path, *, tokens: TwoTowerTokenizer, num_layers: Optional[int] = None, pooling: str = "mean",
@@ -123,24 +130,27 @@ class DocumentIndex:
         """Compute (once) the vectors of ``rows`` of ``store`` (default: all rows).
 
         ``distributed``: encode data-parallel over processes (every process must call; see
-        :func:`pile_jax.scoring.map_sorted`); otherwise this process encodes what it lacks."""
+        :func:`pile_jax.scoring.map_sorted`); otherwise this process encodes what it lacks.
+        Distributed, the work is decided once for all processes: process 0's list of rows to
+        encode is broadcast and every process encodes its share of exactly that list (a process
+        whose own cache differs re-encodes rows it had, or encodes the rest of its own later,
+        locally), and the stores are checked to be the same (a hash of their token offsets; a
+        ``ValueError`` otherwise), so differing caches never hang the all-gather or mix rows."""
         from pile_jax.scoring import data_parallel, map_sorted
 
         mat, have = self._table(store)
         rows = np.arange(len(store)) if rows is None else np.unique(np.asarray(rows, np.int64).ravel())
         rows = rows[~have[rows]]
-        if rows.size == 0:
-            return
         budget = self.tokens.max_doc_length
         found = np.zeros((len(rows), self.dim), np.float32)
         hit = cached_vectors(self.key, store, rows, budget, found)
         mat[rows[hit]] = found[hit]
         have[rows[hit]] = True
         todo = rows[~hit]
+        if distributed and jax.process_count() > 1:
+            todo = _rows_of_process_0(store, todo)
         if todo.size == 0:
             return
-        # distributed: every process encodes its share of the same rows (processes call in the
-        # same order on the same stores, so their caches lack the same documents)
         run, multiple = data_parallel(self._encode, self.params)
         size = -(-self.batch_size // multiple) * multiple
         empty = store.index[""]
@@ -174,6 +184,27 @@ class DocumentIndex:
         return mat[rows]
 
 
+def _rows_of_process_0(store: TokenStore, rows: np.ndarray) -> np.ndarray:
+    """Process 0's ``rows`` on every process (every process must call), after checking that all
+    processes hold the same store (sha256 of its offsets and keys, compared across processes)."""
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    h = hashlib.sha256(np.ascontiguousarray(store.offsets, np.int64).tobytes())
+    h.update("\x00".join(map(str, store.keys)).encode("utf-8"))
+    digest = np.frombuffer(h.digest()[:8], np.int32)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1, 2)
+    if not (digests == digests[0]).all():
+        raise ValueError("document index: the processes hold different token stores (texts or order differ); "
+                         "every process must index the same documents in the same order")
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(rows), np.int32)))
+    buf = np.zeros(max(n, 1), np.int32)
+    if jax.process_index() == 0:
+        buf[:n] = rows
+    return np.asarray(multihost_utils.broadcast_one_to_all(buf), np.int64)[:n]
+
+
 class FrozenDocFeatures:
     """Featuriser of the ``query_encoder`` student: queries as BertDot query-tower ids (``[CLS] q
     [SEP]``, at most ``max_query_length`` content tokens, padded to length buckets), documents as
@@ -196,8 +227,10 @@ class FrozenDocFeatures:
         source = tokenizer_or_path if doc_encoder is None else doc_encoder
         if doc_encoder is not None:
             _check_same_vocab(self.tokenizer, doc_encoder)
+        # the index is float32 whatever the query tower's dtype (pile_jax.precision): a bf16 query
+        # tower trains against the vectors its export's document encoder reproduces
         self.index = DocumentIndex(source, tokens=self.tokens, num_layers=doc_layers, pooling=doc_pooling,
-                                   normalize=doc_normalize, dtype=dtype)
+                                   normalize=doc_normalize, dtype=INDEX_DTYPE)
 
     def tokenize_texts(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> TokenStore:
         return self.tokens.tokenize_texts(texts, keys)
@@ -265,5 +298,6 @@ def query_encoder_score_fn(module) -> Any:
         q = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
                          deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
                          method="encode_queries")
-        return jnp.einsum("bh,bnh->bn", q, jnp.asarray(batch["doc_vecs"], jnp.float32))
+        return jnp.einsum("bh,bnh->bn", q.astype(jnp.float32), jnp.asarray(batch["doc_vecs"], jnp.float32),
+                          precision=SCORE_PRECISION)
     return score_fn
