@@ -296,13 +296,16 @@ class JobSchema:
             fragment(c, cfg, context)
 
 
-def validate(cfg: Mapping[str, Any], *, job: str, schemas: Mapping[str, JobSchema], data: str | None = None) -> None:
+def validate(cfg: Mapping[str, Any], *, job: str, schemas: Mapping[str, JobSchema] | None = None,
+             data: str | None = None) -> None:
     """Checks the whole config of ``job`` with its schema of ``schemas`` (the registry of
     :mod:`pile_jax.schema`) before any work: known keys in every section (with a "did you mean"),
     types and ranges, names used as file names, split names, loss / ensemble / teacher / student
     names and options, and ``max_length`` against the model's position embeddings. Raises
     :class:`ConfigError` naming the file and key. ``data``: the ``--data`` folder (``run``),
     which stands in for ``data.collection``."""
+    if schemas is None:   # this leaf does not import the jobs that declare the schemas
+        raise TypeError("pile_jax.config.validate needs the job schemas: call pile_jax.schema.validate(cfg, job=...)")
     if job not in schemas:
         raise ValueError(f"validate: job must be one of {sorted(schemas)}, got {job!r}")
     schemas[job].validate(cfg, data=data)
