@@ -7,6 +7,8 @@ import re
 import pytest
 
 from pile_jax import config as C
+from pile_jax import schema as S
+from pile_jax.models.hub import position_limit
 
 
 class _Coll:
@@ -74,10 +76,10 @@ def _shipped(name, *overrides, presets=()):
 @pytest.mark.parametrize("name, job", SHIPPED)
 def test_shipped_configs_and_presets_validate(name, job):
     cfg = _shipped(name)
-    C.validate(cfg, job=job)
+    S.validate(cfg, job=job)
     for preset in ("quick", "large"):
         if preset in (C._read(os.path.join(ROOT, "configs", name)).get("presets") or {}):
-            C.validate(_shipped(name, presets=[preset]), job=job)
+            S.validate(_shipped(name, presets=[preset]), job=job)
 
 
 @pytest.mark.parametrize("name, job, override, key, fragment", [
@@ -161,7 +163,7 @@ def test_shipped_configs_and_presets_validate(name, job):
 def test_validate_names_the_key(name, job, override, key, fragment):
     cfg = _shipped(name, override)
     with pytest.raises(C.ConfigError) as info:
-        C.validate(cfg, job=job)
+        S.validate(cfg, job=job)
     msg = str(info.value)
     assert msg.startswith(cfg["_source"] + ": "), msg
     assert f": {key}" in msg and fragment in msg, msg
@@ -177,7 +179,7 @@ def test_max_length_above_the_position_embeddings_is_a_config_error():
 
     limit = json.loads((resolve_model_path("all-MiniLM-L6-v2") / "config.json").read_text())["max_position_embeddings"]
     assert limit == 512
-    C.validate(_shipped("train_pile.yaml", f"student.max_length={limit}"), job="train")
+    S.validate(_shipped("train_pile.yaml", f"student.max_length={limit}"), job="train")
     for name, job, override, key in [
         ("train_pile.yaml", "train", f"student.max_length={limit + 1}", "student.max_length"),
         ("cranfield_pile.yaml", "run", "model.max_length=1024", "model.max_length"),
@@ -187,10 +189,10 @@ def test_max_length_above_the_position_embeddings_is_a_config_error():
          "study.students.ce2.max_length"),
     ]:
         with pytest.raises(C.ConfigError, match=rf": {re.escape(key)}: .*exceeds the {limit} position"):
-            C.validate(_shipped(name, override), job=job)
+            S.validate(_shipped(name, override), job=job)
     # the model is read up front: a missing one is a config error naming the key
     with pytest.raises(C.ConfigError, match="student.base"):
-        C.validate(_shipped("train_pile.yaml", "student.base=/no/such/model"), job="train")
+        S.validate(_shipped("train_pile.yaml", "student.base=/no/such/model"), job="train")
 
 
 def test_position_limit_subtracts_the_roberta_offset(tmp_path):
@@ -199,10 +201,10 @@ def test_position_limit_subtracts_the_roberta_offset(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "roberta", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 514, "pad_token_id": 1}))
-    assert C.position_limit(str(tmp_path))[0] == 512  # 514 - (pad 1 + 1)
+    assert position_limit(str(tmp_path))[0] == 512  # 514 - (pad 1 + 1)
     cfg = _shipped("train_pile.yaml", f"student.base={tmp_path}", "student.max_length=513")
     with pytest.raises(C.ConfigError, match="student.max_length: 513 exceeds the 512"):
-        C.validate(cfg, job="train")
+        S.validate(cfg, job="train")
 
 
 @pytest.mark.parametrize("item", ["=3", "key", " =1", "a..b=1", ".a=1"])
@@ -232,6 +234,7 @@ def test_limited_splits_missing_or_empty_split_names_splits_json():
 
 
 # ------------------------------------------------------------------- device counts (issue 19)
+from pile_jax.train.loop import check_device_counts  # noqa: E402
 @pytest.mark.parametrize("name, job", SHIPPED)
 def test_shipped_configs_and_presets_run_on_1_2_4_8_devices(name, job):
     """Every shipped config and preset trains on 1, 2, 4 or 8 devices of one host, and on two
@@ -241,7 +244,7 @@ def test_shipped_configs_and_presets_run_on_1_2_4_8_devices(name, job):
     for preset in presets:
         cfg = _shipped(name, presets=preset)
         for pc, ld in layouts:
-            C.check_device_counts(cfg, job=job, process_count=pc, local_device_count=ld)
+            check_device_counts(cfg, job=job, process_count=pc, local_device_count=ld)
 
 
 def test_device_count_errors_name_the_key_and_a_value_that_works():
@@ -251,19 +254,19 @@ def test_device_count_errors_name_the_key_and_a_value_that_works():
                         {"name": "ce2", "kind": "cross_encoder", "train": {"batch_size": 12, "accum_steps": 2}}],
            "students": {"train": {"batch_size": 16}}}
     with pytest.raises(C.ConfigError) as e:
-        C.check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
+        check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
     assert str(e.value) == ("x.yaml: teacher_train.batch_size: 2 is not divisible by processes (2) x local "
                             "devices (4) x accum_steps (1) = 8; use 8")
     cfg["teacher_train"]["batch_size"] = 8
     with pytest.raises(C.ConfigError, match=r"teachers\[2\] \(ce2\)\.train\.batch_size: 12 .* = 16; use 16$"):
-        C.check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
-    C.check_device_counts(cfg, job="run", process_count=1, local_device_count=2)   # 12 / (2 x 2)
+        check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
+    check_device_counts(cfg, job="run", process_count=1, local_device_count=2)   # 12 / (2 x 2)
     with pytest.raises(C.ConfigError, match=r"students\.train\.batch_size: 16 .* = 32; use 32$"):
-        C.check_device_counts({"students": {"train": {"batch_size": 16}}}, job="run", process_count=1,
+        check_device_counts({"students": {"train": {"batch_size": 16}}}, job="run", process_count=1,
                               local_device_count=32)
     none = {"_source": "y.yaml", "train": {"batch_size": 3, "parallel": "none"}}
-    C.check_device_counts(none, job="train", process_count=1, local_device_count=8)   # one device: any batch
+    check_device_counts(none, job="train", process_count=1, local_device_count=8)   # one device: any batch
     with pytest.raises(C.ConfigError, match=r"^y.yaml: train\.parallel: none runs on one device of one process"):
-        C.check_device_counts(none, job="train", process_count=2, local_device_count=1)
+        check_device_counts(none, job="train", process_count=2, local_device_count=1)
     with pytest.raises(C.ConfigError, match=r"study\.train\.batch_size: 8 .* = 12; use 12$"):
-        C.check_device_counts({"study": {}}, job="study", process_count=3, local_device_count=4)
+        check_device_counts({"study": {}}, job="study", process_count=3, local_device_count=4)

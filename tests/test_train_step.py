@@ -213,6 +213,7 @@ def test_step_receives_batches_already_resident_on_their_devices(monkeypatch, mo
     device order), holding exactly the rows the loader built (not NumPy that pmap copies at call
     time)."""
     from helpers.train_tiny import TINY_OBJECTIVE, tiny_collection, tiny_ranker
+    from pile_jax.caches import BoundedCache
     from pile_jax.train import loop
     from pile_jax.train.step import Placement, make_placement
 
@@ -229,7 +230,7 @@ def test_step_receives_batches_already_resident_on_their_devices(monkeypatch, mo
 
     real = make_placement(mode)
     monkeypatch.setattr(loop, "make_placement", lambda parallel: Spy(real.mode, real.devices_per_process, real.mesh))
-    monkeypatch.setattr(loop, "_STEPS", {})
+    monkeypatch.setattr(loop, "STEPS", BoundedCache("test", "steps", maxsize=4))
     built = []
     queries, docs, examples = tiny_collection()
     ranker = tiny_ranker()
