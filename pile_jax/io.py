@@ -25,7 +25,7 @@ from etils import epath
 
 __all__ = [
     "as_path", "is_url", "write_bytes", "write_text", "write_json", "read_text", "read_json",
-    "save_npz", "load_npz", "is_primary", "barrier", "check_shared_folder",
+    "save_npz", "load_npz", "is_primary", "barrier",
 ]
 
 PathLike = str | os.PathLike | epath.Path
@@ -109,33 +109,3 @@ def barrier(name: str) -> None:
 
         multihost_utils.sync_global_devices(name)
 
-
-def check_shared_folder(folder: PathLike) -> None:
-    """On several processes: ``folder`` must be one folder every process sees (a ``gs://`` path on
-    a pod slice). Process 0 writes a marker named by a token it broadcasts, a barrier, and every
-    process looks for it; if any process cannot see it, every process raises
-    ``ConfigError("<folder>: not shared by all processes ...")`` (all together, so none is left
-    waiting in a collective). No-op on one process. Every process must call."""
-    import secrets
-
-    import jax
-
-    if jax.process_count() == 1:
-        return
-    from jax.experimental import multihost_utils
-
-    token = int(multihost_utils.broadcast_one_to_all(np.asarray(secrets.randbits(31), np.int32)))
-    marker = as_path(folder) / f".pile_jax_shared_{token}"
-    if is_primary():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("written by process 0; every process must see it\n")
-    barrier(f"pile_jax.shared.{token}.written")
-    seen = np.asarray(multihost_utils.process_allgather(np.asarray(int(marker.exists()), np.int32))).reshape(-1)
-    if is_primary():
-        marker.unlink(missing_ok=True)
-    if not seen.all():
-        from pile_jax.config import ConfigError
-
-        blind = [int(i) for i in np.flatnonzero(seen == 0)]
-        raise ConfigError(f"{folder}: not shared by all processes: process(es) {blind} cannot see the file process 0 "
-                          "wrote there; on several hosts the work folder must be one shared folder (a gs:// path)")

@@ -158,7 +158,9 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
     check_work_folder(out_path, run_spec(cfg), resume=resume, force=force_resume)
     if primary:
         out_path.mkdir(parents=True, exist_ok=True)
-    pio.check_shared_folder(out_path)   # several hosts: process 0's files must reach the others
+    from pile_jax.train.loop import check_shared_folder
+
+    check_shared_folder(out_path)   # several hosts: process 0's files must reach the others
     with log_to_file(out_path / "log.txt", enabled=primary):
         return _train_job(cfg, out=out, resume=resume)
 

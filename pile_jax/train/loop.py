@@ -42,7 +42,7 @@ import numpy as np
 from pile_jax.data.loader import DevicePrefetch, make_train_loader, source_doc_ids
 from pile_jax.caches import BoundedCache
 from pile_jax.config import Checker, ConfigError
-from pile_jax.io import as_path, barrier, check_shared_folder, is_primary, is_url, write_json
+from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
 from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from pile_jax.train.objective import Objective
@@ -192,6 +192,35 @@ def check_device_counts(cfg: Mapping[str, Any], *, job: str, process_count: int 
         if bs % unit:
             c.fail(f"{path}.batch_size", f"{bs} is not divisible by processes ({process_count}) x local devices "
                                          f"({devices}) x accum_steps ({acc}) = {unit}; use {-(-bs // unit) * unit}")
+
+
+def check_shared_folder(folder: "str | os.PathLike") -> None:
+    """On several processes: ``folder`` must be one folder every process sees (a ``gs://`` path on
+    a pod slice). Process 0 writes a marker named by a token it broadcasts, a barrier, and every
+    process looks for it; if any process cannot see it, every process raises
+    ``ConfigError("<folder>: not shared by all processes ...")`` (all together, so none is left
+    waiting in a collective). No-op on one process. Every process must call."""
+    import secrets
+
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.asarray(secrets.randbits(31), np.int32)))
+    marker = as_path(folder) / f".pile_jax_shared_{token}"
+    if is_primary():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by process 0; every process must see it\n")
+    barrier(f"pile_jax.shared.{token}.written")
+    seen = np.asarray(multihost_utils.process_allgather(np.asarray(int(marker.exists()), np.int32))).reshape(-1)
+    if is_primary():
+        marker.unlink(missing_ok=True)
+    if not seen.all():
+        blind = [int(i) for i in np.flatnonzero(seen == 0)]
+        raise ConfigError(f"{folder}: not shared by all processes: process(es) {blind} cannot see the file process 0 "
+                          "wrote there; on several hosts the work folder must be one shared folder (a gs:// path)")
 
 
 def _type_name(tp) -> str:
