@@ -175,7 +175,7 @@ JOB_KEYS = {
     "run": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
             "teacher_train", "ensembles", "students", "eval", "transfer"),
     "study": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
-              "teachers_from", "teacher_train", "ensembles", "study", "eval"),
+              "teachers_from", "teacher_train", "ensembles", "study", "eval", "transfer"),
     "train": ("data", "first_stage", "candidates", "train_groups", "score_batch_size", "teachers", "teacher_train",
               "standardize", "student", "objective", "train", "distributed", "eval"),
 }
@@ -185,14 +185,15 @@ SECTION_KEYS = {
     "candidates": ("bm25_depth", "run", "depth"),
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
-    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train"),
+    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
+                "student"),
     "ensembles": ("standardize", "methods"),
     "students": ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init"),
     "student": ("base", "num_layers", "max_length", "max_query_length", "dtype", "remat"),
     "distributed": ("enabled", "coordinator_address", "num_processes", "process_id"),
     "eval": ("split",),
     "study": ("name", "train_source", "seeds", "teacher", "layer_teacher", "students", "factors", "cells", "train",
-              "latency", "export"),
+              "latency", "export", "common", "select_on_dev", "reference", "test", "offline_targets"),
     "study.latency": ("enabled", "queries", "candidates", "repeats"),
     "study.student": ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers",
                       "remat"),  # + the kind's options (STUDENT_OPTIONS)
@@ -536,13 +537,22 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         c.number(spec, "seed", where, integer=True, nullable=False)
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
-        if kind == "cross_encoder":
+        if kind in ("cross_encoder", "fine_tuned"):
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:
-            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
+            c.fail(f"{where}.objective", "only a cross_encoder or fine_tuned teacher (fine-tuned here) takes an objective")
+        if kind == "fine_tuned":
+            from pile_jax.models.students import STUDENT_KINDS
+
+            arch = spec.get("student")
+            if not isinstance(arch, Mapping) or arch.get("kind") not in STUDENT_KINDS:
+                c.fail(f"{where}.student", f"a fine_tuned teacher needs student: {{kind, ...}} with kind in "
+                                           f"{', '.join(STUDENT_KINDS)}, got {arch!r}")
+        elif "student" in spec:
+            c.fail(f"{where}.student", "only a fine_tuned teacher takes a student architecture")
         if "train" in spec:
             check_train_section(spec["train"], f"{where}.train", c.source)
-        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
+        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder", "fine_tuned"):
             tm = dict(model)
             extra = spec.get("model")
             if isinstance(extra, str):
@@ -613,6 +623,7 @@ def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) 
 
     study = c.section(cfg.get("study"), "study", SECTION_KEYS["study"], required=True)
     c.choice(study, "train_source", "study", ("tfds", "memory"))
+    c.choice(study, "test", "study", ("paired_t", "permutation"))
     _check_seeds(c, study, "study")
     if "train" in study:
         check_train_section(study["train"], "study.train", c.source)
@@ -645,5 +656,7 @@ def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) 
     best = teacher_names[0] if teacher_names else "best"
     for cell in cells:
         obj, _, _ = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best,
-                                      default_teacher=study.get("teacher", "best"))
+                                      default_teacher=study.get("teacher", "best"),
+                                      # placeholder weights, shaped for check_objective's 2-teacher trial
+                                      fitted={"weighted_fit": [1.0, 1.0]})
         check_objective(obj, f"study cell {cell['name']}", c.source)
