@@ -747,6 +747,43 @@ def _run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None]) 
     return results
 
 
+def merge_studies(parts: list[str], out: str, *, log: Callable[[str], None] = _log.info) -> dict:
+    """One study from several output folders of the same config run on disjoint ``study.cells``
+    (e.g. two processes side by side): cells, runs and per-query values are combined, the run
+    files copied to ``<out>/runs``, and the paired tests and Holm's correction recomputed over
+    the whole family. Every part must share the collection, evaluation queries, teachers and
+    seeds; a cell in two parts is an error."""
+    import shutil
+
+    res = [pio.read_json(pio.as_path(p) / "study.json") for p in parts]
+    base = copy.deepcopy(res[0])
+    for key in ("collection", "eval_queries", "teachers", "seeds", "eval_split"):
+        if any(r[key] != base[key] for r in res[1:]):
+            raise ValueError(f"merge_studies: the parts differ in {key!r}")
+    out_path = pio.as_path(out)
+    (out_path / "runs").mkdir(parents=True, exist_ok=True)
+    cells, runs = {}, {}
+    for p, r in zip(parts, res):
+        for name, c in r["cells"].items():
+            if name in cells:
+                raise ValueError(f"merge_studies: cell {name!r} is in two parts")
+            cells[name] = c
+            for f in c["runs"]:
+                shutil.copyfile(pio.as_path(p) / f, out_path / f)
+        runs.update(r["runs"])
+    cfg = base.get("config") or {}
+    study = dict(cfg.get("study") or {})
+    study.pop("cells", None)   # each part kept its own subset
+    order = [c["name"] for c in expand_cells(study)] if study.get("students") else list(cells)
+    cells = {n: cells[n] for n in order if n in cells}
+    base.update(cells=cells, runs=runs, merged_from=[str(p) for p in parts])
+    base["significance"] = add_significance(base["cells"], study, log=log)
+    base["timings_s"] = {f"part{i}": r["timings_s"] for i, r in enumerate(res)}
+    pio.write_json(out_path / "study.json", _jsonable(base))
+    write_study_report(base, {}, out)
+    return base
+
+
 # ------------------------------------------------------------------------------------ report
 def _pm(stat: Mapping[str, float]) -> str:
     return f"{stat['mean']:.4f} ± {stat['std']:.4f}" if stat["n"] > 1 else f"{stat['mean']:.4f}"
