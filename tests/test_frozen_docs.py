@@ -93,8 +93,8 @@ def test_the_biencoder_teacher_reads_its_kept_vectors_instead_of_encoding_again(
     texts = [coll.docs[d] for d in dids[:6]] + [coll.docs[dids[0]]]   # a repeated text: one encoding
     first = teacher.meta["encode_texts"](teacher.params, texts)
     np.testing.assert_array_equal(first[0], first[-1])
-    key = next(k for k in frozen_docs._CONTENT_CACHE if k[0] == teacher.meta["path"].as_posix() and k[4] == 30)
-    cache = frozen_docs._CONTENT_CACHE[key]
+    key = next(k for k in frozen_docs.TEXT_VECTORS if k[0] == teacher.meta["path"].as_posix() and k[4] == 30)
+    cache = frozen_docs.TEXT_VECTORS[key]
     content = next(c for c, v in cache.items() if np.array_equal(v, first[2]))
     cache[content] = np.full_like(first[2], 7.0)                      # mark the kept vector
     try:
@@ -180,7 +180,7 @@ def test_vectors_persist_in_the_disk_cache_and_a_new_process_encodes_nothing(cra
     finally:
         restore()
     key = a.meta["features"].index.key
-    monkeypatch.delitem(FD._CONTENT_CACHE, key)          # a new process: nothing in memory
+    FD.TEXT_VECTORS._data.pop(key)                       # a new process: nothing in memory
     b = rankers.student("query_encoder", "all-MiniLM-L6-v2", seed=0, **kw)
     seen_b, restore_b = _count_encoded(b.meta["features"])
     try:
@@ -188,7 +188,7 @@ def test_vectors_persist_in_the_disk_cache_and_a_new_process_encodes_nothing(cra
 
         fresh = load_collection("cranfield")   # new texts dicts: new token stores
         again = score_candidates(b, a.params, cands, fresh.queries, fresh.docs)
-        assert sum(seen_b) == 0 and key in FD._CONTENT_CACHE
+        assert sum(seen_b) == 0 and key in FD.TEXT_VECTORS
     finally:
         restore_b()
     for q in cands:

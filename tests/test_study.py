@@ -155,8 +155,10 @@ def test_resolve_objective_fitted_targets():
 
 
 def test_pile_study_grid_differs_only_in_the_target():
+    from pile_jax.schema import validate
+
     cfg = C.load_config(os.path.join(ROOT, "configs", "study_pile.yaml"))
-    C.validate(cfg, job="study")
+    validate(cfg, job="study")
     cells = expand_cells(cfg["study"])
     assert len(cells) >= 11
     for c in cells:   # the same hard-label and distillation terms in every cell
@@ -165,7 +167,8 @@ def test_pile_study_grid_differs_only_in_the_target():
     targets = {c["levels"]["target"] for c in cells}
     assert {"mean", "zscore_mean", "best_teacher", "weighted_fit", "pile_consensus", "pile_responsibility",
             "pile_regularised", "pile_sequential", "mean+transfer"} <= targets
-    C.validate(C.load_config(os.path.join(ROOT, "configs", "study_pile.yaml"), presets=["quick"]), job="study")
+    for preset in ("quick", "capacity"):
+        validate(C.load_config(os.path.join(ROOT, "configs", "study_pile.yaml"), presets=[preset]), job="study")
 
 
 def test_significance_against_scipy_and_holm_by_hand():
