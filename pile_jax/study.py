@@ -418,8 +418,10 @@ def add_significance(cell_out: dict, study: Mapping[str, Any], *, log: Callable[
     for name, c in cell_out.items():
         ref = next((n for n, r in cell_out.items() if r["student"] == c["student"] and factor is not None
                     and r["levels"].get(factor) == str(ref_level)), None)
-        if ref is None:
-            raise C.ConfigError(f"study.reference: no cell of student {c['student']!r} has {factor}={ref_level}")
+        if ref is None:   # a part of a study split over processes (study.cells): --merge tests the whole
+            log(f"study.reference: no cell of student {c['student']!r} has {factor}={ref_level} here; "
+                "no paired tests (run `pile-jax study --merge` over all parts)")
+            return None
         c["significance"] = {"reference": ref, "test": test, "p": None, "p_holm": None}
         if name == ref:
             continue
