@@ -255,9 +255,12 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
     """Export a trained :func:`cross_encoder` or :func:`student` ranker with ``params`` to the
     folder ``path`` in its kind's format (:mod:`pile_jax.models.export`: a Hugging Face /
     sentence-transformers folder for cross-encoders and BERT-dot, pile_jax's own for ColBERT,
-    PreTT and TK), with a model card built from ``card`` (teachers, objective, data, metrics)."""
+    PreTT and TK), with a model card built from ``card`` (teachers, objective, data, metrics).
+    A model whose scores on a probe batch (:func:`check_probe_scores`) are not finite is refused
+    (:class:`~pile_jax.data.errors.DataError` naming ``path``) before anything is written."""
     from pile_jax.models.export import export_student
 
+    check_probe_scores(ranker, params, path)
     meta = ranker.meta or {}
     kind = ranker.kind
     module = meta.get("module") if kind != "cross_encoder" else None
@@ -271,6 +274,36 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
                           document_index=getattr(meta.get("features"), "index", None) if kind == "query_encoder" else None)
 
 
+PROBE_QUERIES = ("what is the boundary layer thickness", "heat transfer at the wall")
+PROBE_DOCS = (("the boundary layer on a flat plate in supersonic flow", "a short note about wings"),
+              ("heat flux measured at the wall of a tube", "nothing relevant here"))
+
+
+def check_probe_scores(ranker: Ranker, params, path=None) -> None:
+    """Scores a fixed probe batch (2 queries x 2 documents) with ``params``; raises
+    :class:`~pile_jax.data.errors.DataError` (naming ``path``) when a score is NaN or Inf: the
+    model would rank nothing (a diverged run's parameters)."""
+    from pile_jax.data.errors import DataError
+    from pile_jax.scoring import cached_scorer
+
+    features = (ranker.meta or {}).get("features")
+    if hasattr(features, "index_documents"):
+        # a frozen document index: probe the query tower against fixed unit vectors, so the probe
+        # adds nothing to the index's per-process vector cache
+        ids, mask = features.encode_queries(list(PROBE_QUERIES))
+        dim = int(features.index.dim)
+        feats = {"query_ids": ids, "query_mask": mask,
+                 "doc_vecs": np.full((len(PROBE_QUERIES), len(PROBE_DOCS[0]), dim), dim ** -0.5, np.float32)}
+    else:
+        feats = dict(ranker.featurize(list(PROBE_QUERIES), [list(d) for d in PROBE_DOCS]))
+    feats.setdefault("mask", np.ones((len(PROBE_QUERIES), len(PROBE_DOCS[0])), bool))
+    scores = np.asarray(jax.device_get(cached_scorer(ranker.score_fn)(params, feats)), np.float64)
+    if not np.isfinite(scores).all():
+        raise DataError(path, None, f"not exported: the model's scores on a probe batch are not finite "
+                                    f"({int((~np.isfinite(scores)).sum())} of {scores.size} NaN/Inf; a training run "
+                                    "that diverged?)")
+
+
 def load_student(path, *, dtype: str | None = None) -> Ranker:
     """A :class:`Ranker` for a folder written by :func:`export_ranker` (any student kind): the
     exported parameters, its score function and a featuriser with the training lengths
@@ -280,8 +313,8 @@ def load_student(path, *, dtype: str | None = None) -> Ranker:
     from pile_jax.models.students import make_features
 
     folder = str(resolve_model_path(path))
+    module, params, score_fn, input_kind = _load(folder, dtype=dtype)   # checks the manifest first
     info = read_student_info(folder)
-    module, params, score_fn, input_kind = _load(folder, dtype=dtype)
     mq = int(info["max_query_length"])
     md = int(info.get("max_doc_length") or info["max_length"])
     doc_side = {}
