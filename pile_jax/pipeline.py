@@ -30,6 +30,7 @@ from pile_jax.logs import log_to_file
 from pile_jax.prepare import (concat_groups, prepare, ranking_groups_source, standardise, standardize_setting,
                               teacher_stats, train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
+from pile_jax.workfolders import groups_digest, prepare_student_folder, student_run_spec
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
@@ -74,6 +75,20 @@ def _student_kind(cfg: Mapping[str, Any]) -> str:
         raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.kind: unknown student {kind!r} "
                             f"(known: {', '.join(STUDENT_KINDS)})")
     return kind
+
+
+def _student_meta(kind: str, scfg: Mapping[str, Any], model_cfg: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
+    """The ``student`` entry of a student work folder's ``model.json`` (what ``pile-jax export``
+    rebuilds the student from)."""
+    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
+
+    return {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
+            "num_layers": int(scfg.get("num_layers", 2)),
+            "max_length": int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+            "max_query_length": int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+            "max_doc_length": extra.get("max_doc_length", int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH))),
+            "dtype": model_cfg.get("dtype", "float32"),
+            "options": {k: v for k, v in extra.items() if k != "max_doc_length"}}
 
 
 def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None,
@@ -224,6 +239,7 @@ def _run(cfg, *, out, data, log, export):
         if scfg.get("select_on_dev", True):   # step 0 of the dev curves in results.png
             init_run = score_candidates(init, init.params, dev_cands, coll.queries, coll.docs, batch_size=bs)
             init_dev = mean_metrics(run_metrics(init_run, qrels, qids=splits["dev"]))[sel]
+    student_meta = _student_meta(kind, scfg, model_cfg, student_extra)
     for run_name, obj_cfg in (scfg.get("runs") or {}).items():
         obj = dict(obj_cfg)
         # transfer: true|false (default: true for runs with a distillation term, when a transfer set exists)
@@ -249,8 +265,14 @@ def _run(cfg, *, out, data, log, export):
 
             tcfg = dict(scfg.get("train", {}))
             tcfg["seed"] = seed
+            work = out_path / "students" / f"{run_name}__seed{seed}"
+            spec = student_run_spec(cfg, run_name, seed, data=data, digest=groups_digest(
+                groups["train"], prep.transfer if source is transfer_source else None))
+            resume = prepare_student_folder(work, spec, log=log)   # same spec: resume; changed: clean
+            if pio.is_primary():   # the spec first, so the checkpoints always belong to model.json
+                pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "run_spec": spec})
             result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs,
-                           config=tcfg, workdir=str(out_path / "students" / f"{run_name}__seed{seed}"),
+                           config=tcfg, workdir=str(work), resume=resume,
                            evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
             curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
             dev_points = {h["step"]: h["eval"][sel] for h in result.history
@@ -266,21 +288,13 @@ def _run(cfg, *, out, data, log, export):
                 dev = result.best_metric
                 if dev is None:  # trained without dev selection: score dev once to pick the seed
                     dev = dev_eval(result.params)[sel]
-                work = out_path / "students" / f"{run_name}__seed{seed}"
-                student_meta = {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
-                                "num_layers": int(scfg.get("num_layers", 2)),
-                                "max_length": int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-                                "max_query_length": int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-                                "max_doc_length": student_extra.get("max_doc_length",
-                                                                    int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH))),
-                                "dtype": model_cfg.get("dtype", "float32"),
-                                "options": {k: v for k, v in student_extra.items() if k != "max_doc_length"}}
                 card = {"name": f"student_{run_name} (seed {seed})", "teachers": teacher_names, "objective": obj,
                         "data": f"{coll.name} train queries ({len(groups['train']['query_id'])} ranking groups)",
                         "metrics": runs[f"student_{run_name}__seed{seed}.trec"], "metrics_split": eval_split,
                         "dev_" + sel: float(dev)}
                 if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
-                    pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "card": card})
+                    pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "card": card,
+                                                         "run_spec": spec})
                 if best_students.get(run_name) is None or float(dev) > best_students[run_name][0]:
                     best_students[run_name] = (float(dev), seed, ranker, result.params, card, sel)
     phase("students", t0)
