@@ -137,6 +137,7 @@ def limited_splits(cfg: Mapping[str, Any], coll) -> dict[str, list[str]]:
             raise _data_error(where, f"no {s!r} split (the jobs need train, dev and test query ids)") from None
         if not splits[s]:
             raise _data_error(where, f"split {s!r} is empty")
+    _check_judgments(cfg, coll, splits)
     limit = get(cfg, "data.max_queries_per_split")
     if not limit:
         return splits
@@ -156,6 +157,18 @@ def limited_splits(cfg: Mapping[str, Any], coll) -> dict[str, list[str]]:
             raise ConfigError(f"{cfg.get('_source', 'config')}: data.max_queries_per_split.{s}: {n!r} leaves "
                               f"no {s} queries")
     return out
+
+
+def _check_judgments(cfg: Mapping[str, Any], coll, splits: Mapping[str, list]) -> None:
+    """The jobs learn from and evaluate against judgments: empty qrels, or none for the train or
+    the evaluated split, is one error naming the qrels file (not a traceback later on)."""
+    where = f"{getattr(coll, 'path', None) or 'collection'}/{get(cfg, 'data.qrels_file', 'qrels.tsv')}"
+    qrels = getattr(coll, "qrels", None) or {}
+    if not any(qrels.values()):
+        raise _data_error(where, "no judgments (an empty qrels file?): the jobs need relevance labels")
+    for s in ("train", str(get(cfg, "eval.split", "test"))):
+        if s in splits and not any(qrels.get(q) for q in splits[s]):
+            raise _data_error(where, f"no judgments for any query of split {s!r}")
 
 
 def _data_error(path: str, message: str):
@@ -185,7 +198,8 @@ SECTION_KEYS = {
     "candidates": ("bm25_depth", "run", "depth"),
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
-    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train"),
+    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
+                "outliers"),
     "ensembles": ("standardize", "methods"),
     "students": ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init"),
     "student": ("base", "num_layers", "max_length", "max_query_length", "dtype", "remat"),
@@ -536,6 +550,9 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         c.number(spec, "seed", where, integer=True, nullable=False)
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
+        c.choice(spec, "outliers", where, ("error", "accept"))
+        if "outliers" in spec and kind != "file":
+            c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
         if kind == "cross_encoder":
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:

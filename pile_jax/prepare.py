@@ -286,7 +286,8 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
 
     kind = spec.get("kind")
     if kind == "file":
-        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll)
+        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll,
+                                   outliers=spec.get("outliers", "error"))
     done = dict(done or {})
     todo = {q: c for q, c in candidates.items() if not (q in done and set(c) <= set(done[q]))}
     if kind == "bm25":
@@ -445,7 +446,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
             continue
         if not _agree(src.exists()):
             continue
-        scores = read_teacher_scores(str(src))
+        scores = read_teacher_scores(str(src), outliers="accept")   # pile_jax's own teachers' output
         missing = _covers(scores, candidates)
         if missing:
             raise C.ConfigError(f"teacher file {src} lacks {missing} of the job's candidates "
@@ -462,7 +463,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
     side = _read_sidecar(here) if here.exists() else None
     reuse = _agree(here.exists() and side == fp)
     if reuse:
-        done = read_teacher_scores(str(here))
+        done = read_teacher_scores(str(here), outliers="accept")   # written here by this teacher
         if not _covers(done, candidates):
             log(f"teacher {name}: reusing {here}")
             return {q: done.get(q, {}) for q in candidates}, {"kind": spec.get("kind"), "source": str(here)}
