@@ -163,7 +163,9 @@ def _check_judgments(cfg: Mapping[str, Any], coll, splits: Mapping[str, list]) -
     """The jobs learn from and evaluate against judgments: empty qrels, or none for the train or
     the evaluated split, is one error naming the qrels file (not a traceback later on)."""
     where = f"{getattr(coll, 'path', None) or 'collection'}/{get(cfg, 'data.qrels_file', 'qrels.tsv')}"
-    qrels = getattr(coll, "qrels", None) or {}
+    qrels = getattr(coll, "qrels", None)
+    if qrels is None:   # not a loaded collection (no judgments attached): nothing to check
+        return
     if not any(qrels.values()):
         raise _data_error(where, "no judgments (an empty qrels file?): the jobs need relevance labels")
     for s in ("train", str(get(cfg, "eval.split", "test"))):
@@ -227,7 +229,7 @@ DTYPES = ("float32", "bfloat16", "float16")
 #: train-config ranges: key -> (lowest allowed value, null allowed, integer)
 TRAIN_RANGES = {"batch_size": (1, False, True), "accum_steps": (1, False, True), "checkpoint_every": (1, False, True),
                 "log_every": (1, False, True), "eval_every": (1, True, True), "keep_checkpoints": (1, False, True),
-                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (None, False, True),
+                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (0, False, True),
                 "learning_rate": (0, False, False), "weight_decay": (0, False, False), "clip_norm": (0, True, False),
                 "warmup_steps": (0, False, False)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -457,6 +459,8 @@ def _model_section(c: _Checker, node: Any, where: str) -> dict:
     node = c.section(node, where, SECTION_KEYS["model"])
     c.choice(node, "dtype", where, DTYPES)
     c.number(node, "num_layers", where, integer=True, low=1)
+    if "remat" in node and not isinstance(node["remat"], bool):
+        c.fail(f"{where}.remat", f"must be true or false, got {node['remat']!r}")
     return node
 
 
@@ -499,7 +503,7 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         c.fail("first_stage.depth", "required (or a candidates section)")
     tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
     c.number(tg, "size", "train_groups", integer=True, low=1, nullable=False)
-    c.number(tg, "seed", "train_groups", integer=True, nullable=False)
+    c.number(tg, "seed", "train_groups", integer=True, low=0, nullable=False)
     c.choice(tg, "policy", "train_groups", POLICIES)
     c.number(cfg, "score_batch_size", "", integer=True, low=1, nullable=False)
     ev = c.section(cfg.get("eval"), "eval", SECTION_KEYS["eval"])
@@ -514,9 +518,12 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         student = c.section(cfg.get("student"), "student", SECTION_KEYS["student"], required=True)
         c.choice(student, "dtype", "student", DTYPES)
         c.number(student, "num_layers", "student", integer=True, low=1)
+        if "remat" in student and not isinstance(student["remat"], bool):
+            c.fail("student.remat", f"must be true or false, got {student['remat']!r}")
         from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
 
         _check_length(c, student, "student", default_length=DEFAULT_MAX_LENGTH)
+        check_layers(c, student, "num_layers", "student", student.get("base", "all-MiniLM-L6-v2"))
         model = {"max_length": student.get("max_length", DEFAULT_MAX_LENGTH),
                  "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
     else:
@@ -547,7 +554,7 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         if kind == "file" and not _exists(spec["path"]):
             c.fail(f"{where}.path", f"{spec['path']}: file not found")
         c.number(spec, "folds", where, integer=True, low=1, nullable=False)
-        c.number(spec, "seed", where, integer=True, nullable=False)
+        c.number(spec, "seed", where, integer=True, low=0, nullable=False)
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
         c.choice(spec, "outliers", where, ("error", "accept"))
@@ -570,6 +577,7 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
                 tm["base"] = spec["path"]
             _check_length(c, tm, f"{where}.model" if kind != "checkpoint" else where,
                           base_key="base")
+            check_layers(c, spec, "num_layers", where, tm.get("base", "all-MiniLM-L6-v2"))
 
     if job in ("run", "study"):
         ens = c.section(cfg.get("ensembles"), "ensembles", SECTION_KEYS["ensembles"])
@@ -587,11 +595,16 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
     if job == "run":
         s = c.section(cfg.get("students"), "students", SECTION_KEYS["students"], required=True)
         c.choice(s, "kind", "students", STUDENT_KINDS)
-        c.number(s, "num_layers", "students", integer=True, low=1)
+        base = model.get("base", "all-MiniLM-L6-v2")
+        check_layers(c, s, "num_layers", "students", base)
+        for key in ("select_on_dev", "report_init"):
+            if key in s and not isinstance(s[key], bool):
+                c.fail(f"students.{key}", f"must be true or false, got {s[key]!r}")
         _check_seeds(c, s, "students")
         if "train" in s:
             check_train_section(s["train"], "students.train", c.source)
-        c.section(s.get("options"), "students.options", STUDENT_OPTIONS.get(s.get("kind", "cross_encoder"), ()))
+        check_student_options(c, s.get("kind", "cross_encoder"), s.get("options"), "students.options", base=base,
+                              num_layers=s.get("num_layers", 2))
         runs = s.get("runs")
         if not isinstance(runs, Mapping) or not runs:
             c.fail("students.runs", "required: a mapping of run name -> objective")
@@ -614,6 +627,92 @@ def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> No
         _check_study(c, cfg, names)
 
 
+POOLINGS = ("cls", "mean")
+#: per student kind, how each option is checked: ("bool",) | ("choice", values) |
+#: ("int", lowest, nullable) | ("number", lowest, nullable) | ("layers", base key) | ("model",) | ("numbers",)
+OPTION_RULES = {
+    "bert_dot": {"compress_dim": ("int", 1, True), "pooling": ("choice", POOLINGS), "normalize": ("bool",)},
+    "query_encoder": {"pooling": ("choice", POOLINGS), "normalize": ("bool",), "doc_encoder": ("model",),
+                      "doc_layers": ("layers", "doc_encoder"), "doc_pooling": ("choice", POOLINGS),
+                      "doc_normalize": ("bool",)},
+    "colbert": {"compress_dim": ("int", 1, True), "query_augment": ("bool",), "mask_token_id": ("int", 0, True)},
+    "prett": {"split_layer": ("int", 0, False)},
+    "tk": {"tk_layers": ("int", 1, False), "embed_dim": ("int", 1, True), "num_heads": ("int", 1, False),
+           "ff_dim": ("int", 1, False), "mu": ("numbers",), "sigma": ("number", 0, False),
+           "doc_position_offset": ("int", 0, False), "dropout": ("number", 0, False)},
+}
+
+
+def checkpoint_depth(base: Any) -> tuple[int, str]:
+    """``(number of encoder layers, folder)`` of a Hugging Face checkpoint, read from its config.json."""
+    import json
+
+    from pile_jax.models import resolve_model_path
+    from pile_jax.models.config import EncoderConfig
+
+    folder = resolve_model_path(str(base))
+    hf = json.loads((folder / "config.json").read_text())
+    return int(EncoderConfig.from_hf(hf, num_labels=1).num_layers), str(folder)
+
+
+def check_layers(c: "_Checker", node: Mapping, key: str, where: str, base: Any) -> None:
+    """``node[key]``: an integer from 1 to the depth of the checkpoint ``base`` (its config.json)."""
+    c.number(node, key, where, integer=True, low=1)
+    if node.get(key) is None or base is None:
+        return
+    try:
+        depth, folder = checkpoint_depth(base)
+    except (OSError, ValueError, KeyError) as e:
+        c.fail(f"{where}.{key}", f"cannot read the model {base!r}: {e}")
+    if int(node[key]) > depth:
+        c.fail(f"{where}.{key}", f"{node[key]} exceeds the {depth} layers of {folder}")
+
+
+def check_student_options(c: "_Checker", kind: str, options: Any, where: str, *, base: Any,
+                          num_layers: Any = None) -> dict:
+    """A student's ``options`` (known keys of ``kind``, and each value's type, range or choice,
+    :data:`OPTION_RULES`): layer counts within the checkpoint's depth, PreTT's ``split_layer``
+    within the student's layers, TK's dropout below 1."""
+    options = c.section(options, where, STUDENT_OPTIONS.get(kind, ()))
+    for key, rule in OPTION_RULES.get(kind, {}).items():
+        if key not in options:
+            continue
+        value, at = options[key], f"{where}.{key}"
+        if rule[0] == "bool" and not isinstance(value, bool):
+            c.fail(at, f"must be true or false, got {value!r}")
+        elif rule[0] == "choice":
+            c.choice(options, key, where, rule[1])
+        elif rule[0] in ("int", "number"):
+            c.number(options, key, where, integer=rule[0] == "int", low=rule[1], nullable=rule[2],
+                     low_open=key == "sigma")
+        elif rule[0] == "numbers":
+            if not isinstance(value, (list, tuple)) or not value:
+                c.fail(at, f"must be a non-empty list of numbers, got {value!r}")
+            for i in range(len(value)):
+                c.number(dict(enumerate(value)), i, at, nullable=False)
+        elif rule[0] == "model":
+            if not isinstance(value, str) or not value:
+                c.fail(at, f"must be a model folder or hub id, got {value!r}")
+            try:
+                checkpoint_depth(value)
+            except (OSError, ValueError, KeyError) as e:
+                c.fail(at, f"cannot read the model {value!r}: {e}")
+        elif rule[0] == "layers":
+            check_layers(c, options, key, where, options.get(rule[1]) or base)
+    if kind == "tk" and isinstance(options.get("dropout"), (int, float)) and options["dropout"] >= 1:
+        c.fail(f"{where}.dropout", f"must be < 1, got {options['dropout']!r}")
+    if kind == "prett" and isinstance(options.get("split_layer"), int):
+        layers = num_layers
+        if layers is None:
+            try:
+                layers = checkpoint_depth(base)[0]
+            except (OSError, ValueError, KeyError):
+                layers = None
+        if layers is not None and options["split_layer"] > int(layers):
+            c.fail(f"{where}.split_layer", f"{options['split_layer']} exceeds the student's {layers} layers")
+    return options
+
+
 def _check_seeds(c: _Checker, node: Mapping, path: str) -> None:
     seeds = node.get("seeds")
     if seeds is None:
@@ -621,7 +720,7 @@ def _check_seeds(c: _Checker, node: Mapping, path: str) -> None:
     if not isinstance(seeds, list) or not seeds:
         c.fail(f"{path}.seeds", f"must be a non-empty list of integers, got {seeds!r}")
     for i in range(len(seeds)):
-        c.number(dict(enumerate(seeds)), i, f"{path}.seeds", integer=True, nullable=False)
+        c.number(dict(enumerate(seeds)), i, f"{path}.seeds", integer=True, low=0, nullable=False)
 
 
 def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) -> None:
@@ -649,6 +748,11 @@ def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) 
                                     f"{did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
                                     f"(known: {', '.join(STUDENT_KINDS)})")
         c.keys(spec, where, SECTION_KEYS["study.student"] + STUDENT_OPTIONS.get(spec["kind"], ()))
+        sbase = spec.get("base", model.get("base", "all-MiniLM-L6-v2"))
+        check_layers(c, spec, "num_layers", where, sbase)
+        check_student_options(c, spec["kind"], {k: v for k, v in spec.items()
+                                                if k in STUDENT_OPTIONS.get(spec["kind"], ())}, where, base=sbase,
+                              num_layers=spec.get("num_layers"))
         if spec["kind"] == "cross_encoder":
             _check_length(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
     for key in ("teacher", "layer_teacher"):

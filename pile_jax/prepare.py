@@ -111,16 +111,34 @@ def transfer_settings(cfg: Mapping[str, Any]) -> dict | None:
     unknown = sorted(set(t) - {"queries", "max_words", "group_size", "seed"})
     if unknown:
         raise C.ConfigError(f"{source}: transfer: unknown key(s) {unknown} (known: group_size, max_words, queries, seed)")
-    try:
-        n = int(t.get("queries", 0))
-        out = {"queries": n, "max_words": int(t.get("max_words", 24)),
-               "group_size": int(t.get("group_size", (cfg.get("train_groups") or {}).get("size", 8))),
-               "seed": int(t.get("seed", 0))}
-    except (TypeError, ValueError) as e:
-        raise C.ConfigError(f"{source}: transfer: values must be integers ({e})") from None
-    if n < 0 or out["max_words"] < 1 or out["group_size"] < 2:
-        raise C.ConfigError(f"{source}: transfer: need queries >= 0, max_words >= 1, group_size >= 2, got {out}")
+    for key in ("queries", "max_words", "group_size", "seed"):
+        v = t.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise C.ConfigError(f"{source}: transfer.{key}: expected an integer, got {v!r}")
+    train_size = _train_group_size(cfg)
+    n = int(t.get("queries", 0))
+    out = {"queries": n, "max_words": int(t.get("max_words", 24)),
+           "group_size": int(t.get("group_size", train_size or 8)), "seed": int(t.get("seed", 0))}
+    for key, low in (("queries", 0), ("max_words", 1), ("group_size", 2), ("seed", 0)):
+        if out[key] < low:
+            raise C.ConfigError(f"{source}: transfer.{key}: must be >= {low}, got {out[key]}")
+    if n > 0 and train_size is not None and out["group_size"] != train_size:
+        raise C.ConfigError(f"{source}: transfer.group_size: {out['group_size']} differs from the train groups' size "
+                            f"{train_size} (train_groups.size, default the first-stage depth); transfer groups "
+                            "are trained in the same batches, so they must match")
     return out if n > 0 else None
+
+
+def _train_group_size(cfg: Mapping[str, Any]) -> int | None:
+    """Items per train group: ``train_groups.size``, else the first-stage depth (as
+    :func:`train_group_args`); None when the config names neither."""
+    size = C.get(cfg, "train_groups.size")
+    if size is None:
+        size = C.get(cfg, "first_stage.depth", C.get(cfg, "candidates.bm25_depth", C.get(cfg, "candidates.depth")))
+    try:
+        return None if size is None else int(size)
+    except (TypeError, ValueError):
+        return None
 
 
 def pseudo_queries(docs: Mapping[str, str], num: int, *, max_words: int = 24, seed: int = 0,

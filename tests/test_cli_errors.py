@@ -259,3 +259,16 @@ def test_a_teacher_score_far_outside_its_file_is_reported_with_its_line(tmp_path
     # the rule (median / MAD, hand-computed): [0, 1, 2, 3, x]: median 2, MAD 1 -> scale 1.4826
     assert score_outlier([0, 1, 2, 3, 2 + 148260 * 1.01]) == 4 and score_outlier([0, 1, 2, 3, 2 + 148260 * 0.99]) is None
     assert score_outlier([5, 5, 5, 5, 5]) is None   # no spread at all: nothing is far
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("students.options.doc_layers=10", ["students.options.doc_layers", "exceeds the 6 layers"]),
+    ("students.options.doc_normalize=maybe", ["students.options.doc_normalize", "true or false"]),
+    ("transfer.group_size=8", ["transfer.group_size", "differs from the train groups' size 20"]),
+    ("transfer.seed=-1", ["transfer.seed", ">= 0"]),
+])
+def test_run_option_values_are_checked_before_any_work(tmp_path, capsys, override, fragments):
+    out = tmp_path / "out"
+    assert main(["run", os.path.join(ROOT, "configs", "cranfield_pile.yaml"), "--out", str(out), "--set", override]) == 2
+    _one_line_error(capsys, "pile-jax run: error: ", *fragments)
+    assert not out.exists()
