@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="work folder (checkpoints, TensorBoard, export)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--force-resume", action="store_true",
-                   help="with --resume: continue even though the student, objective, teachers, learning rate, "
-                        "batch size or seed changed")
+                   help="with --resume: continue even though the student, objective, teachers, standardisation or "
+                        "learning rate changed (a changed batch size, seed or data setting is still refused)")
 
     p = sub.add_parser("eval", help="metrics of a TREC run file, or re-rank candidates with a model")
     p.add_argument("--collection", required=True)

@@ -246,3 +246,44 @@ def test_export_refuses_a_folder_of_other_files_and_a_diverged_model(tmp_path, t
     with pytest.raises(DataError, match="not finite"):
         rankers.export_ranker(ranker, nan, tmp_path / "nan")
     assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_best_params_file_names_the_file_in_export(tmp_path, capsys, damage):
+    from pile_jax.cli import main
+    from pile_jax.params import save_params
+
+    ranker = rankers.student("tk", "all-MiniLM-L6-v2", seed=0, **LENGTHS, tk_layers=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    save_params(work / "best_params.npz", ranker.params)
+    data = (work / "best_params.npz").read_bytes()
+    (work / "best_params.npz").write_bytes(data[: len(data) // 2] if damage == "truncate" else b"x" * 100)
+    (work / "model.json").write_text(json.dumps({"student": {
+        "kind": "tk", "base": "all-MiniLM-L6-v2", **LENGTHS, "options": {"tk_layers": 1}}, "seed": 0}))
+    pj, root = logging.getLogger("pile_jax"), logging.getLogger()
+    saved = (list(pj.handlers), pj.level, list(root.handlers))
+    try:
+        assert main(["export", str(work), "--out", str(tmp_path / "out"), "-q"]) == 2
+    finally:
+        pj.handlers[:], root.handlers[:] = saved[0], saved[2]
+        pj.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{work / 'best_params.npz'}: unreadable parameter file" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_finite_weights_whose_scores_overflow_are_not_exported(tmp_path):
+    """A diverged run's parameters can be finite while its scores are not (a score head near
+    float32's limit): the probe batch refuses it, and nothing is written."""
+    from pile_jax.data import DataError
+
+    ranker = rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=1, max_length=32, max_query_length=8, seed=0,
+                                   new_head=True)
+    params = jax.tree_util.tree_map(np.asarray, ranker.params)
+    params["head"]["classifier"]["kernel"] = np.full_like(params["head"]["classifier"]["kernel"], 3e38)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+    assert not np.isfinite(_scores(ranker, params)).all()
+    with pytest.raises(DataError, match="probe batch are not finite"):
+        rankers.export_ranker(ranker, params, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
