@@ -342,11 +342,15 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
         new = {}
         keys = list(todo)
         chunk = 400  # save every 400 queries (process 0; a killed scoring run resumes); the bi-encoder keeps its vectors
+        log(f"teacher {spec['name']}: scoring {len(keys)} queries, {sum(map(len, todo.values()))} candidates "
+            f"({kind} {model['base'] if kind == 'biencoder_cosine' else spec.get('path')})")
         for i in range(0, len(keys), chunk):
             part = {q: todo[q] for q in keys[i:i + chunk]}
             new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
             if save is not None and i + chunk < len(keys):
                 save({**done, **new})
+            if i + chunk < len(keys):
+                log(f"teacher {spec['name']}: {i + chunk}/{len(keys)} queries scored")
     elif kind == "cross_encoder":
         if _process()[1] > 1:
             raise C.ConfigError(f"teacher {spec.get('name')!r}: kind cross_encoder (fine-tuned in the job) runs on "

@@ -82,7 +82,7 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
     from pile_jax.scoring import data_parallel, map_sorted
 
     path = resolve_model_path(base)
-    config, params = load_pretrained(path, new_head=True)  # the head is not used: only the encoder
+    config, params = load_pretrained(path, new_head=True, encoder_only=True)  # the head is not used
     key = encoder_key(path, config.num_layers, "mean", True, max_length - 2, config.dtype)
     encoder = Encoder(config)
     features = TwoTowerTokenizer(path, max_query_length=max_length - 2, max_doc_length=max_length - 2,
