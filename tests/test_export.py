@@ -287,3 +287,18 @@ def test_finite_weights_whose_scores_overflow_are_not_exported(tmp_path):
     with pytest.raises(DataError, match="probe batch are not finite"):
         rankers.export_ranker(ranker, params, tmp_path / "out")
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cross_encoder_export_is_refused_by_the_hugging_face_loader_too(tmp_path):
+    """`pile-jax eval --model` and `Reranker.from_pretrained` read a cross-encoder export as a plain
+    Hugging Face folder: its manifest is checked there as well."""
+    from pile_jax.data import DataError
+    from pile_jax.models import Reranker
+
+    ranker = rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=1, max_length=32, max_query_length=8, seed=0,
+                                   new_head=True)
+    rankers.export_ranker(ranker, ranker.params, tmp_path / "ce")
+    Reranker.from_pretrained(str(tmp_path / "ce"))   # intact: loads
+    (tmp_path / "ce" / "tokenizer.json").unlink()
+    with pytest.raises(DataError, match="tokenizer.json: missing"):
+        Reranker.from_pretrained(str(tmp_path / "ce"))

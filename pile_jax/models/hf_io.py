@@ -277,9 +277,14 @@ def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1,
     ``ValueError`` (scoring needs a trained head); ``None`` (default) = initialise it with a
     WARNING. ``encoder_only=True``: the caller uses the encoder alone (a bi-encoder, a frozen
     document index, a two-tower student), so a missing head is expected and logged at DEBUG only.
-    ``attention_impl`` goes to ``EncoderConfig.attention_impl``.
+    ``attention_impl`` goes to ``EncoderConfig.attention_impl``. A folder holding a pile_jax export
+    manifest is verified against it first (:func:`pile_jax.models.export.verify_export`).
     """
     folder = resolve_model_path(path)
+    if (folder / "pile_jax_manifest.json").is_file():   # a pile_jax export: every file as exported
+        from .export import verify_export
+
+        verify_export(folder)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: {folder} is not a Hugging Face model folder")
