@@ -5,17 +5,26 @@ deep-merged over the base when selected, and any key can be overridden from the 
 with ``--set a.b.c=value`` (the value is parsed as YAML, so ``3``, ``0.5``, ``true``,
 ``[1, 2]`` work).  Errors name the file and the key.
 
-:func:`validate` checks a whole job config against the one schema below (known keys per section,
-types, ranges, names) before any work; ``pile-jax run``, ``study`` and ``train`` call it first.
+A leaf module: it imports no behaviour of pile_jax (only :mod:`pile_jax.io` to read files and
+:mod:`pile_jax.data.errors` for a data error), so every layer may import :class:`ConfigError`,
+:func:`get` / :func:`require` and the checks.
+
+Validation is collected, not centralised: each component declares the schema fragment of its own
+section next to its code (``TrainConfig`` and :func:`pile_jax.train.loop.check_train_section`,
+:func:`pile_jax.train.objective.check_objective`, the teachers and inputs in
+:mod:`pile_jax.prepare`, each job's own sections in its module), a job's :class:`JobSchema` lists
+its top-level keys and fragments, and :func:`validate` runs them on a whole config before any work.
+The registry of job schemas is assembled on top, by :mod:`pile_jax.schema` (imports point down).
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import os
 import re
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import yaml
 
@@ -179,64 +188,17 @@ def _data_error(path: str, message: str):
     return DataError(path, None, message)
 
 
-# --------------------------------------------------------------------------------- schema
-# One place for what a job's config may hold: the known keys of every section, their types and
-# ranges. `validate(cfg, job=...)` checks a whole config before any work (`pile-jax run`,
-# `study`, `train` call it first), so a typo or a bad value is one ConfigError naming the file
-# and the key, with a "did you mean" suggestion for unknown keys. A key added to the code must be
-# added here too (an unknown key is an error, never silently ignored).
-
-JOB_KEYS = {
-    "run": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
-            "teacher_train", "ensembles", "students", "eval", "transfer"),
-    "study": ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
-              "teachers_from", "teacher_train", "ensembles", "study", "eval"),
-    "train": ("data", "first_stage", "candidates", "train_groups", "score_batch_size", "teachers", "teacher_train",
-              "standardize", "student", "objective", "train", "distributed", "eval"),
-}
-SECTION_KEYS = {
-    "data": ("collection", "qrels_file", "unjudged", "max_queries_per_split"),
-    "first_stage": ("depth",),
-    "candidates": ("bm25_depth", "run", "depth"),
-    "train_groups": ("size", "policy", "seed"),
-    "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
-    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
-                "outliers"),
-    "ensembles": ("standardize", "methods"),
-    "students": ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init"),
-    "student": ("base", "num_layers", "max_length", "max_query_length", "dtype", "remat"),
-    "distributed": ("enabled", "coordinator_address", "num_processes", "process_id"),
-    "eval": ("split",),
-    "study": ("name", "train_source", "seeds", "teacher", "layer_teacher", "students", "factors", "cells", "train",
-              "latency", "export"),
-    "study.latency": ("enabled", "queries", "candidates", "repeats"),
-    "study.student": ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers",
-                      "remat"),  # + the kind's options (STUDENT_OPTIONS)
-}
-#: per student kind, the options :func:`pile_jax.models.students.build_student` takes
-STUDENT_OPTIONS = {
-    "cross_encoder": (),
-    "bert_dot": ("compress_dim", "pooling", "normalize"),
-    "colbert": ("compress_dim", "query_augment", "mask_token_id"),
-    "prett": ("split_layer",),
-    "tk": ("tk_layers", "embed_dim", "num_heads", "ff_dim", "mu", "sigma", "doc_position_offset", "dropout"),
-    "query_encoder": ("pooling", "normalize", "doc_encoder", "doc_layers", "doc_pooling", "doc_normalize"),
-}
+# --------------------------------------------------------------------------------- checks
 SPLITS = ("train", "dev", "test")
 UNJUDGED = ("zero", "ignore")
 STANDARDIZE = ("global", "none")
 DTYPES = ("float32", "bfloat16", "float16")
-#: train-config ranges: key -> (lowest allowed value, null allowed, integer)
-TRAIN_RANGES = {"batch_size": (1, False, True), "accum_steps": (1, False, True), "checkpoint_every": (1, False, True),
-                "log_every": (1, False, True), "eval_every": (1, True, True), "keep_checkpoints": (1, False, True),
-                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (0, False, True),
-                "learning_rate": (0, False, False), "weight_decay": (0, False, False), "clip_norm": (0, True, False),
-                "warmup_steps": (0, False, False)}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
-class _Checker:
-    """Error helpers bound to the config's file name."""
+class Checker:
+    """Error helpers bound to the config's file name: each check raises one :class:`ConfigError`
+    ``"<file>: <dotted key>: <what is wrong>"``."""
 
     def __init__(self, source: str):
         self.source = source
@@ -308,412 +270,11 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 def check_name(value: Any, where: str, source: str = "config") -> str:
     """A name used as a file name (teachers, runs): letters, digits, ``_ - .``, not starting with
     '.', so it can never leave its folder."""
-    _Checker(source).name(value, where)
+    Checker(source).name(value, where)
     return value
 
 
-def train_keys() -> tuple[str, ...]:
-    """The keys of a ``train:`` section: the fields of :class:`pile_jax.train.loop.TrainConfig`."""
-    import dataclasses
-
-    from pile_jax.train.loop import TrainConfig
-
-    return tuple(f.name for f in dataclasses.fields(TrainConfig))
-
-
-def check_train_section(node: Any, path: str, source: str = "config") -> dict:
-    """A ``train:`` section (TrainConfig keys, ranges, parallel / schedule names)."""
-    from pile_jax.train import optim, step
-
-    PARALLEL_MODES = getattr(step, "PARALLEL_MODES", ("pmap", "shard_map", "none"))
-    SCHEDULES = getattr(optim, "SCHEDULES", ("linear", "cosine", "constant"))
-    c = _Checker(source)
-    node = c.section(node, path, train_keys())
-    for key, (low, nullable, integer) in TRAIN_RANGES.items():
-        c.number(node, key, path, integer=integer, low=low, nullable=nullable)
-    c.number(node, "epochs", path, low=0, low_open=True, nullable=False)
-    c.choice(node, "parallel", path, PARALLEL_MODES)
-    c.choice(node, "schedule", path, SCHEDULES)
-    if "progress" in node and not isinstance(node["progress"], bool):
-        c.fail(f"{path}.progress", f"must be true or false, got {node['progress']!r}")
-    lrm = node.get("lr_multipliers")
-    if lrm is not None:
-        if not isinstance(lrm, Mapping):
-            c.fail(f"{path}.lr_multipliers", f"must map a parameter-path regex to a factor, got {lrm!r}")
-        for pattern in lrm:
-            try:
-                re.compile(str(pattern))
-            except re.error as e:
-                c.fail(f"{path}.lr_multipliers", f"{pattern!r} is not a valid regex ({e})")
-            c.number(lrm, pattern, f"{path}.lr_multipliers", low=0, nullable=False)
-    bs, acc = node.get("batch_size"), node.get("accum_steps")
-    if isinstance(bs, int) and isinstance(acc, int) and bs % acc:
-        c.fail(f"{path}.accum_steps", f"{acc} does not divide batch_size {bs}")
-    return node
-
-
-def check_ensemble(name: Any, options: Mapping[str, Any], where: str, source: str = "config",
-                   trial: bool = True, name_key: str | None = None) -> None:
-    """An ensemble name of :data:`pile_jax.ensemble.ENSEMBLES` with options its function takes,
-    and (``trial``) values it accepts: it is run once on a tiny list."""
-    import inspect
-
-    import numpy as np
-
-    from pile_jax import ensemble as E
-
-    c = _Checker(source)
-    if name not in E.ENSEMBLES:
-        c.fail(name_key or f"{where}.name",
-               f"unknown ensemble {name!r}{did_you_mean(str(name), E.ENSEMBLES)} (known: {', '.join(E.ENSEMBLES)})")
-    params = inspect.signature(E.ENSEMBLES[name]).parameters
-    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where")]
-    c.keys(options, where, known)
-    if trial and options:
-        ts = np.array([[[2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0]]], np.float32)
-        try:
-            E.ensemble(name, ts, np.array([[1.0, 0.0, 0.0]], np.float32), **dict(options))
-        except (ValueError, TypeError) as e:
-            c.fail(where, f"bad option value for {name}: {e}")
-
-
-def check_objective(node: Any, path: str, source: str = "config", *, teacher: Iterable[str] = ()) -> dict:
-    """An objective section (:class:`pile_jax.train.objective.Objective` keys, loss and ensemble
-    names and options, plus ``teacher`` when ``teacher`` lists the values it may take)."""
-    import dataclasses
-
-    from pile_jax.train.objective import Objective
-
-    c = _Checker(source)
-    allowed = [f.name for f in dataclasses.fields(Objective)] + (["teacher"] if teacher else [])
-    node = c.section(node, path, allowed, required=True)
-    obj = dict(node)
-    if "teacher" in obj:
-        t = obj.pop("teacher")
-        teacher = list(teacher)
-        if t not in teacher:
-            c.fail(f"{path}.teacher", f"unknown teacher {t!r}{did_you_mean(str(t), teacher)} "
-                                      f"(known: {', '.join(teacher)})")
-        obj["target"], obj["teacher_index"] = "teacher", 0
-    from pile_jax.losses import LOSS_REGISTRY
-
-    for key in ("label_losses", "distill_losses", "loss_options"):
-        if isinstance(obj.get(key), Mapping):
-            for loss in obj[key]:
-                if loss not in LOSS_REGISTRY:
-                    c.fail(f"{path}.{key}", f"unknown loss {loss!r}{did_you_mean(str(loss), LOSS_REGISTRY)} "
-                                            f"(known: {', '.join(sorted(LOSS_REGISTRY))})")
-    try:
-        parsed = Objective.from_config(obj)
-    except ConfigError as e:
-        msg = str(e)
-        msg = msg[len("objective"):] if msg.startswith("objective") else ": " + msg
-        raise ConfigError(f"{source}: {path}{msg}") from None
-    if parsed.distill_losses and parsed.target == "ensemble":
-        opts = dict(parsed.ensemble)
-        check_ensemble(opts.pop("name", None), opts, f"{path}.ensemble", source)
-    return node
-
-
-def position_limit(base: str) -> tuple[int, str]:
-    """``(max tokens, folder)`` of a Hugging Face model: ``max_position_embeddings`` minus the
-    RoBERTa padding offset (as ``Reranker.from_pretrained`` checks)."""
-    import json
-
-    from pile_jax.models import resolve_model_path
-    from pile_jax.models.config import EncoderConfig
-
-    folder = resolve_model_path(base)
-    hf = json.loads((folder / "config.json").read_text())
-    cfg = EncoderConfig.from_hf(hf, num_labels=1)
-    return cfg.max_position_embeddings - cfg.position_offset, str(folder)
-
-
-def _check_length(c: _Checker, model: Mapping[str, Any], where: str, base_key: str = "base",
-                  default_length: int | None = None) -> None:
-    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH
-
-    default_length = PIPELINE_MAX_LENGTH if default_length is None else default_length
-    base = model.get(base_key, "all-MiniLM-L6-v2")
-    length = model.get("max_length", default_length)
-    for key in ("max_length", "max_query_length", "max_doc_length"):
-        c.number(model, key, where, integer=True, low=1, nullable=False)
-    try:
-        limit, folder = position_limit(str(base))
-    except (OSError, ValueError, KeyError) as e:
-        c.fail(f"{where}.{base_key}", f"cannot read the model {base!r}: {e}")
-    for key in ("max_length", "max_doc_length"):
-        if key in model and int(model[key]) > limit:
-            c.fail(f"{where}.{key}", f"{model[key]} exceeds the {limit} position embeddings of {folder}")
-    if "max_length" not in model and int(length) > limit:
-        c.fail(f"{where}.max_length", f"the default {length} exceeds the {limit} position embeddings of {folder}")
-
-
-def _exists(path: Any) -> bool:
-    from pile_jax import io as pio
-
-    return pio.as_path(str(path)).is_file()
-
-
-def _model_section(c: _Checker, node: Any, where: str) -> dict:
-    node = c.section(node, where, SECTION_KEYS["model"])
-    c.choice(node, "dtype", where, DTYPES)
-    c.number(node, "num_layers", where, integer=True, low=1)
-    if "remat" in node and not isinstance(node["remat"], bool):
-        c.fail(f"{where}.remat", f"must be true or false, got {node['remat']!r}")
-    return node
-
-
-def validate(cfg: Mapping[str, Any], *, job: str, data: str | None = None) -> None:
-    """Checks the whole config of ``job`` (``run`` | ``study`` | ``train``) before any work:
-    known keys in every section (with a "did you mean"), types and ranges, names used as file
-    names, split names, loss / ensemble / teacher / student names and options, and ``max_length``
-    against the model's position embeddings. Raises :class:`ConfigError` naming the file and key.
-    ``data``: the ``--data`` folder (``run``), which stands in for ``data.collection``."""
-    from pile_jax.data.groups import POLICIES
-    from pile_jax.models.students import STUDENT_KINDS
-    from pile_jax.prepare import TEACHER_KINDS
-
-    if job not in JOB_KEYS:
-        raise ValueError(f"validate: job must be one of {sorted(JOB_KEYS)}, got {job!r}")
-    c = _Checker(str(cfg.get("_source", "config")))
-    c.keys({k: v for k, v in cfg.items() if not str(k).startswith("_")}, "", JOB_KEYS[job])
-
-    d = c.section(cfg.get("data"), "data", SECTION_KEYS["data"], required=data is None)
-    if data is None and not d.get("collection"):
-        c.fail("data.collection", "required (a shipped collection name or a folder)")
-    c.choice(d, "unjudged", "data", UNJUDGED)
-    limit = d.get("max_queries_per_split")
-    if isinstance(limit, Mapping):
-        for s in limit:
-            if s not in SPLITS:
-                c.fail(f"data.max_queries_per_split.{s}", f"unknown split{did_you_mean(str(s), SPLITS)} "
-                                                          f"(known: {', '.join(SPLITS)})")
-            c.number(limit, s, "data.max_queries_per_split", integer=True, low=1)
-    elif limit is not None:
-        c.number(d, "max_queries_per_split", "data", integer=True, low=0)
-    fs = c.section(cfg.get("first_stage"), "first_stage", SECTION_KEYS["first_stage"])
-    c.number(fs, "depth", "first_stage", integer=True, low=1, nullable=False)
-    cand = c.section(cfg.get("candidates"), "candidates", SECTION_KEYS["candidates"])
-    for k in ("bm25_depth", "depth"):
-        c.number(cand, k, "candidates", integer=True, low=1)
-    if cand.get("run") and not _exists(cand["run"]):
-        c.fail("candidates.run", f"{cand['run']}: file not found")
-    if not cand and "depth" not in fs:
-        c.fail("first_stage.depth", "required (or a candidates section)")
-    tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
-    c.number(tg, "size", "train_groups", integer=True, low=1, nullable=False)
-    c.number(tg, "seed", "train_groups", integer=True, low=0, nullable=False)
-    c.choice(tg, "policy", "train_groups", POLICIES)
-    c.number(cfg, "score_batch_size", "", integer=True, low=1, nullable=False)
-    ev = c.section(cfg.get("eval"), "eval", SECTION_KEYS["eval"])
-    c.choice(ev, "split", "eval", SPLITS)
-    if "teacher_train" in cfg:
-        check_train_section(cfg["teacher_train"], "teacher_train", c.source)
-    if cfg.get("teachers_from") is not None and not isinstance(cfg["teachers_from"], str):
-        c.fail("teachers_from", f"must be a folder, got {cfg['teachers_from']!r}")
-
-    # model settings teachers start from
-    if job == "train":
-        student = c.section(cfg.get("student"), "student", SECTION_KEYS["student"], required=True)
-        c.choice(student, "dtype", "student", DTYPES)
-        c.number(student, "num_layers", "student", integer=True, low=1)
-        if "remat" in student and not isinstance(student["remat"], bool):
-            c.fail("student.remat", f"must be true or false, got {student['remat']!r}")
-        from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
-
-        _check_length(c, student, "student", default_length=DEFAULT_MAX_LENGTH)
-        check_layers(c, student, "num_layers", "student", student.get("base", "all-MiniLM-L6-v2"))
-        model = {"max_length": student.get("max_length", DEFAULT_MAX_LENGTH),
-                 "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
-    else:
-        model = _model_section(c, cfg.get("model"), "model")
-        _check_length(c, model, "model")
-
-    # teachers
-    teachers = cfg.get("teachers")
-    if teachers is None and job != "train":
-        c.fail("teachers", "required (a list of {name, kind, ...})")
-    if teachers is not None and not isinstance(teachers, list):
-        c.fail("teachers", f"must be a list of {{name, kind, ...}}, got {teachers!r}")
-    names = []
-    for i, spec in enumerate(teachers or []):
-        where = f"teachers[{i}]"
-        spec = c.section(spec, where, SECTION_KEYS["teacher"], required=True)
-        c.name(spec.get("name"), f"{where}.name")
-        if spec["name"] in names:
-            c.fail(f"{where}.name", f"duplicate teacher name {spec['name']!r}")
-        names.append(spec["name"])
-        where = f"teachers[{i}] ({spec['name']})"
-        kind = spec.get("kind")
-        if kind not in TEACHER_KINDS:
-            c.fail(f"{where}.kind", f"unknown kind {kind!r}{did_you_mean(str(kind), TEACHER_KINDS)} "
-                                    f"(known: {', '.join(TEACHER_KINDS)})")
-        if kind in ("checkpoint", "file") and not spec.get("path"):
-            c.fail(f"{where}.path", f"required for kind {kind}")
-        if kind == "file" and not _exists(spec["path"]):
-            c.fail(f"{where}.path", f"{spec['path']}: file not found")
-        c.number(spec, "folds", where, integer=True, low=1, nullable=False)
-        c.number(spec, "seed", where, integer=True, low=0, nullable=False)
-        c.number(spec, "num_layers", where, integer=True, low=1)
-        c.choice(spec, "eval_scored_by", where, ("all", "first"))
-        c.choice(spec, "outliers", where, ("error", "accept"))
-        if "outliers" in spec and kind != "file":
-            c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
-        if kind == "cross_encoder":
-            check_objective(spec.get("objective"), f"{where}.objective", c.source)
-        elif "objective" in spec:
-            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
-        if "train" in spec:
-            check_train_section(spec["train"], f"{where}.train", c.source)
-        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
-            tm = dict(model)
-            extra = spec.get("model")
-            if isinstance(extra, str):
-                tm["base"] = extra
-            elif extra is not None:
-                tm.update(_model_section(c, extra, f"{where}.model"))
-            if kind == "checkpoint":
-                tm["base"] = spec["path"]
-            _check_length(c, tm, f"{where}.model" if kind != "checkpoint" else where,
-                          base_key="base")
-            check_layers(c, spec, "num_layers", where, tm.get("base", "all-MiniLM-L6-v2"))
-
-    if job in ("run", "study"):
-        ens = c.section(cfg.get("ensembles"), "ensembles", SECTION_KEYS["ensembles"])
-        c.choice(ens, "standardize", "ensembles", STANDARDIZE)
-        methods = ens.get("methods")
-        if methods is not None:
-            if not isinstance(methods, Mapping):
-                c.fail("ensembles.methods", f"must map a display name to {{name, options}}, got {methods!r}")
-            for display, spec in methods.items():
-                if spec is not None and not isinstance(spec, Mapping):
-                    c.fail(f"ensembles.methods.{display}", f"must be a mapping {{name, options}}, got {spec!r}")
-                opts = dict(spec or {})
-                check_ensemble(opts.pop("name", display), opts, f"ensembles.methods.{display}", c.source)
-
-    if job == "run":
-        s = c.section(cfg.get("students"), "students", SECTION_KEYS["students"], required=True)
-        c.choice(s, "kind", "students", STUDENT_KINDS)
-        base = model.get("base", "all-MiniLM-L6-v2")
-        check_layers(c, s, "num_layers", "students", base)
-        for key in ("select_on_dev", "report_init"):
-            if key in s and not isinstance(s[key], bool):
-                c.fail(f"students.{key}", f"must be true or false, got {s[key]!r}")
-        _check_seeds(c, s, "students")
-        if "train" in s:
-            check_train_section(s["train"], "students.train", c.source)
-        check_student_options(c, s.get("kind", "cross_encoder"), s.get("options"), "students.options", base=base,
-                              num_layers=s.get("num_layers", 2))
-        runs = s.get("runs")
-        if not isinstance(runs, Mapping) or not runs:
-            c.fail("students.runs", "required: a mapping of run name -> objective")
-        for rname, obj in runs.items():
-            c.name(rname, f"students.runs.{rname}")
-            if isinstance(obj, Mapping) and "transfer" in obj:   # read the transfer set too (bool)
-                if not isinstance(obj["transfer"], bool):
-                    c.fail(f"students.runs.{rname}.transfer", f"must be true or false, got {obj['transfer']!r}")
-                obj = {k: v for k, v in obj.items() if k != "transfer"}
-            check_objective(obj, f"students.runs.{rname}", c.source, teacher=["best"])
-        from pile_jax.prepare import transfer_settings
-
-        transfer_settings(dict(cfg, _source=c.source))   # the transfer section's keys and values
-    elif job == "train":
-        check_objective(cfg.get("objective"), "objective", c.source, teacher=names)
-        check_train_section(cfg.get("train"), "train", c.source)
-        c.choice(cfg, "standardize", "", STANDARDIZE)
-        c.section(cfg.get("distributed"), "distributed", SECTION_KEYS["distributed"])
-    else:
-        _check_study(c, cfg, names)
-
-
-POOLINGS = ("cls", "mean")
-#: per student kind, how each option is checked: ("bool",) | ("choice", values) |
-#: ("int", lowest, nullable) | ("number", lowest, nullable) | ("layers", base key) | ("model",) | ("numbers",)
-OPTION_RULES = {
-    "bert_dot": {"compress_dim": ("int", 1, True), "pooling": ("choice", POOLINGS), "normalize": ("bool",)},
-    "query_encoder": {"pooling": ("choice", POOLINGS), "normalize": ("bool",), "doc_encoder": ("model",),
-                      "doc_layers": ("layers", "doc_encoder"), "doc_pooling": ("choice", POOLINGS),
-                      "doc_normalize": ("bool",)},
-    "colbert": {"compress_dim": ("int", 1, True), "query_augment": ("bool",), "mask_token_id": ("int", 0, True)},
-    "prett": {"split_layer": ("int", 0, False)},
-    "tk": {"tk_layers": ("int", 1, False), "embed_dim": ("int", 1, True), "num_heads": ("int", 1, False),
-           "ff_dim": ("int", 1, False), "mu": ("numbers",), "sigma": ("number", 0, False),
-           "doc_position_offset": ("int", 0, False), "dropout": ("number", 0, False)},
-}
-
-
-def checkpoint_depth(base: Any) -> tuple[int, str]:
-    """``(number of encoder layers, folder)`` of a Hugging Face checkpoint, read from its config.json."""
-    import json
-
-    from pile_jax.models import resolve_model_path
-    from pile_jax.models.config import EncoderConfig
-
-    folder = resolve_model_path(str(base))
-    hf = json.loads((folder / "config.json").read_text())
-    return int(EncoderConfig.from_hf(hf, num_labels=1).num_layers), str(folder)
-
-
-def check_layers(c: "_Checker", node: Mapping, key: str, where: str, base: Any) -> None:
-    """``node[key]``: an integer from 1 to the depth of the checkpoint ``base`` (its config.json)."""
-    c.number(node, key, where, integer=True, low=1)
-    if node.get(key) is None or base is None:
-        return
-    try:
-        depth, folder = checkpoint_depth(base)
-    except (OSError, ValueError, KeyError) as e:
-        c.fail(f"{where}.{key}", f"cannot read the model {base!r}: {e}")
-    if int(node[key]) > depth:
-        c.fail(f"{where}.{key}", f"{node[key]} exceeds the {depth} layers of {folder}")
-
-
-def check_student_options(c: "_Checker", kind: str, options: Any, where: str, *, base: Any,
-                          num_layers: Any = None) -> dict:
-    """A student's ``options`` (known keys of ``kind``, and each value's type, range or choice,
-    :data:`OPTION_RULES`): layer counts within the checkpoint's depth, PreTT's ``split_layer``
-    within the student's layers, TK's dropout below 1."""
-    options = c.section(options, where, STUDENT_OPTIONS.get(kind, ()))
-    for key, rule in OPTION_RULES.get(kind, {}).items():
-        if key not in options:
-            continue
-        value, at = options[key], f"{where}.{key}"
-        if rule[0] == "bool" and not isinstance(value, bool):
-            c.fail(at, f"must be true or false, got {value!r}")
-        elif rule[0] == "choice":
-            c.choice(options, key, where, rule[1])
-        elif rule[0] in ("int", "number"):
-            c.number(options, key, where, integer=rule[0] == "int", low=rule[1], nullable=rule[2],
-                     low_open=key == "sigma")
-        elif rule[0] == "numbers":
-            if not isinstance(value, (list, tuple)) or not value:
-                c.fail(at, f"must be a non-empty list of numbers, got {value!r}")
-            for i in range(len(value)):
-                c.number(dict(enumerate(value)), i, at, nullable=False)
-        elif rule[0] == "model":
-            if not isinstance(value, str) or not value:
-                c.fail(at, f"must be a model folder or hub id, got {value!r}")
-            try:
-                checkpoint_depth(value)
-            except (OSError, ValueError, KeyError) as e:
-                c.fail(at, f"cannot read the model {value!r}: {e}")
-        elif rule[0] == "layers":
-            check_layers(c, options, key, where, options.get(rule[1]) or base)
-    if kind == "tk" and isinstance(options.get("dropout"), (int, float)) and options["dropout"] >= 1:
-        c.fail(f"{where}.dropout", f"must be < 1, got {options['dropout']!r}")
-    if kind == "prett" and isinstance(options.get("split_layer"), int):
-        layers = num_layers
-        if layers is None:
-            try:
-                layers = checkpoint_depth(base)[0]
-            except (OSError, ValueError, KeyError):
-                layers = None
-        if layers is not None and options["split_layer"] > int(layers):
-            c.fail(f"{where}.split_layer", f"{options['split_layer']} exceeds the student's {layers} layers")
-    return options
-
-
-def _check_seeds(c: _Checker, node: Mapping, path: str) -> None:
+def check_seeds(c: Checker, node: Mapping, path: str) -> None:
     seeds = node.get("seeds")
     if seeds is None:
         return
@@ -723,48 +284,46 @@ def _check_seeds(c: _Checker, node: Mapping, path: str) -> None:
         c.number(dict(enumerate(seeds)), i, f"{path}.seeds", integer=True, low=0, nullable=False)
 
 
-def _check_study(c: _Checker, cfg: Mapping[str, Any], teacher_names: list[str]) -> None:
-    from pile_jax.models.students import STUDENT_KINDS
-    from pile_jax.study import expand_cells, resolve_objective
 
-    study = c.section(cfg.get("study"), "study", SECTION_KEYS["study"], required=True)
-    c.choice(study, "train_source", "study", ("tfds", "memory"))
-    _check_seeds(c, study, "study")
-    if "train" in study:
-        check_train_section(study["train"], "study.train", c.source)
-    lat = c.section(study.get("latency"), "study.latency", SECTION_KEYS["study.latency"])
-    for k in ("queries", "candidates", "repeats"):
-        c.number(lat, k, "study.latency", integer=True, low=1, nullable=False)
-    students = study.get("students")
-    if not isinstance(students, Mapping) or not students:
-        c.fail("study.students", "required: a mapping of student name -> {kind, ...}")
-    model = dict(cfg.get("model") or {})
-    for sname, spec in students.items():
-        where = f"study.students.{sname}"
-        if not isinstance(spec, Mapping):
-            c.fail(where, f"must be a mapping {{kind, ...}}, got {spec!r}")
-        if spec.get("kind") not in STUDENT_KINDS:
-            c.fail(f"{where}.kind", f"unknown student {spec.get('kind')!r}"
-                                    f"{did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
-                                    f"(known: {', '.join(STUDENT_KINDS)})")
-        c.keys(spec, where, SECTION_KEYS["study.student"] + STUDENT_OPTIONS.get(spec["kind"], ()))
-        sbase = spec.get("base", model.get("base", "all-MiniLM-L6-v2"))
-        check_layers(c, spec, "num_layers", where, sbase)
-        check_student_options(c, spec["kind"], {k: v for k, v in spec.items()
-                                                if k in STUDENT_OPTIONS.get(spec["kind"], ())}, where, base=sbase,
-                              num_layers=spec.get("num_layers"))
-        if spec["kind"] == "cross_encoder":
-            _check_length(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
-    for key in ("teacher", "layer_teacher"):
-        t = study.get(key)
-        if key == "layer_teacher" and t is not None and t != "best" and t not in teacher_names:
-            c.fail(f"study.{key}", f"unknown teacher {t!r}{did_you_mean(str(t), teacher_names)}")
-    try:
-        cells = expand_cells(study)
-    except ConfigError as e:
-        raise ConfigError(f"{c.source}: {e}") from None
-    best = teacher_names[0] if teacher_names else "best"
-    for cell in cells:
-        obj, _, _ = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best,
-                                      default_teacher=study.get("teacher", "best"))
-        check_objective(obj, f"study cell {cell['name']}", c.source)
+
+# --------------------------------------------------------------------------------- collector
+#: a schema fragment: ``check(checker, whole config, context)``; raises :class:`ConfigError`
+#: naming the key. ``context`` carries what later fragments need (``job``, ``data``: the
+#: ``--data`` folder; the teachers' model settings ``model``; ``teacher_names``).
+Fragment = Callable[[Checker, Mapping[str, Any], dict], None]
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSchema:
+    """What a job's config may hold: its top-level ``keys`` and the fragments that check them,
+    in order (a key added to the code must be added to its fragment: an unknown key is an
+    error, never silently ignored)."""
+
+    job: str
+    keys: tuple[str, ...]
+    fragments: tuple[Fragment, ...]
+
+    def validate(self, cfg: Mapping[str, Any], *, data: str | None = None) -> None:
+        c = Checker(str(cfg.get("_source", "config")))
+        c.keys({k: v for k, v in cfg.items() if not str(k).startswith("_")}, "", self.keys)
+        context = {"job": self.job, "data": data}
+        for fragment in self.fragments:
+            fragment(c, cfg, context)
+
+
+def validate(cfg: Mapping[str, Any], *, job: str, schemas: Mapping[str, JobSchema] | None = None,
+             data: str | None = None) -> None:
+    """Checks the whole config of ``job`` with its schema of ``schemas`` (the registry of
+    :mod:`pile_jax.schema`) before any work: known keys in every section (with a "did you mean"),
+    types and ranges, names used as file names, split names, loss / ensemble / teacher / student
+    names and options, and ``max_length`` against the model's position embeddings. Raises
+    :class:`ConfigError` naming the file and key. ``data``: the ``--data`` folder (``run``),
+    which stands in for ``data.collection``."""
+    if schemas is None:   # this leaf does not import the jobs that declare the schemas
+        raise TypeError("pile_jax.config.validate needs the job schemas: call pile_jax.schema.validate(cfg, job=...)")
+    if job not in schemas:
+        raise ValueError(f"validate: job must be one of {sorted(schemas)}, got {job!r}")
+    schemas[job].validate(cfg, data=data)
+
+
+_Checker = Checker   # the older private name

@@ -30,7 +30,9 @@ def cmd_run(args) -> int:
     from pile_jax.pipeline import run
 
     cfg = _load(args, ["quick"] if args.quick else [])
-    C.validate(cfg, job="run", data=args.data)  # the whole config, before any work
+    from pile_jax.schema import validate
+
+    validate(cfg, job="run", data=args.data)  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     pio.as_path(out).mkdir(parents=True, exist_ok=True)
     with log_to_file(pio.as_path(out) / "log.txt"):
@@ -65,7 +67,9 @@ def _positive(args, *names) -> None:
 
 def _check_max_length(model: str, max_length: int) -> None:
     """``--max-length`` within the model's position embeddings (as ``Reranker.from_pretrained``)."""
-    limit, folder = C.position_limit(model)
+    from pile_jax.models.hub import position_limit
+
+    limit, folder = position_limit(model)
     if max_length > limit:
         raise C.ConfigError(f"--max-length {max_length}: exceeds the {limit} position embeddings of {folder}")
 
@@ -138,7 +142,9 @@ def cmd_ensemble(args) -> int:
     if pio.as_path(args.out).is_dir():
         raise C.ConfigError(f"--out {args.out}: is a folder; the ensemble is written to one score file")
     opts = _parse_options(args.option)
-    C.check_ensemble(args.method, opts, "--option", source="", name_key="--method")
+    from pile_jax.train.objective import check_ensemble
+
+    check_ensemble(args.method, opts, "--option", source="", name_key="--method")
     names = [os.path.splitext(pio.as_path(p).name)[0] for p in args.teachers]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -180,10 +186,11 @@ def cmd_ensemble(args) -> int:
 
 # ------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    from pile_jax.schema import validate
     from pile_jax.train_job import train_job
 
     cfg = _load(args)
-    C.validate(cfg, job="train")  # the whole config, before any work
+    validate(cfg, job="train")  # the whole config, before any work
     out = args.out or _default_out(args.config)
     train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
@@ -231,10 +238,11 @@ def cmd_export(args) -> int:
 
 # ------------------------------------------------------------------------------------- study
 def cmd_study(args) -> int:
+    from pile_jax.schema import validate
     from pile_jax.study import run_study
 
     cfg = _load(args, ["quick"] if args.quick else [])
-    C.validate(cfg, job="study")  # the whole config, before any work
+    validate(cfg, job="study")  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     run_study(cfg, out=out)
     return 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -27,6 +28,7 @@ from pile_jax import config as C
 from pile_jax import io as pio
 from pile_jax.data import build_groups, write_run
 from pile_jax.logs import log_to_file
+from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
 from pile_jax.prepare import (concat_groups, prepare, ranking_groups_source, standardise, standardize_setting,
                               teacher_stats, train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
@@ -66,6 +68,55 @@ def ensemble_specs(methods: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, 
     return out
 
 
+# ------------------------------------------------------------------------------ schema
+#: the top-level sections of a ``pile-jax run`` config
+CONFIG_KEYS = ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
+               "teacher_train", "ensembles", "students", "eval", "transfer")
+STUDENTS_KEYS = ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init")
+
+
+def check_students(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: the ``students:`` section (kind and options, seeds, train section, runs and
+    their objectives, ``teacher: best``) and the ``transfer:`` section."""
+    from pile_jax.models.students import STUDENT_KINDS
+    from pile_jax.prepare import transfer_settings
+    from pile_jax.rankers import check_layers, check_student_options
+    from pile_jax.train.loop import check_train_section
+    from pile_jax.train.objective import check_objective
+
+    s = c.section(cfg.get("students"), "students", STUDENTS_KEYS, required=True)
+    c.choice(s, "kind", "students", STUDENT_KINDS)
+    base = (context.get("model") or {}).get("base", "all-MiniLM-L6-v2")
+    check_layers(c, s, "num_layers", "students", base)
+    for key in ("select_on_dev", "report_init"):
+        if key in s and not isinstance(s[key], bool):
+            c.fail(f"students.{key}", f"must be true or false, got {s[key]!r}")
+    C.check_seeds(c, s, "students")
+    if "train" in s:
+        check_train_section(s["train"], "students.train", c.source)
+    check_student_options(c, s.get("kind", "cross_encoder"), s.get("options"), "students.options", base=base,
+                          num_layers=s.get("num_layers", 2))
+    runs = s.get("runs")
+    if not isinstance(runs, Mapping) or not runs:
+        c.fail("students.runs", "required: a mapping of run name -> objective")
+    for rname, obj in runs.items():
+        c.name(rname, f"students.runs.{rname}")
+        if isinstance(obj, Mapping) and "transfer" in obj:   # read the transfer set too (bool)
+            if not isinstance(obj["transfer"], bool):
+                c.fail(f"students.runs.{rname}.transfer", f"must be true or false, got {obj['transfer']!r}")
+            obj = {k: v for k, v in obj.items() if k != "transfer"}
+        check_objective(obj, f"students.runs.{rname}", c.source, teacher=["best"])
+    transfer_settings(dict(cfg, _source=c.source))   # the transfer section's keys and values
+
+
+def schema() -> C.JobSchema:
+    """The config schema of ``pile-jax run``."""
+    from pile_jax import prepare as P
+
+    return C.JobSchema("run", CONFIG_KEYS, (P.check_inputs, P.check_model, P.check_teachers, P.check_ensembles,
+                                            check_students))
+
+
 def _student_kind(cfg: Mapping[str, Any]) -> str:
     """``students.kind`` (default cross_encoder), checked against the known student kinds."""
     from pile_jax.models.students import STUDENT_KINDS
@@ -75,20 +126,6 @@ def _student_kind(cfg: Mapping[str, Any]) -> str:
         raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.kind: unknown student {kind!r} "
                             f"(known: {', '.join(STUDENT_KINDS)})")
     return kind
-
-
-def _student_meta(kind: str, scfg: Mapping[str, Any], model_cfg: Mapping[str, Any], extra: Mapping[str, Any]) -> dict:
-    """The ``student`` entry of a student work folder's ``model.json`` (what ``pile-jax export``
-    rebuilds the student from)."""
-    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
-
-    return {"kind": kind, "base": model_cfg.get("base", "all-MiniLM-L6-v2"),
-            "num_layers": int(scfg.get("num_layers", 2)),
-            "max_length": int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-            "max_query_length": int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-            "max_doc_length": extra.get("max_doc_length", int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH))),
-            "dtype": model_cfg.get("dtype", "float32"),
-            "options": {k: v for k, v in extra.items() if k != "max_doc_length"}}
 
 
 def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Callable[[str], None] | None = None,
@@ -103,74 +140,110 @@ def run(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: Calla
 
 
 def _run(cfg, *, out, data, log, export):
-    from pile_jax import ensemble as E
-    from pile_jax import rankers
-    from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
-    from pile_jax.train.loop import score_candidates, train
-    from pile_jax.report import jsonable, write_report
-
-    t_start = time.perf_counter()
+    """The job, top to bottom: prepare -> baselines and teachers -> ensembles and the teacher
+    report -> students (seeds x objectives) -> export of each student's best seed -> report."""
+    clock = _Clock(log)
     out_path = pio.as_path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
+    job = clock.timed("prepare", _prepare, cfg, out, data, log)
+    book = _RunBook(out_path / "runs", job.splits[job.eval_split], job.coll.qrels, log)
+    book.add("bm25", None, job.prep.ranked)
+    for name in job.teacher_names:
+        book.add(f"teacher_{name}", None, job.prep.teachers[name])
+    report = clock.timed("ensembles", _ensembles, cfg, job, book, log)
+    students = clock.timed("students", _students, cfg, job, book, out_path, log, export)
+    exported = _export_best(students, out_path, log) if export else {}
+    pio.barrier("pipeline_export")
+    return _write_results(cfg, job, book, report, students, exported, clock, out_path, log)
 
-    def phase(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"{name}: {timings[name]}s")
 
-    # ---- collection, first stage, teachers, ranking groups (standardised), in one place
-    t0 = time.perf_counter()
+class _Clock:
+    """Wall time of each stage (``timings_s`` of results.json), logged as it ends."""
+
+    def __init__(self, log):
+        self.log, self.start, self.timings = log, time.perf_counter(), {}
+
+    def timed(self, name: str, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        self.timings[name] = round(time.perf_counter() - t0, 1)
+        self.log(f"{name}: {self.timings[name]}s")
+        return result
+
+    def total(self) -> dict:
+        self.timings["total"] = round(time.perf_counter() - self.start, 1)
+        return self.timings
+
+
+class _RunBook:
+    """The evaluated systems: each run's TREC file (process 0) and its metrics on the eval queries."""
+
+    def __init__(self, runs_dir, eval_qids, qrels, log):
+        self.runs_dir, self.eval_qids, self.qrels, self.log = runs_dir, eval_qids, qrels, log
+        self.runs: dict[str, dict] = {}          # file name -> metrics
+        self.systems: dict[str, list[str]] = {}  # system -> its files (one per seed)
+
+    def add(self, system: str, seed: int | None, run_: Mapping[str, Mapping[str, float]]) -> dict:
+        fname = f"{system}__seed{seed if seed is not None else 0}.trec"
+        if pio.is_primary():
+            write_run(self.runs_dir / fname, _subset(run_, self.eval_qids), tag=system)
+        self.runs[fname] = mean_metrics(run_metrics(_subset(run_, self.eval_qids), self.qrels, qids=self.eval_qids))
+        self.systems.setdefault(system, []).append(fname)
+        self.log(f"{system:>28s} seed {seed}: " + " ".join(f"{k}={self.runs[fname][k]:.4f}" for k in METRIC_NAMES))
+        return self.runs[fname]
+
+    def summary(self) -> dict:
+        """Per system and metric: mean, std (ddof 1) and number of seeds."""
+        out = {}
+        for system, files in self.systems.items():
+            out[system] = {}
+            for m in METRIC_NAMES:
+                vals = np.array([self.runs[f][m] for f in files], np.float64)
+                out[system][m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
+                                  "n": int(len(vals))}
+        return out
+
+
+def _prepare(cfg, out, data, log) -> SimpleNamespace:
+    """Collection, first stage, teachers, ranking groups (standardised), in one place
+    (:func:`pile_jax.prepare.prepare`), and their TFDS sources (train, train + transfer set)."""
     C.require(cfg, "teachers")
     C.require(cfg, "first_stage.depth")
     _student_kind(cfg)  # config errors before any work
     eval_split = C.get(cfg, "eval.split", "test")
     standardize = standardize_setting(cfg, "ensembles.standardize", "global")
     prep = prepare(cfg, out=out, data=data, log=log, standardize=standardize)
-    coll, splits, depth, candidates = prep.coll, prep.splits, prep.depth, prep.candidates
-    if eval_split not in splits:
+    out_path = pio.as_path(out)
+    if eval_split not in prep.splits:
         raise C.ConfigError(f"{cfg.get('_source', 'config')}: eval.split: unknown split {eval_split!r} "
-                            f"(known: {', '.join(splits)})")
-    bm25_run, teachers, groups, stats, mu, sd = prep.ranked, prep.teachers, prep.groups, prep.group_stats, prep.mu, prep.sd
-    teacher_names = prep.teacher_names
-    unjudged = C.get(cfg, "data.unjudged", "zero")
-    runs_dir = out_path / "runs"
-    train_source, builder = ranking_groups_source(
-        groups["train"], out_path / "tfds", f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}")
+                            f"(known: {', '.join(prep.splits)})")
+    groups, coll, names = prep.groups, prep.coll, prep.teacher_names
+    name = f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(names)}"
+    train_source, builder = ranking_groups_source(groups["train"], out_path / "tfds", name)
     # distillation runs also read the transfer set (unlabelled pseudo-query groups, label_mask all
     # False: they take part in distillation terms only, and PILE there is the mean of the teachers)
     transfer_source = None
     if prep.transfer is not None:
-        transfer_source, _ = ranking_groups_source(
-            concat_groups(groups["train"], prep.transfer), out_path / "tfds",
-            f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}_transfer")
+        transfer_source, _ = ranking_groups_source(concat_groups(groups["train"], prep.transfer), out_path / "tfds",
+                                                   f"{name}_transfer")
     log("ranking groups: " + ", ".join(f"{s} {len(g['query_id'])}" for s, g in groups.items())
         + (f", transfer {len(prep.transfer['query_id'])} (unlabelled)" if prep.transfer is not None else "")
-        + f"; train skipped (no label pair) {stats['train'].get('skipped_no_label_pair', 0)}; "
+        + f"; train skipped (no label pair) {prep.group_stats['train'].get('skipped_no_label_pair', 0)}; "
         f"TFDS ArrayRecord at {builder.data_dir}")
-    phase("prepare", t0)
+    return SimpleNamespace(prep=prep, data=data, coll=coll, splits=prep.splits, candidates=prep.candidates, groups=groups,
+                           teacher_names=names, eval_split=eval_split, standardize=standardize,
+                           unjudged=C.get(cfg, "data.unjudged", "zero"), train_source=train_source,
+                           transfer_source=transfer_source)
 
-    # ---- systems evaluated on the eval split: BM25, teachers, ensembles, students
-    qrels = coll.qrels
-    eval_qids = splits[eval_split]
-    runs: dict[str, dict] = {}
-    systems: dict[str, list[str]] = {}
 
-    def add_run(system: str, seed: int | None, run_: Mapping[str, Mapping[str, float]]):
-        fname = f"{system}__seed{seed if seed is not None else 0}.trec"
-        if pio.is_primary():
-            write_run(runs_dir / fname, _subset(run_, eval_qids), tag=system)
-        runs[fname] = mean_metrics(run_metrics(_subset(run_, eval_qids), qrels, qids=eval_qids))
-        systems.setdefault(system, []).append(fname)
-        log(f"{system:>28s} seed {seed}: " + " ".join(f"{k}={runs[fname][k]:.4f}" for k in METRIC_NAMES))
+def _ensembles(cfg, job, book: _RunBook, log) -> dict:
+    """Each label-free ensemble as a system on the eval split, and the teacher report (PNR / NDCG
+    of each teacher and ensemble against the labels) on train and the eval split, with unjudged
+    documents as 0 and ignored."""
+    from pile_jax import ensemble as E
 
-    add_run("bm25", None, bm25_run)
-    for name in teacher_names:
-        add_run(f"teacher_{name}", None, teachers[name])
-
-    # ---- ensembles + teacher report
-    t0 = time.perf_counter()
     methods = C.get(cfg, "ensembles.methods", {"mean": {"name": "mean"}, "pile": {"name": "pile"}})
-    ev = groups[eval_split]
+    ev = job.groups[job.eval_split]
     ts_eval = np.transpose(ev["teacher_scores"], (1, 0, 2))
     for mname, fn_name, opts in ensemble_specs(methods):
         # Label-supervised ensembles (pile, best_teacher_per_list) are training targets: on the
@@ -179,166 +252,204 @@ def _run(cfg, *, out, data, log, export):
         if fn_name in E.LABEL_ENSEMBLES:
             continue
         z = np.asarray(E.ensemble(fn_name, ts_eval, None, where=ev["mask"], **opts))
-        add_run(f"ensemble_{mname}", None, groups_to_run(ev, z))
-    report_sections = {}
+        book.add(f"ensemble_{mname}", None, groups_to_run(ev, z))
+    report = {}
     for uj in ("zero", "ignore"):
-        for s in ("train", eval_split):
-            if uj == unjudged:
-                g = groups[s]
-            else:
-                size_args = train_group_args(cfg, depth) if s == "train" else {"group_size": depth}
-                g = build_groups(coll, candidates, teachers, qids=splits[s], unjudged=uj,
-                                 require_label_pair=(s == "train"), **size_args)[0]
-                g = standardise(g, mu, sd) if standardize == "global" else g
+        for s in ("train", job.eval_split):
+            g = job.groups[s] if uj == job.unjudged else _regroup(cfg, job, s, uj)
             ts = np.transpose(g["teacher_scores"], (1, 0, 2))
-            report_sections[f"{s} (unjudged={uj})"] = E.teacher_report(
-                ts, g["labels"], where=g["mask"] & g["label_mask"], teacher_names=teacher_names,
+            report[f"{s} (unjudged={uj})"] = E.teacher_report(
+                ts, g["labels"], where=g["mask"] & g["label_mask"], teacher_names=job.teacher_names,
                 ensembles=ensemble_specs(methods))
-    for key, rep in report_sections.items():
+    for key, rep in report.items():
         note = (" [diagnostic: label-supervised ensembles here read this split's labels]"
-                if key.startswith(eval_split) else "")
+                if key.startswith(job.eval_split) else "")
         log(f"teacher report, {key}{note}:\n" + E.format_teacher_report(rep))
-    phase("ensembles", t0)
+    return report
 
-    # ---- students
-    t0 = time.perf_counter()
+
+def _regroup(cfg, job, split: str, unjudged: str) -> dict:
+    """The ranking groups of ``split`` built again with another ``unjudged`` setting (standardised
+    with the train statistics, as the job's own)."""
+    prep = job.prep
+    size_args = train_group_args(cfg, prep.depth) if split == "train" else {"group_size": prep.depth}
+    g = build_groups(job.coll, job.candidates, prep.teachers, qids=job.splits[split], unjudged=unjudged,
+                     require_label_pair=(split == "train"), **size_args)[0]
+    return standardise(g, prep.mu, prep.sd) if job.standardize == "global" else g
+
+
+def _students(cfg, job, book: _RunBook, out_path, log, export) -> SimpleNamespace:
+    """Every configured objective (``students.runs``) trained from the same initialisation over
+    the seeds, each evaluated on the eval split; the dev selection metric picks each run's seed."""
     scfg = C.require(cfg, "students")
-    seeds = [int(s) for s in scfg.get("seeds", [0])]
-    dev_cands = {q: candidates[q] for q in splits["dev"]}
-    dev_teacher = {name: mean_metrics(run_metrics(_subset(teachers[name], splits["dev"]), qrels, qids=splits["dev"]))
-                   for name in teacher_names}
-    best_teacher = max(teacher_names, key=lambda n: dev_teacher[n]["ndcg_cut_10"])
-    log(f"best single teacher on dev (ndcg_cut_10): {best_teacher} "
-        f"({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
-    curves: dict[str, list] = {}
-    dev_curves: dict[str, list] = {}   # the dev selection metric during training (select_on_dev)
-    best_students: dict[str, tuple] = {}
-    model_cfg = dict(cfg.get("model", {}))
+    st = _student_setup(cfg, scfg, job, book, log)
+    for run_name, obj_cfg in (scfg.get("runs") or {}).items():
+        obj, source = _run_objective(cfg, run_name, obj_cfg, job, st.best_teacher)
+        for seed in st.seeds:
+            _train_seed(scfg, st, job, book, out_path, log, export, run_name, obj, source, seed)
+    return st
+
+
+def _student_setup(cfg, scfg, job, book: _RunBook, log) -> SimpleNamespace:
+    """The student factory of the job (:func:`pile_jax.rankers.student_from_config` with the
+    ``model:`` section), the best single teacher on dev, and the untrained students' scores (the
+    common starting point: a system on the eval split and step 0 of the dev curves)."""
+    from pile_jax import rankers
+    from pile_jax.train.loop import score_candidates
+
+    coll, splits = job.coll, job.splits
+    dev_teacher = {name: mean_metrics(run_metrics(_subset(job.prep.teachers[name], splits["dev"]), coll.qrels,
+                                                  qids=splits["dev"])) for name in job.teacher_names}
+    best_teacher = max(job.teacher_names, key=lambda n: dev_teacher[n]["ndcg_cut_10"])
+    log(f"best single teacher on dev (ndcg_cut_10): {best_teacher} ({dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
     # students.kind: cross_encoder (default) or any student of pile_jax.models.students, with
     # students.options (e.g. bert_dot {pooling: mean}); two-tower kinds read model.max_doc_length.
-    kind = _student_kind(cfg)
-    student_extra = dict(scfg.get("options") or {})
-    if kind == "cross_encoder" and not student_extra:
-        make_student = functools.partial(rankers.cross_encoder, new_head=True)
-    else:
-        make_student = functools.partial(rankers.student, kind)
-        if kind != "cross_encoder":
-            student_extra["max_doc_length"] = int(model_cfg.get("max_doc_length", model_cfg.get("max_length", PIPELINE_MAX_LENGTH)))
-    bs = int(cfg.get("score_batch_size", 64))
-    student_args = dict(num_layers=int(scfg.get("num_layers", 2)),
-                        max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-                        max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-                        dtype=model_cfg.get("dtype", "float32"), **student_extra)
-    sel = str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC))  # dev selection metric
-    init_dev = None
+    spec = {"kind": _student_kind(cfg), "num_layers": int(scfg.get("num_layers", 2)),
+            "options": dict(scfg.get("options") or {})}
+    defaults = rankers.student_defaults(cfg.get("model"), max_length=PIPELINE_MAX_LENGTH,
+                                        max_query_length=PIPELINE_MAX_QUERY_LENGTH)
+    st = SimpleNamespace(
+        make=lambda seed: rankers.student_from_config(spec, seed=seed, defaults=defaults),
+        seeds=[int(s) for s in scfg.get("seeds", [0])], best_teacher=best_teacher,
+        dev_cands={q: job.candidates[q] for q in splits["dev"]}, bs=int(cfg.get("score_batch_size", 64)),
+        sel=str(dict(scfg.get("train") or {}).get("select_metric", DEV_METRIC)),   # dev selection metric
+        select_on_dev=bool(scfg.get("select_on_dev", True)), init_dev=None, curves={}, dev_curves={}, best={})
     if scfg.get("report_init", True):
         # the students' common starting point, untrained (seed of the first run: new heads are random)
-        init = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"), seed=seeds[0], **student_args)
-        add_run("student_init", None, score_candidates(init, init.params, {q: candidates[q] for q in eval_qids},
-                                                       coll.queries, coll.docs, batch_size=bs))
-        if scfg.get("select_on_dev", True):   # step 0 of the dev curves in results.png
-            init_run = score_candidates(init, init.params, dev_cands, coll.queries, coll.docs, batch_size=bs)
-            init_dev = mean_metrics(run_metrics(init_run, qrels, qids=splits["dev"]))[sel]
-    student_meta = _student_meta(kind, scfg, model_cfg, student_extra)
-    for run_name, obj_cfg in (scfg.get("runs") or {}).items():
-        obj = dict(obj_cfg)
-        # transfer: true|false (default: true for runs with a distillation term, when a transfer set exists)
-        use_transfer = bool(obj.pop("transfer", bool(obj.get("distill_losses"))))
-        if use_transfer and transfer_source is None and "transfer" in obj_cfg:
-            raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.runs.{run_name}.transfer: "
-                                "no transfer set (set transfer.queries)")
-        if use_transfer and not obj.get("distill_losses"):
-            raise C.ConfigError(f"{cfg.get('_source', 'config')}: students.runs.{run_name}.transfer: the transfer "
-                                "set is unlabelled, so it needs a distillation term (distill_losses)")
-        source = transfer_source if (use_transfer and transfer_source is not None) else train_source
-        if obj.get("teacher") == "best":
-            obj.pop("teacher")
-            obj["target"] = "teacher"
-            obj["teacher_index"] = teacher_names.index(best_teacher)
-        for seed in seeds:
-            t1 = time.perf_counter()
-            ranker = make_student(model_cfg.get("base", "all-MiniLM-L6-v2"), seed=seed, **student_args)
+        init = st.make(st.seeds[0])
+        book.add("student_init", None, score_candidates(init, init.params, _eval_candidates(job), coll.queries,
+                                                        coll.docs, batch_size=st.bs))
+        if st.select_on_dev:   # step 0 of the dev curves in results.png
+            st.init_dev = _dev_metrics(st, job, init, init.params)[st.sel]
+    return st
 
-            def dev_eval(params, ranker=ranker):
-                run_ = score_candidates(ranker, params, dev_cands, coll.queries, coll.docs, batch_size=bs)
-                return mean_metrics(run_metrics(run_, qrels, qids=splits["dev"]))
 
-            tcfg = dict(scfg.get("train", {}))
-            tcfg["seed"] = seed
-            work = out_path / "students" / f"{run_name}__seed{seed}"
-            spec = student_run_spec(cfg, run_name, seed, data=data, digest=groups_digest(
-                groups["train"], prep.transfer if source is transfer_source else None))
-            resume = prepare_student_folder(work, spec, log=log)   # same spec: resume; changed: clean
-            if pio.is_primary():   # the spec first, so the checkpoints always belong to model.json
-                pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "run_spec": spec})
-            result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs,
-                           config=tcfg, workdir=str(work), resume=resume,
-                           evaluate=dev_eval if scfg.get("select_on_dev", True) else None, log=log)
-            curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
-            dev_points = {h["step"]: h["eval"][sel] for h in result.history
-                          if isinstance(h.get("eval"), Mapping) and sel in h["eval"]}
-            if dev_points and init_dev is not None:
-                dev_points.setdefault(0, init_dev)
-            dev_curves.setdefault(run_name, []).append(sorted(dev_points.items()))
-            run_ = score_candidates(ranker, result.params, {q: candidates[q] for q in eval_qids},
-                                    coll.queries, coll.docs, batch_size=bs, progress=f"{eval_split} {run_name}")
-            add_run(f"student_{run_name}", seed, run_)
-            log(f"student {run_name} seed {seed}: {time.perf_counter() - t1:.1f}s (best dev step {result.best_step})")
-            if export:
-                dev = result.best_metric
-                if dev is None:  # trained without dev selection: score dev once to pick the seed
-                    dev = dev_eval(result.params)[sel]
-                card = {"name": f"student_{run_name} (seed {seed})", "teachers": teacher_names, "objective": obj,
-                        "data": f"{coll.name} train queries ({len(groups['train']['query_id'])} ranking groups)",
-                        "metrics": runs[f"student_{run_name}__seed{seed}.trec"], "metrics_split": eval_split,
-                        "dev_" + sel: float(dev)}
-                if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
-                    pio.write_json(work / "model.json", {"student": student_meta, "seed": seed, "card": card,
-                                                         "run_spec": spec})
-                if best_students.get(run_name) is None or float(dev) > best_students[run_name][0]:
-                    best_students[run_name] = (float(dev), seed, ranker, result.params, card, sel)
-    phase("students", t0)
+def _eval_candidates(job) -> dict:
+    return {q: job.candidates[q] for q in job.splits[job.eval_split]}
 
-    # ---- export: each student system's best seed (dev metric) -> <out>/models/<system>/
+
+def _dev_metrics(st, job, ranker, params) -> dict:
+    from pile_jax.train.loop import score_candidates
+
+    run_ = score_candidates(ranker, params, st.dev_cands, job.coll.queries, job.coll.docs, batch_size=st.bs)
+    return mean_metrics(run_metrics(run_, job.coll.qrels, qids=job.splits["dev"]))
+
+
+def _run_objective(cfg, run_name: str, obj_cfg: Mapping, job, best_teacher: str) -> tuple[dict, Any]:
+    """``(objective, training source)`` of one ``students.runs`` entry: ``transfer`` (default:
+    true for runs with a distillation term, when a transfer set exists) picks the source with the
+    transfer set; ``teacher: best`` becomes the best single teacher on dev."""
+    obj = dict(obj_cfg)
+    use_transfer = bool(obj.pop("transfer", bool(obj.get("distill_losses"))))
+    where = f"{cfg.get('_source', 'config')}: students.runs.{run_name}.transfer"
+    if use_transfer and job.transfer_source is None and "transfer" in obj_cfg:
+        raise C.ConfigError(f"{where}: no transfer set (set transfer.queries)")
+    if use_transfer and not obj.get("distill_losses"):
+        raise C.ConfigError(f"{where}: the transfer set is unlabelled, so it needs a distillation term "
+                            "(distill_losses)")
+    source = job.transfer_source if (use_transfer and job.transfer_source is not None) else job.train_source
+    if obj.get("teacher") == "best":
+        obj.pop("teacher")
+        obj["target"] = "teacher"
+        obj["teacher_index"] = job.teacher_names.index(best_teacher)
+    return obj, source
+
+
+def _train_seed(scfg, st, job, book: _RunBook, out_path, log, export, run_name, obj, source, seed) -> None:
+    """One student run and seed: train (dev selection), curves, the eval-split system, and (with
+    ``export``) its ``model.json`` and the best-seed bookkeeping."""
+    from pile_jax.train.loop import score_candidates, train
+
+    t1 = time.perf_counter()
+    coll = job.coll
+    ranker = st.make(seed)
+    work = out_path / "students" / f"{run_name}__seed{seed}"
+    tcfg = dict(scfg.get("train", {}))
+    tcfg["seed"] = seed
+    dev_eval = functools.partial(_dev_metrics, st, job, ranker)
+    resume = _student_folder(cfg, job, work, ranker, run_name, seed, source, log)
+    result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
+                   workdir=str(work), resume=resume, evaluate=dev_eval if st.select_on_dev else None, log=log)
+    st.curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
+    dev_points = {h["step"]: h["eval"][st.sel] for h in result.history
+                  if isinstance(h.get("eval"), Mapping) and st.sel in h["eval"]}
+    if dev_points and st.init_dev is not None:
+        dev_points.setdefault(0, st.init_dev)
+    st.dev_curves.setdefault(run_name, []).append(sorted(dev_points.items()))
+    run_ = score_candidates(ranker, result.params, _eval_candidates(job), coll.queries, coll.docs, batch_size=st.bs,
+                            progress=f"{job.eval_split} {run_name}")
+    metrics = book.add(f"student_{run_name}", seed, run_)
+    log(f"student {run_name} seed {seed}: {time.perf_counter() - t1:.1f}s (best dev step {result.best_step})")
+    if not export:
+        return
+    dev = result.best_metric
+    if dev is None:  # trained without dev selection: score dev once to pick the seed
+        dev = dev_eval(result.params)[st.sel]
+    card = {"name": f"student_{run_name} (seed {seed})", "teachers": job.teacher_names, "objective": obj,
+            "data": f"{coll.name} train queries ({len(job.groups['train']['query_id'])} ranking groups)",
+            "metrics": metrics, "metrics_split": job.eval_split, "dev_" + st.sel: float(dev)}
+    if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
+        from pile_jax.rankers import student_record
+
+        pio.write_json(work / "model.json", {"student": student_record(ranker), "seed": seed, "card": card,
+                                             "run_spec": job.specs[(run_name, seed)]})
+    if st.best.get(run_name) is None or float(dev) > st.best[run_name][0]:
+        st.best[run_name] = (float(dev), seed, ranker, result.params, card)
+
+
+def _student_folder(cfg, job, work, ranker, run_name, seed, source, log) -> bool:
+    """Makes a student's work folder belong to this run (:mod:`pile_jax.workfolders`): an
+    unchanged run spec resumes it (returns True), a changed one starts it clean; the spec goes to
+    ``model.json`` before training, so the checkpoints always belong to it."""
+    from pile_jax.rankers import student_record
+
+    transfer = job.prep.transfer if source is job.transfer_source else None
+    spec = student_run_spec(cfg, run_name, seed, data=job.data, digest=groups_digest(job.groups["train"], transfer))
+    job.specs = getattr(job, "specs", {})
+    job.specs[(run_name, seed)] = spec
+    resume = prepare_student_folder(work, spec, log=log)   # same spec: resume; changed: clean
+    if pio.is_primary():
+        pio.write_json(work / "model.json", {"student": student_record(ranker), "seed": seed, "run_spec": spec})
+    return resume
+
+
+def _export_best(students, out_path, log) -> dict:
+    """Each student system's best seed (dev metric) -> ``<out>/models/<system>/`` (process 0)."""
     exported = {}
-    if export and pio.is_primary():
-        from pile_jax.rankers import export_ranker
+    if not pio.is_primary():
+        return exported
+    from pile_jax.rankers import export_ranker
 
-        for run_name, (dev, seed, ranker, params, card, sel) in best_students.items():
-            path = out_path / "models" / f"student_{run_name}"
-            export_ranker(ranker, params, str(path), card=card)
-            exported[f"student_{run_name}"] = {"path": str(path), "seed": seed, "dev_" + sel: dev}
-            log(f"student_{run_name}: exported seed {seed} (dev {sel} {dev:.4f}) -> {path}")
-    pio.barrier("pipeline_export")
+    for run_name, (dev, seed, ranker, params, card) in students.best.items():
+        path = out_path / "models" / f"student_{run_name}"
+        export_ranker(ranker, params, str(path), card=card)
+        exported[f"student_{run_name}"] = {"path": str(path), "seed": seed, "dev_" + students.sel: dev}
+        log(f"student_{run_name}: exported seed {seed} (dev {students.sel} {dev:.4f}) -> {path}")
+    return exported
 
-    # ---- report
-    summary = {}
-    for system, files in systems.items():
-        summary[system] = {}
-        for m in METRIC_NAMES:
-            vals = np.array([runs[f][m] for f in files], np.float64)
-            summary[system][m] = {"mean": float(vals.mean()), "std": float(vals.std(ddof=1)) if len(vals) > 1 else 0.0,
-                                  "n": int(len(vals))}
-    timings["total"] = round(time.perf_counter() - t_start, 1)
+
+def _write_results(cfg, job, book: _RunBook, report, students, exported, clock: _Clock, out_path, log) -> dict:
+    """``results.json``, ``results.md`` and ``results.png`` (process 0); returns the results."""
+    from pile_jax.report import jsonable, write_report
+
+    timings = clock.total()
     results = {
-        "runs": runs,
-        "systems": summary,
-        "collection": coll.name,
-        "eval_split": eval_split,
-        "eval_queries": len(eval_qids),
-        "teachers": teacher_names,
-        "best_teacher": best_teacher,
-        "seeds": seeds,
+        "runs": book.runs,
+        "systems": book.summary(),
+        "collection": job.coll.name,
+        "eval_split": job.eval_split,
+        "eval_queries": len(job.splits[job.eval_split]),
+        "teachers": job.teacher_names,
+        "best_teacher": students.best_teacher,
+        "seeds": students.seeds,
         "timings_s": timings,
         "exported_models": exported,
-        "teacher_report": {k: jsonable(v) for k, v in report_sections.items()},
+        "teacher_report": {k: jsonable(v) for k, v in report.items()},
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
     if pio.is_primary():
         pio.write_json(out_path / "results.json", results)
-        write_report(results, curves, out, dev_curves=dev_curves,
-                     dev_metric=sel)
+        write_report(results, students.curves, str(out_path), dev_curves=students.dev_curves, dev_metric=students.sel)
     pio.barrier("pipeline_results")
     log(f"done in {timings['total']}s: {out_path / 'results.md'}")
     return results
-

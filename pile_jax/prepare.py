@@ -649,3 +649,163 @@ def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: C
     return Prepared(coll=coll, splits=splits, depth=depth, ranked=ranked, candidates=candidates, teachers=teachers,
                     provenance=prov, groups=groups, group_stats=gstats, mu=mu, sd=sd, standardize=standardize,
                     transfer=transfer)
+
+
+# ------------------------------------------------------------------------------ schema fragments
+# The sections every job shares (inputs, the teachers' model settings, teachers, ensembles), as
+# fragments of :class:`pile_jax.config.JobSchema`: ``fragment(checker, cfg, context)``.
+
+#: the known keys of the shared sections
+SECTION_KEYS = {
+    "data": ("collection", "qrels_file", "unjudged", "max_queries_per_split"),
+    "first_stage": ("depth",),
+    "candidates": ("bm25_depth", "run", "depth"),
+    "train_groups": ("size", "policy", "seed"),
+    "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
+    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
+                "outliers"),
+    "ensembles": ("standardize", "methods"),
+    "eval": ("split",),
+}
+
+
+def _exists(path: Any) -> bool:
+    return pio.as_path(str(path)).is_file()
+
+
+def model_section(c: C.Checker, node: Any, where: str) -> dict:
+    """A ``model:`` section (keys, dtype, num_layers), as a dict."""
+    node = c.section(node, where, SECTION_KEYS["model"])
+    c.choice(node, "dtype", where, C.DTYPES)
+    c.number(node, "num_layers", where, integer=True, low=1)
+    if "remat" in node and not isinstance(node["remat"], bool):
+        c.fail(f"{where}.remat", f"must be true or false, got {node['remat']!r}")
+    return node
+
+
+def check_inputs(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: ``data`` (required unless ``--data``), ``first_stage``, ``candidates``,
+    ``train_groups``, ``score_batch_size``, ``eval``, ``teacher_train``, ``teachers_from``."""
+    from pile_jax.data.groups import POLICIES
+    from pile_jax.train.loop import check_train_section
+
+    data = context.get("data")
+    d = c.section(cfg.get("data"), "data", SECTION_KEYS["data"], required=data is None)
+    if data is None and not d.get("collection"):
+        c.fail("data.collection", "required (a shipped collection name or a folder)")
+    c.choice(d, "unjudged", "data", C.UNJUDGED)
+    limit = d.get("max_queries_per_split")
+    if isinstance(limit, Mapping):
+        for s in limit:
+            if s not in C.SPLITS:
+                c.fail(f"data.max_queries_per_split.{s}", f"unknown split{C.did_you_mean(str(s), C.SPLITS)} "
+                                                          f"(known: {', '.join(C.SPLITS)})")
+            c.number(limit, s, "data.max_queries_per_split", integer=True, low=1)
+    elif limit is not None:
+        c.number(d, "max_queries_per_split", "data", integer=True, low=0)
+    fs = c.section(cfg.get("first_stage"), "first_stage", SECTION_KEYS["first_stage"])
+    c.number(fs, "depth", "first_stage", integer=True, low=1, nullable=False)
+    cand = c.section(cfg.get("candidates"), "candidates", SECTION_KEYS["candidates"])
+    for k in ("bm25_depth", "depth"):
+        c.number(cand, k, "candidates", integer=True, low=1)
+    if cand.get("run") and not _exists(cand["run"]):
+        c.fail("candidates.run", f"{cand['run']}: file not found")
+    if not cand and "depth" not in fs:
+        c.fail("first_stage.depth", "required (or a candidates section)")
+    tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
+    c.number(tg, "size", "train_groups", integer=True, low=1, nullable=False)
+    c.number(tg, "seed", "train_groups", integer=True, low=0, nullable=False)
+    c.choice(tg, "policy", "train_groups", POLICIES)
+    c.number(cfg, "score_batch_size", "", integer=True, low=1, nullable=False)
+    ev = c.section(cfg.get("eval"), "eval", SECTION_KEYS["eval"])
+    c.choice(ev, "split", "eval", C.SPLITS)
+    if "teacher_train" in cfg:
+        check_train_section(cfg["teacher_train"], "teacher_train", c.source)
+    if cfg.get("teachers_from") is not None and not isinstance(cfg["teachers_from"], str):
+        c.fail("teachers_from", f"must be a folder, got {cfg['teachers_from']!r}")
+
+
+def check_model(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment (``run``, ``study``): the ``model:`` section the teachers and students start from;
+    sets ``context["model"]``."""
+    from pile_jax.models.tokenize import check_lengths
+
+    model = model_section(c, cfg.get("model"), "model")
+    check_lengths(c, model, "model")
+    context["model"] = model
+
+
+def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: the ``teachers:`` list (required but for ``train``): unique file-safe names,
+    kinds, paths, folds, a cross-encoder teacher's objective and train section, each model's
+    lengths (from ``context["model"]``); sets ``context["teacher_names"]``."""
+    from pile_jax.models.tokenize import check_lengths
+    from pile_jax.rankers import check_layers
+    from pile_jax.train.loop import check_train_section
+    from pile_jax.train.objective import check_objective
+
+    teachers = cfg.get("teachers")
+    if teachers is None and context["job"] != "train":
+        c.fail("teachers", "required (a list of {name, kind, ...})")
+    if teachers is not None and not isinstance(teachers, list):
+        c.fail("teachers", f"must be a list of {{name, kind, ...}}, got {teachers!r}")
+    names = context["teacher_names"] = []
+    for i, spec in enumerate(teachers or []):
+        where = f"teachers[{i}]"
+        spec = c.section(spec, where, SECTION_KEYS["teacher"], required=True)
+        c.name(spec.get("name"), f"{where}.name")
+        if spec["name"] in names:
+            c.fail(f"{where}.name", f"duplicate teacher name {spec['name']!r}")
+        names.append(spec["name"])
+        where = f"teachers[{i}] ({spec['name']})"
+        kind = spec.get("kind")
+        if kind not in TEACHER_KINDS:
+            c.fail(f"{where}.kind", f"unknown kind {kind!r}{C.did_you_mean(str(kind), TEACHER_KINDS)} "
+                                    f"(known: {', '.join(TEACHER_KINDS)})")
+        if kind in ("checkpoint", "file") and not spec.get("path"):
+            c.fail(f"{where}.path", f"required for kind {kind}")
+        if kind == "file" and not _exists(spec["path"]):
+            c.fail(f"{where}.path", f"{spec['path']}: file not found")
+        c.number(spec, "folds", where, integer=True, low=1, nullable=False)
+        c.number(spec, "seed", where, integer=True, low=0, nullable=False)
+        c.number(spec, "num_layers", where, integer=True, low=1)
+        c.choice(spec, "eval_scored_by", where, ("all", "first"))
+        c.choice(spec, "outliers", where, ("error", "accept"))
+        if "outliers" in spec and kind != "file":
+            c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
+        if kind == "cross_encoder":
+            check_objective(spec.get("objective"), f"{where}.objective", c.source)
+        elif "objective" in spec:
+            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
+        if "train" in spec:
+            check_train_section(spec["train"], f"{where}.train", c.source)
+        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
+            tm = dict(context["model"])
+            extra = spec.get("model")
+            if isinstance(extra, str):
+                tm["base"] = extra
+            elif extra is not None:
+                tm.update(model_section(c, extra, f"{where}.model"))
+            if kind == "checkpoint":
+                tm["base"] = spec["path"]
+            check_lengths(c, tm, f"{where}.model" if kind != "checkpoint" else where, base_key="base")
+            check_layers(c, spec, "num_layers", where, tm.get("base", "all-MiniLM-L6-v2"))
+
+
+def check_ensembles(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment (``run``, ``study``): the ``ensembles:`` section (standardisation, methods with
+    their options, each tried once)."""
+    from pile_jax.train.objective import check_ensemble
+
+    ens = c.section(cfg.get("ensembles"), "ensembles", SECTION_KEYS["ensembles"])
+    c.choice(ens, "standardize", "ensembles", C.STANDARDIZE)
+    methods = ens.get("methods")
+    if methods is None:
+        return
+    if not isinstance(methods, Mapping):
+        c.fail("ensembles.methods", f"must map a display name to {{name, options}}, got {methods!r}")
+    for display, spec in methods.items():
+        if spec is not None and not isinstance(spec, Mapping):
+            c.fail(f"ensembles.methods.{display}", f"must be a mapping {{name, options}}, got {spec!r}")
+        opts = dict(spec or {})
+        check_ensemble(opts.pop("name", display), opts, f"ensembles.methods.{display}", c.source)

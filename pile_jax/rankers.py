@@ -1,4 +1,4 @@
-"""Ready-made :class:`~pile_jax.train.loop.Ranker` s: what the train loop and the scorers run.
+"""Ready-made :class:`~pile_jax.scoring.Ranker` s: what the train loop and the scorers run.
 
 - :func:`cross_encoder`: a (possibly truncated) pretrained BERT-family cross-encoder;
 - :func:`biencoder_cosine`: the zero-shot bi-encoder cosine (mean pooling, L2-normalised), the
@@ -23,7 +23,8 @@ from pile_jax.models.tokenize import (
     DEFAULT_MAX_QUERY_LENGTH,
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
 )
-from pile_jax.train.loop import Ranker
+from pile_jax.caches import BoundedCache
+from pile_jax.scoring import Ranker
 
 
 @functools.lru_cache(maxsize=16)
@@ -76,69 +77,40 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
 
     Texts are ``[CLS] text [SEP]`` with at most ``max_length - 2`` content tokens (the two-tower
     featuriser, both towers alike); ``meta["encode_texts"]`` encodes texts once each."""
-    from pile_jax.models import Encoder, load_pretrained, resolve_model_path
-    from pile_jax.models.frozen_docs import cached_vectors, encoder_key, remember_vectors
+    from pile_jax.models import resolve_model_path
+    from pile_jax.models.frozen_docs import DocumentIndex
     from pile_jax.models.tokenize import TwoTowerTokenizer
-    from pile_jax.scoring import data_parallel, map_sorted
 
     path = resolve_model_path(base)
-    config, params = load_pretrained(path, new_head=True, encoder_only=True)  # the head is not used
-    key = encoder_key(path, config.num_layers, "mean", True, max_length - 2, config.dtype)
-    encoder = Encoder(config)
     features = TwoTowerTokenizer(path, max_query_length=max_length - 2, max_doc_length=max_length - 2,
                                  query_special=True, doc_special="cls_sep", buckets=buckets)
-
-    def encode(enc_params, ids, mask):
-        out = encoder.apply({"params": enc_params}, ids, mask, jnp.zeros_like(ids), deterministic=True)
-        h = out.last_hidden_state.astype(jnp.float32)
-        m = mask[..., None].astype(jnp.float32)
-        v = (h * m).sum(-2) / jnp.maximum(m.sum(-2), 1e-9)
-        return v / jnp.maximum(jnp.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
+    # the encoder is a frozen document index's: BertDot's tower, mean pooling, L2-normalised
+    index = DocumentIndex(path, tokens=features, pooling="mean", normalize=True)
 
     def score_fn(params, batch, *, rng=None, train=False):
-        q = encode(params, batch["query_ids"], batch["query_mask"])                     # [B, H]
+        q = index.encode(params, batch["query_ids"], batch["query_mask"])                     # [B, H]
         B, n, L = batch["doc_ids"].shape
-        d = encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L)).reshape(B, n, -1)
-        return jnp.einsum("bh,bnh->bn", q, d)
-
-    encode_jit = jax.jit(lambda p, batch: encode(p, batch["ids"], batch["mask"]))
+        d = index.encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L))
+        return jnp.einsum("bh,bnh->bn", q, d.reshape(B, n, -1))
 
     def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None,
                      devices=None, distributed: bool | None = None) -> np.ndarray:
         """L2-normalised vectors [N, H] of ``texts``, each unique text tokenised once and encoded
         once per process (with the pretrained params, vectors are kept for later calls and for a
         frozen document index of the same model, :mod:`pile_jax.models.frozen_docs`), in
-        length-sorted batches, data-parallel (:func:`pile_jax.scoring.map_sorted`)."""
+        length-sorted batches, data-parallel (:meth:`DocumentIndex.encode_rows`)."""
         texts = [str(t) for t in texts]
         if not texts:
-            return np.zeros((0, config.hidden_size), np.float32)
+            return np.zeros((0, index.dim), np.float32)
         unique = list(dict.fromkeys(texts))
         store = features.tokenize_texts(unique, unique)
-        urows = store.rows(np.asarray(unique, dtype=object))
-        out = np.zeros((len(unique), config.hidden_size), np.float32)
-        pretrained = enc_params is params["encoder"]
-        todo = np.flatnonzero(~cached_vectors(key, store, urows, max_length - 2, out)) if pretrained \
-            else np.arange(len(unique))
-        if todo.size:
-            rows = urows[todo]
-            run, multiple = data_parallel(encode_jit, enc_params, devices)
-            size = -(-batch_size // multiple) * multiple
-
-            def make_batch(idx, n_rows):
-                r = np.full(n_rows, store.index[""], np.int64)   # padding rows: "" ([CLS] [SEP])
-                r[:len(idx)] = rows[idx]
-                ids, mask = features.encode_query_rows(store, r)
-                return {"ids": ids, "mask": mask}
-
-            out[todo] = map_sorted(features.item_lengths(store, rows, store, rows), size, make_batch, run,
-                                   tail=(config.hidden_size,), progress=progress, distributed=distributed)
-            if pretrained:
-                remember_vectors(key, store, rows, out[todo], max_length - 2)
+        out = index.encode_rows(store, store.rows(np.asarray(unique, dtype=object)), params=enc_params,
+                                batch_size=batch_size, devices=devices, distributed=distributed, progress=progress)
         position = {t: i for i, t in enumerate(unique)}
         return out[np.fromiter((position[t] for t in texts), np.int64, len(texts))]
 
-    return Ranker(params=params["encoder"], score_fn=score_fn, featurize=features.featurize, kind="biencoder_cosine",
-                  meta={"config": config, "path": path, "encode_texts": encode_texts, "features": features})
+    return Ranker(params=index.params, score_fn=score_fn, featurize=features.featurize, kind="biencoder_cosine",
+                  meta={"config": index.config, "path": path, "encode_texts": encode_texts, "features": features})
 
 
 def biencoder_score_candidates(
@@ -163,39 +135,32 @@ def biencoder_score_candidates(
     return {q: {d: float(qv[i] @ dv[row[d]]) for d in candidates[q]} for i, q in enumerate(qids)}
 
 
-_STUDENT_PARTS: dict = {}
+#: (module, score function, featuriser, input kind) per student shape config (content key: kind,
+#: checkpoint folder, layers, lengths, dtype, remat, options), so seeds and objectives reuse the
+#: compiled train/score steps; owned here, at most 16 shapes per process
+STUDENT_PARTS = BoundedCache("pile_jax.rankers", "student_parts", maxsize=16)
 
 
 def _student_parts(kind: str, path: str, num_layers, max_length: int, max_query_length: int, max_doc_length: int,
                    dtype, remat, opts: tuple, seed: int):
     """``(module, score_fn, features, input_kind, params or None)`` of one student shape config.
 
-    Cached (module, score function, featuriser), so seeds and objectives reuse the compiled
-    train/score steps (see :func:`_cross_encoder_parts`); on a cache miss the params built for
-    ``seed`` come back too (the checkpoint is read once)."""
-    from pile_jax.models.students import build_student, make_features
+    Cached in :data:`STUDENT_PARTS` (see :func:`_cross_encoder_parts`); on a cache miss the
+    params built for ``seed`` come back too (the checkpoint is read once)."""
+    from pile_jax.models.features import make_features, split_doc_side
+    from pile_jax.models.students import build_student
 
     key = (kind, path, num_layers, max_length, max_query_length, max_doc_length, dtype, remat, opts)
-    if key in _STUDENT_PARTS:
-        return (*_STUDENT_PARTS[key], None)
-    module_opts, doc_side = _split_doc_side(kind, dict(opts))
+    kept = STUDENT_PARTS.get(key)
+    if kept is not None:
+        return (*kept, None)
+    module_opts, doc_side = split_doc_side(kind, dict(opts))
     module, params, score_fn, input_kind = build_student(kind, path, seed=seed, num_layers=num_layers, dtype=dtype,
                                                          remat=remat, **module_opts)
     features = make_features(input_kind, path, max_query_length=max_query_length, max_doc_length=max_doc_length,
                              max_length=max_length, **({"dtype": dtype, **doc_side} if input_kind == "frozen_docs" else {}))
-    _STUDENT_PARTS[key] = (module, score_fn, features, input_kind)
+    STUDENT_PARTS.put(key, (module, score_fn, features, input_kind))
     return module, score_fn, features, input_kind, params
-
-
-def _split_doc_side(kind: str, opts: dict) -> tuple[dict, dict]:
-    """``(module options, frozen document-side options)``: kind query_encoder's ``doc_*`` options
-    set its featuriser's frozen document encoder (:mod:`pile_jax.models.frozen_docs`)."""
-    from pile_jax.models.frozen_docs import DOC_ENCODER_OPTIONS
-
-    if kind != "query_encoder":
-        return opts, {}
-    return ({k: v for k, v in opts.items() if k not in DOC_ENCODER_OPTIONS},
-            {k: v for k, v in opts.items() if k in DOC_ENCODER_OPTIONS})
 
 
 def _hashable(value):
@@ -235,6 +200,7 @@ def student(
     ``features`` (the tokenise-once featuriser: ``tokenize_texts`` / ``assemble`` / ``item_lengths``).
     """
     from pile_jax.models import resolve_model_path
+    from pile_jax.models.features import split_doc_side
     from pile_jax.models.students import build_student
 
     path = str(resolve_model_path(base))
@@ -244,11 +210,144 @@ def student(
         kind, path, nl, int(max_length), int(max_query_length), int(max_doc_length), dtype, remat, key_opts, int(seed))
     if params is None:
         _, params, _, _ = build_student(kind, path, seed=seed, num_layers=nl, dtype=dtype, remat=remat,
-                                        **_split_doc_side(kind, dict(opts))[0])
+                                        **split_doc_side(kind, dict(opts))[0])
     return Ranker(params=params, score_fn=score_fn, featurize=features.featurize, kind=kind,
                   meta={"module": module, "input_kind": input_kind, "path": path, "num_layers": nl,
                         "features": features, "base": base, "max_length": int(max_length),
-                        "max_query_length": int(max_query_length), "max_doc_length": int(max_doc_length)})
+                        "max_query_length": int(max_query_length), "max_doc_length": int(max_doc_length),
+                        "dtype": dtype, "remat": remat, "options": dict(opts)})
+
+
+#: the keys of a student spec (``student:`` of ``pile-jax train``, ``students:`` of ``run``, each
+#: student of ``study.students``) that :func:`student_from_config` reads besides the kind's options
+STUDENT_SPEC_KEYS = ("kind", "base", "num_layers", "max_length", "max_query_length", "max_doc_length", "dtype",
+                     "remat", "options")
+
+
+def student_options() -> dict[str, tuple[str, ...]]:
+    """Per student kind, the options its spec may set (:func:`pile_jax.models.students.build_student`'s,
+    plus the frozen document side of ``query_encoder``)."""
+    from pile_jax.models.features import STUDENT_OPTIONS
+
+    return dict(STUDENT_OPTIONS)
+
+
+POOLINGS = ("cls", "mean")
+#: per student kind, how each option is checked: ("bool",) | ("choice", values) |
+#: ("int", lowest, nullable) | ("number", lowest, nullable) | ("layers", base key) | ("model",) | ("numbers",)
+OPTION_RULES = {
+    "bert_dot": {"compress_dim": ("int", 1, True), "pooling": ("choice", POOLINGS), "normalize": ("bool",)},
+    "query_encoder": {"pooling": ("choice", POOLINGS), "normalize": ("bool",), "doc_encoder": ("model",),
+                      "doc_layers": ("layers", "doc_encoder"), "doc_pooling": ("choice", POOLINGS),
+                      "doc_normalize": ("bool",)},
+    "colbert": {"compress_dim": ("int", 1, True), "query_augment": ("bool",), "mask_token_id": ("int", 0, True)},
+    "prett": {"split_layer": ("int", 0, False)},
+    "tk": {"tk_layers": ("int", 1, False), "embed_dim": ("int", 1, True), "num_heads": ("int", 1, False),
+           "ff_dim": ("int", 1, False), "mu": ("numbers",), "sigma": ("number", 0, False),
+           "doc_position_offset": ("int", 0, False), "dropout": ("number", 0, False)},
+}
+
+
+def check_layers(c, node: Mapping, key: str, where: str, base) -> None:
+    """Schema helper: ``node[key]`` an integer from 1 to the depth of the checkpoint ``base``
+    (read from its config.json, :func:`pile_jax.models.hub.checkpoint_depth`)."""
+    from pile_jax.models.hub import checkpoint_depth
+
+    c.number(node, key, where, integer=True, low=1)
+    if node.get(key) is None or base is None:
+        return
+    try:
+        depth, folder = checkpoint_depth(base)
+    except (OSError, ValueError, KeyError) as e:
+        c.fail(f"{where}.{key}", f"cannot read the model {base!r}: {e}")
+    if int(node[key]) > depth:
+        c.fail(f"{where}.{key}", f"{node[key]} exceeds the {depth} layers of {folder}")
+
+
+def check_student_options(c, kind: str, options, where: str, *, base, num_layers=None) -> dict:
+    """Schema helper: a student's ``options`` (the known keys of ``kind``, each value's type, range
+    or choice, :data:`OPTION_RULES`): layer counts within the checkpoint's depth, PreTT's
+    ``split_layer`` within the student's layers, TK's dropout below 1. Returns the options."""
+    from pile_jax.models.hub import checkpoint_depth
+
+    options = c.section(options, where, student_options().get(kind, ()))
+    for key, rule in OPTION_RULES.get(kind, {}).items():
+        if key not in options:
+            continue
+        value, at = options[key], f"{where}.{key}"
+        if rule[0] == "bool" and not isinstance(value, bool):
+            c.fail(at, f"must be true or false, got {value!r}")
+        elif rule[0] == "choice":
+            c.choice(options, key, where, rule[1])
+        elif rule[0] in ("int", "number"):
+            c.number(options, key, where, integer=rule[0] == "int", low=rule[1], nullable=rule[2],
+                     low_open=key == "sigma")
+        elif rule[0] == "numbers":
+            if not isinstance(value, (list, tuple)) or not value:
+                c.fail(at, f"must be a non-empty list of numbers, got {value!r}")
+            for i in range(len(value)):
+                c.number(dict(enumerate(value)), i, at, nullable=False)
+        elif rule[0] == "model":
+            if not isinstance(value, str) or not value:
+                c.fail(at, f"must be a model folder or hub id, got {value!r}")
+            try:
+                checkpoint_depth(value)
+            except (OSError, ValueError, KeyError) as e:
+                c.fail(at, f"cannot read the model {value!r}: {e}")
+        elif rule[0] == "layers":
+            check_layers(c, options, key, where, options.get(rule[1]) or base)
+    if kind == "tk" and isinstance(options.get("dropout"), (int, float)) and options["dropout"] >= 1:
+        c.fail(f"{where}.dropout", f"must be < 1, got {options['dropout']!r}")
+    if kind == "prett" and isinstance(options.get("split_layer"), int):
+        layers = num_layers
+        if layers is None:
+            try:
+                layers = checkpoint_depth(base)[0]
+            except (OSError, ValueError, KeyError):
+                layers = None
+        if layers is not None and options["split_layer"] > int(layers):
+            c.fail(f"{where}.split_layer", f"{options['split_layer']} exceeds the student's {layers} layers")
+    return options
+
+
+#: the keys of a job's ``model:`` section that are student defaults
+MODEL_DEFAULT_KEYS = ("base", "max_length", "max_query_length", "max_doc_length", "dtype")
+
+
+def student_defaults(model: Mapping | None, **length_defaults) -> dict:
+    """A job's defaults for :func:`student_from_config`: ``length_defaults`` (the job's documented
+    lengths, e.g. ``PIPELINE_MAX_LENGTH``) overridden by the ``model:`` section's ``base``,
+    lengths and ``dtype`` where it sets them."""
+    model = dict(model or {})
+    return {**length_defaults, **{k: model[k] for k in MODEL_DEFAULT_KEYS if k in model}}
+
+
+def student_from_config(spec: Mapping, *, seed: int = 0, defaults: Mapping | None = None) -> Ranker:
+    """The one student factory of ``run``, ``study`` and ``train``: :func:`student` from a config
+    spec ``{kind (default cross_encoder), base (default all-MiniLM-L6-v2), num_layers, max_length,
+    max_query_length, max_doc_length (default max_length), dtype, remat, options: {...}}``; kind
+    options may also sit in the spec itself (a study cell). ``defaults``: the job's values for keys
+    the spec lacks (its ``model:`` section and length defaults). A cross-encoder's score head is new
+    (seeded) where the checkpoint has none; the two-tower kinds keep the encoder only."""
+    merged = {**dict(defaults or {}), **{k: v for k, v in dict(spec).items() if v is not None or k == "options"}}
+    kind = merged.pop("kind", "cross_encoder")
+    options = dict(merged.pop("options", None) or {})
+    options.update({k: merged.pop(k) for k in list(merged) if k not in STUDENT_SPEC_KEYS})
+    max_length = int(merged.get("max_length", DEFAULT_MAX_LENGTH))
+    return student(kind, merged.get("base", "all-MiniLM-L6-v2"), num_layers=merged.get("num_layers"),
+                   max_length=max_length, max_query_length=int(merged.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
+                   max_doc_length=int(merged.get("max_doc_length", max_length)), dtype=merged.get("dtype"),
+                   remat=merged.get("remat"), seed=int(seed), **options)
+
+
+def student_record(ranker: Ranker) -> dict:
+    """The spec that rebuilds ``ranker`` with :func:`student_from_config` (``model.json``,
+    ``pile-jax export <work folder>``)."""
+    meta = ranker.meta
+    return {"kind": ranker.kind, "base": meta.get("base"), "num_layers": meta.get("num_layers"),
+            "max_length": meta["max_length"], "max_query_length": meta["max_query_length"],
+            "max_doc_length": meta["max_doc_length"], "dtype": meta.get("dtype"), "remat": meta.get("remat"),
+            "options": dict(meta.get("options") or {})}
 
 
 def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) -> str:
@@ -310,7 +409,7 @@ def load_student(path, *, dtype: str | None = None) -> Ranker:
     (``max_length``, ``max_query_length``, ``max_doc_length`` of ``pile_jax_student.json``)."""
     from pile_jax.models.export import load_student as _load, read_student_info
     from pile_jax.models.hub import resolve_model_path
-    from pile_jax.models.students import make_features
+    from pile_jax.models.features import make_features
 
     folder = str(resolve_model_path(path))
     module, params, score_fn, input_kind = _load(folder, dtype=dtype)   # checks the manifest first

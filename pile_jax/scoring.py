@@ -16,20 +16,41 @@ only) still work through the text path.
   and, on several processes, process ``p`` scores batches ``p, p + P, ...``; the scores are
   all-gathered so every process returns the full array in input order (every process must
   call; ``distributed=False`` scores everything locally instead).
-* :func:`map_sorted`: the one length-sorted batching loop (scoring pairs, encoding texts).
+* :func:`map_sorted`, :func:`data_parallel`, :func:`cached_scorer` (re-exported): the shared
+  data-parallel helpers of :mod:`pile_jax.parallel`; :func:`pair_batches` (re-exported) lives
+  with the featurisers in :mod:`pile_jax.models.tokenize`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
-import jax
 import numpy as np
 
-__all__ = ["make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
+from pile_jax.models.tokenize import pair_batches
+from pile_jax.parallel import cached_scorer, data_parallel, map_sorted, scorer_first_column
+
+__all__ = ["Ranker", "Featurize", "make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
            "data_parallel", "pair_batches", "GROUP_KEYS"]
 
 GROUP_KEYS = ("labels", "label_mask", "mask", "teacher_scores")
+
+Featurize = Callable[[Sequence[str], Sequence[Sequence[str]]], dict]
+
+
+@dataclasses.dataclass
+class Ranker:
+    """A trainable ranker: params + score function ``score_fn(params, batch, *, rng, train) ->
+    scores [B, n]`` (or ``(scores, aux_losses)``) + text featuriser ``featurize(queries [B],
+    docs [B][n]) -> arrays`` (+ metadata: ``meta["features"]``, the tokenise-once featuriser).
+    What the train loop trains and the scorers run (:mod:`pile_jax.rankers` builds them)."""
+
+    params: Any
+    score_fn: Callable
+    featurize: Featurize
+    kind: str = "cross_encoder"
+    meta: dict = dataclasses.field(default_factory=dict)
 
 
 def features_of(ranker):
@@ -130,94 +151,6 @@ def _str(x) -> str:
 
 
 # ============================================================================ scoring
-_SCORERS: dict = {}
-
-
-def cached_scorer(score_fn: Callable) -> Callable:
-    """One jit-compiled ``(params, batch) -> float32 [B, n]`` scorer per score function (so
-    compiled shapes are reused)."""
-    if score_fn not in _SCORERS:
-        from pile_jax.train.step import eval_scores_fn
-
-        _SCORERS[score_fn] = eval_scores_fn(score_fn)
-    return _SCORERS[score_fn]
-
-
-def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
-    """``(run(batch) -> device array, rows multiple)``: ``fn(params, batch)`` with ``params``
-    replicated on ``devices`` (default: all local devices) and ``batch`` split on its leading
-    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings."""
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-    devices = list(devices or jax.local_devices())
-    mesh = Mesh(np.asarray(devices), ("data",))
-    replicated = jax.device_put(jax.tree_util.tree_map(_addressable, params), NamedSharding(mesh, PartitionSpec()))
-    split = NamedSharding(mesh, PartitionSpec("data"))
-
-    def run(batch):
-        return fn(replicated, jax.device_put(batch, split))
-
-    return run, len(devices)
-
-
-def _addressable(x):
-    """A value this process can place on its own devices: params of a multi-process
-    ``jit`` + sharding run (global arrays) are read from the local replica, or gathered."""
-    if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        if x.is_fully_replicated:
-            return x.addressable_data(0)
-        from jax.experimental import multihost_utils
-
-        return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-    return x
-
-
-def map_sorted(lengths, batch_size: int, make_batch: Callable, run: Callable, *, tail: tuple = (),
-               progress: str | None = None, distributed: bool | None = None) -> np.ndarray:
-    """``out [N, *tail]`` float32: item ``i``'s row of ``run(make_batch(idx, rows))``.
-
-    Items are stably sorted by ``lengths`` and cut into batches of ``batch_size``;
-    ``make_batch(idx, rows)`` builds the batch of items ``idx`` padded to ``rows = batch_size``
-    rows, ``run`` returns ``[rows, *tail]`` (a device array: the next batch is assembled while
-    it computes). ``distributed`` (default: more than one process): process ``p`` of ``P`` runs
-    batches ``p, p + P, ...`` and the results are all-gathered (every process must call).
-    """
-    n = len(lengths)
-    out = np.zeros((n, *tail), np.float32)
-    order = np.argsort(np.asarray(lengths, np.int64), kind="stable")
-    chunks = [order[i:i + batch_size] for i in range(0, n, batch_size)]
-    pc, pi = jax.process_count(), jax.process_index()
-    distributed = pc > 1 if distributed is None else bool(distributed)
-    mine = chunks[pi::pc] if distributed else chunks
-    local = np.zeros((len(mine), batch_size, *tail), np.float32)
-    it = range(len(mine))
-    if progress:
-        from pile_jax.logs import progress as progress_bar
-
-        it = progress_bar(it, desc=progress, unit="batch")
-    pending = None
-    for k in it:
-        res = run(make_batch(mine[k], batch_size))
-        if pending is not None:
-            local[pending[0]] = np.asarray(pending[1])
-        pending = (k, res)
-    if pending is not None:
-        local[pending[0]] = np.asarray(pending[1])
-    if not distributed:
-        for idx, res in zip(mine, local):
-            out[idx] = res[:len(idx)]
-        return out
-    from jax.experimental import multihost_utils
-
-    per = -(-len(chunks) // pc)
-    padded = np.zeros((per, batch_size, *tail), np.float32)
-    padded[:len(local)] = local
-    gathered = np.asarray(multihost_utils.process_allgather(padded))      # [P, per, rows, *tail]
-    for c, idx in enumerate(chunks):
-        out[idx] = gathered[c % pc, c // pc, :len(idx)]
-    return out
-
-
 def score_pairs(
     ranker,
     params: Any,
@@ -253,50 +186,17 @@ def score_pairs(
     return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
 
 
-def pair_batches(features, pairs: Sequence[tuple[str, str]], *, distributed: bool | None = None):
-    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one
-    with a tokenise-once featuriser: each unique text tokenised once (the Rust batch path),
-    ``lengths`` the tokens per pair (``item_lengths``), ``make_batch`` assembles pairs ``idx``
-    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True. A
-    featuriser with a frozen document index (``index_documents``) encodes the unique documents
-    first (``distributed`` as in :func:`map_sorted`)."""
-    from pile_jax.models.tokenize import tokenize_texts
-
-    qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
-    texts = list(dict.fromkeys(qs + ds))
-    store = tokenize_texts(features._backend, texts, texts)
-    q_rows = store.rows(np.asarray(qs, dtype=object))
-    d_rows = store.rows(np.asarray(ds, dtype=object))
-    empty = store.index[""]
-    if hasattr(features, "index_documents"):   # frozen document vectors: each unique document once
-        features.index_documents(store, np.unique(np.append(d_rows, empty)), distributed=distributed)
-
-    def make_batch(idx, size):
-        q = np.full(size, empty, np.int64)
-        d = np.full(size, empty, np.int64)
-        q[:len(idx)], d[:len(idx)] = q_rows[idx], d_rows[idx]
-        batch = features.assemble(store, q, store, d[:, None])
-        batch["mask"] = np.ones((size, 1), bool)
-        return batch
-    return features.item_lengths(store, q_rows, store, d_rows), make_batch
-
-
 def _text_pair_batches(ranker, pairs):
     """:func:`pair_batches` for rankers with a text ``featurize`` only (character lengths)."""
     lengths = np.asarray([len(q) + len(d) for q, d in pairs], np.int64)
 
     def make_batch(idx, size):
-        qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))
+        qs = [pairs[i][0] for i in idx] + [""] * (size - len(idx))   # padding rows: empty pairs
         ds = [[pairs[i][1]] for i in idx] + [[""]] * (size - len(idx))
         batch = dict(ranker.featurize(qs, ds))
         batch["mask"] = np.ones((size, 1), bool)
         return batch
     return lengths, make_batch
-
-
-@jax.jit
-def scorer_first_column(scores):
-    return scores[:, 0]
 
 
 def score_candidates(

@@ -49,14 +49,18 @@ import platform
 import re
 import statistics
 import time
+from types import SimpleNamespace
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from pile_jax import config as C
 from pile_jax import io as pio
+from pile_jax.caches import BoundedCache
 from pile_jax.report import jsonable as _jsonable
 from pile_jax.report import save_figure
+from pile_jax.prepare import prepare, ranking_groups_source, standardize_setting
+from pile_jax.train.evaluate import mean_metrics, run_metrics
 
 METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 EXPORT_METRIC = "ndcg_cut_10"  # dev metric that picks each cell's exported seed
@@ -191,46 +195,49 @@ def load_layer_teacher(spec, *, cfg, coll, candidates, splits, out, log) -> tupl
 
 
 # ---------------------------------------------------------------------------------- students
-_INTER_FNS: dict = {}
+#: the intermediate-layer score function per (student score function, layer teacher, terms):
+#: content keys (the teacher by its params file and depth, not ``id()`` of its params), so seeds
+#: of a cell reuse one compiled step; owned here, at most 16 per process
+INTER_FNS = BoundedCache("pile_jax.study", "intermediate_score_fns", maxsize=16)
+
+
+def student_defaults(cfg: Mapping[str, Any]) -> dict:
+    """The study's defaults for a student spec: the ``model:`` section over the study lengths
+    (``PIPELINE_MAX_LENGTH``, ``PIPELINE_MAX_QUERY_LENGTH``, ``STUDY_MAX_DOC_LENGTH``)."""
+    from pile_jax import rankers
+    from pile_jax.models import tokenize as T
+
+    return rankers.student_defaults(cfg.get("model"), max_length=T.PIPELINE_MAX_LENGTH,
+                                    max_query_length=T.PIPELINE_MAX_QUERY_LENGTH, max_doc_length=T.STUDY_MAX_DOC_LENGTH)
 
 
 def make_student(cell, *, cfg, seed: int, layer_teacher=None):
-    """``(train ranker, eval ranker, to_eval_params)`` for a cell and seed."""
+    """``(train ranker, eval ranker, to_eval_params)`` for a cell and seed (the student from the
+    one factory, :func:`pile_jax.rankers.student_from_config`; with intermediate-layer terms the
+    train ranker also holds the projections to the layer teacher's width)."""
     from pile_jax import layer_distill as LD
     from pile_jax import rankers
-    from pile_jax.train.loop import Ranker
+    from pile_jax.scoring import Ranker
 
     import jax
 
-    spec = dict(cell["student_spec"])
-    kind = spec.pop("kind")
-    model_cfg = dict(cfg.get("model", {}))
-    base = spec.pop("base", model_cfg.get("base", "all-MiniLM-L6-v2"))
-    from pile_jax.models import tokenize as T
-
-    kw = {k: spec.pop(k, model_cfg.get(k, d)) for k, d in
-          (("max_length", T.PIPELINE_MAX_LENGTH), ("max_query_length", T.PIPELINE_MAX_QUERY_LENGTH),
-           ("max_doc_length", T.STUDY_MAX_DOC_LENGTH))}
-    dtype = spec.pop("dtype", model_cfg.get("dtype"))
-    num_layers = spec.pop("num_layers", None)
-    ranker = rankers.student(kind, base, num_layers=num_layers, dtype=dtype, seed=seed, **kw, **spec)
+    ranker = rankers.student_from_config(cell["student_spec"], seed=seed, defaults=student_defaults(cfg))
     inter = cell["objective"].get("intermediate")
     if not inter:
         return ranker, ranker, lambda p: p
-    t_module, t_params, _ = layer_teacher
+    t_module, t_params, t_prov = layer_teacher
     inter = {k: v for k, v in dict(inter).items() if k != "weight"}
     weights = {k: float(inter[k]) for k in ("hidden", "attention", "embedding") if k in inter}
-    key = (ranker.score_fn, id(t_params), tuple(sorted(weights.items())), str(inter.get("layer_map", "uniform")),
-           inter.get("attention_loss", "kl"))
-    if key not in _INTER_FNS:
-        _INTER_FNS[key] = LD.make_intermediate_score_fn(
-            ranker.meta["module"], t_module, t_params, layer_map=inter.get("layer_map", "uniform"),
-            weights=weights, attention_loss=inter.get("attention_loss", "kl"))
+    key = (ranker.score_fn, str(t_prov["params"]), int(t_prov["num_layers"]), tuple(sorted(weights.items())),
+           str(inter.get("layer_map", "uniform")), inter.get("attention_loss", "kl"))
+    score_fn = INTER_FNS.get_or_make(key, lambda: LD.make_intermediate_score_fn(
+        ranker.meta["module"], t_module, t_params, layer_map=inter.get("layer_map", "uniform"),
+        weights=weights, attention_loss=inter.get("attention_loss", "kl")))
     s_cfg, t_cfg = ranker.meta["module"].config, t_module.config
     proj = LD.init_projections(jax.random.PRNGKey(1000 + seed), s_cfg.hidden_size, t_cfg.hidden_size,
                                student_embedding_dim=s_cfg.embedding_size, teacher_embedding_dim=t_cfg.embedding_size)
-    train_ranker = Ranker(params={"student": ranker.params, "projections": proj}, score_fn=_INTER_FNS[key],
-                          featurize=ranker.featurize, kind=kind, meta=ranker.meta)
+    train_ranker = Ranker(params={"student": ranker.params, "projections": proj}, score_fn=score_fn,
+                          featurize=ranker.featurize, kind=ranker.kind, meta=ranker.meta)
     return train_ranker, ranker, lambda p: p["student"]
 
 
@@ -295,185 +302,221 @@ def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | 
 
 
 def _run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None]) -> dict:
-    from pile_jax.bm25 import bm25_search
-    from pile_jax.data import iter_group_examples, write_run
-    from pile_jax.prepare import prepare, ranking_groups_source, standardize_setting
-    from pile_jax.train.evaluate import mean_metrics, run_metrics
-    from pile_jax.train.loop import score_candidates, train
-
+    """The study, top to bottom: prepare (teachers, layer teacher) -> train groups -> the grid of
+    cells x seeds -> export of each cell's best seed -> latency per student -> report."""
     t_start = time.perf_counter()
     out_path = pio.as_path(out)
     out_path.mkdir(parents=True, exist_ok=True)
-    study = dict(C.require(cfg, "study"))
-    cells = expand_cells(study)
-    seeds = [int(s) for s in study.get("seeds", [0])]
+    st = _study_settings(cfg)
     timings: dict[str, float] = {}
+
+    def timed(name, fn, *args):
+        t0 = time.perf_counter()
+        result = fn(*args)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        log(f"{name}: {timings[name]}s")
+        return result
+
+    job = timed("prepare", _study_prepare, cfg, st, out, log)
+    job.train_source = timed("groups", _study_train_source, st, job, out_path, log)
+    grid = timed("grid", _grid, cfg, st, job, out_path, log)
+    exported = _export_cells(grid, out_path, log) if st.export else {}
+    pio.barrier("study_export")
+    latency = timed("latency", _latency, st, job, grid, log)
+    timings["total"] = round(time.perf_counter() - t_start, 1)
+    results = _study_results(cfg, st, job, grid, latency, exported, timings)
+    if pio.is_primary():
+        pio.write_json(out_path / "study.json", _jsonable(results))
+        write_study_report(results, grid.curves, out)
+    pio.barrier("study_results")
+    log(f"done in {timings['total']}s: {out_path / 'study.md'}")
+    return results
+
+
+def _study_settings(cfg) -> SimpleNamespace:
+    """The ``study:`` section read once: cells, seeds, train source, standardisation, eval split."""
+    study = dict(C.require(cfg, "study"))
     source_kind = study.get("train_source", "memory")
     if source_kind not in ("tfds", "memory"):
         raise C.ConfigError(f"{cfg.get('_source', 'config')}: study.train_source must be tfds or memory")
     standardize = standardize_setting(cfg, "ensembles.standardize", "none")
     C.require(cfg, "teachers")
+    return SimpleNamespace(study=study, cells=expand_cells(study), seeds=[int(s) for s in study.get("seeds", [0])],
+                           source_kind=source_kind, standardize=standardize, export=bool(study.get("export", True)),
+                           eval_split=C.get(cfg, "eval.split", "test"), bs=int(cfg.get("score_batch_size", 64)))
 
-    def phase(name, t0):
-        timings[name] = round(time.perf_counter() - t0, 1)
-        log(f"{name}: {timings[name]}s")
 
-    # ---- data, first stage, teachers (reused from `teachers_from` or <out>/teachers), groups
-    t0 = time.perf_counter()
+def _study_prepare(cfg, st, out, log) -> SimpleNamespace:
+    """Data, first stage, teachers (reused from ``teachers_from`` or ``<out>/teachers``), groups;
+    the best cross-encoder teacher on dev; the layer teacher when a cell has intermediate terms."""
     src = cfg.get("teachers_from")
-    prep = prepare(cfg, out=out, log=log, standardize=standardize, reuse_from=[src] if src else [])
-    coll, splits, depth, candidates = prep.coll, prep.splits, prep.depth, prep.candidates
-    bm25_run, teachers, teacher_prov, groups = prep.ranked, prep.teachers, prep.provenance, prep.groups
-    log(f"study {study.get('name', '')}: {coll.name}, " + ", ".join(f"{s} {len(q)}" for s, q in splits.items())
-        + f" queries, depth {depth}; {len(cells)} cells x {len(seeds)} seeds")
-    teacher_names = list(teachers)
-    qrels = coll.qrels
-    dev_teacher = {n: mean_metrics(run_metrics(_subset(teachers[n], splits["dev"]), qrels, qids=splits["dev"]))
-                   for n in teacher_names}
+    prep = prepare(cfg, out=out, log=log, standardize=st.standardize, reuse_from=[src] if src else [])
+    coll, splits = prep.coll, prep.splits
+    log(f"study {st.study.get('name', '')}: {coll.name}, " + ", ".join(f"{s} {len(q)}" for s, q in splits.items())
+        + f" queries, depth {prep.depth}; {len(st.cells)} cells x {len(st.seeds)} seeds")
+    names = list(prep.teachers)
+    dev_teacher = {n: mean_metrics(run_metrics(_subset(prep.teachers[n], splits["dev"]), coll.qrels,
+                                               qids=splits["dev"])) for n in names}
     specs = {s["name"]: s for s in cfg["teachers"]}
-    ce = [n for n in teacher_names if specs[n].get("kind") == "cross_encoder"] or teacher_names
+    ce = [n for n in names if specs[n].get("kind") == "cross_encoder"] or names
     best_teacher = max(ce, key=lambda n: dev_teacher[n]["ndcg_cut_10"])
     log(f"best cross-encoder teacher on dev: {best_teacher} (ndcg_cut_10 {dev_teacher[best_teacher]['ndcg_cut_10']:.4f})")
-    layer_teacher, layer_prov = None, None
-    if any(c["objective"].get("intermediate") for c in cells):
-        lt = study.get("layer_teacher", "best")
+    layer_teacher = None
+    if any(c["objective"].get("intermediate") for c in st.cells):
+        lt = st.study.get("layer_teacher", "best")
         lt = best_teacher if lt == "best" else lt
         if lt not in specs:
             raise C.ConfigError(f"study.layer_teacher: unknown teacher {lt!r}")
-        module, params, layer_prov = load_layer_teacher(specs[lt], cfg=cfg, coll=coll, candidates=candidates,
-                                                        splits=splits, out=out, log=log)
-        layer_teacher = (module, params, layer_prov)
-    phase("prepare", t0)
+        layer_teacher = load_layer_teacher(specs[lt], cfg=cfg, coll=coll, candidates=prep.candidates, splits=splits,
+                                           out=out, log=log)
+    return SimpleNamespace(prep=prep, coll=coll, splits=splits, candidates=prep.candidates, teacher_names=names,
+                           dev_teacher=dev_teacher, best_teacher=best_teacher, layer_teacher=layer_teacher,
+                           eval_qids=splits[st.eval_split])
 
-    t0 = time.perf_counter()
-    if source_kind == "tfds":
-        train_source, _ = ranking_groups_source(
-            groups["train"], out_path / "tfds", f"{coll.name}_n{groups['train']['labels'].shape[1]}_t{len(teacher_names)}")
+
+def _study_train_source(st, job, out_path, log):
+    """The train groups as a TFDS ArrayRecord source or an in-memory list of examples."""
+    from pile_jax.data import iter_group_examples
+
+    groups, names = job.prep.groups, job.teacher_names
+    if st.source_kind == "tfds":
+        source, _ = ranking_groups_source(
+            groups["train"], out_path / "tfds", f"{job.coll.name}_n{groups['train']['labels'].shape[1]}_t{len(names)}")
     else:
-        train_source = list(iter_group_examples(groups["train"]))
+        source = list(iter_group_examples(groups["train"]))
     log(f"train groups: {len(groups['train']['query_id'])} x {groups['train']['labels'].shape[1]} items "
-        f"({source_kind}); teachers {teacher_names}; standardize={standardize}")
-    phase("groups", t0)
+        f"({st.source_kind}); teachers {names}; standardize={st.standardize}")
+    return source
 
-    # ---- the grid
-    t0 = time.perf_counter()
-    runs_dir = out_path / "runs"
-    eval_qids = splits[C.get(cfg, "eval.split", "test")]
-    eval_cands = {q: candidates[q] for q in eval_qids}
-    bs = int(cfg.get("score_batch_size", 64))
-    tcfg_base = dict(study.get("train", {}))
-    runs: dict[str, dict] = {}
-    cell_out: dict[str, dict] = {}
-    curves: dict[str, list] = {}
-    trained_params: dict[str, Any] = {}
-    export = bool(study.get("export", True))
-    best_seed: dict[str, tuple] = {}
-    dev_cands = {q: candidates[q] for q in splits["dev"]}
-    for cell in cells:
-        obj, inter, used = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best_teacher,
-                                             default_teacher=study.get("teacher", "best"))
+
+def _grid(cfg, st, job, out_path, log) -> SimpleNamespace:
+    """Every cell trained over the seeds and evaluated; ``study.partial.json`` after each cell."""
+    grid = SimpleNamespace(runs={}, cells={}, curves={}, trained={}, best_seed={})
+    for cell in st.cells:
+        obj, inter, used = resolve_objective(cell["objective"], teacher_names=job.teacher_names,
+                                             best_teacher=job.best_teacher,
+                                             default_teacher=st.study.get("teacher", "best"))
         files, secs = [], []
-        for seed in seeds:
+        for seed in st.seeds:
             t1 = time.perf_counter()
-            train_ranker, eval_ranker, to_eval = make_student(cell, cfg=cfg, seed=seed, layer_teacher=layer_teacher)
-            tcfg = dict(tcfg_base, seed=seed)
-            result = train(train_ranker, source=train_source, objective=obj, queries=coll.queries, docs=coll.docs,
-                           config=tcfg, workdir=str(out_path / "students" / f"{cell['slug']}__seed{seed}"), log=log)
-            params = to_eval(result.params)
-            run_ = score_candidates(eval_ranker, params, eval_cands, coll.queries, coll.docs, batch_size=bs)
-            fname = f"{cell['slug']}__seed{seed}.trec"
-            if pio.is_primary():
-                write_run(runs_dir / fname, _subset(run_, eval_qids), tag=cell["slug"])
-            runs[fname] = mean_metrics(run_metrics(_subset(run_, eval_qids), qrels, qids=eval_qids))
-            files.append(fname)
+            files.append(_cell_seed(cfg, st, job, grid, cell, obj, seed, out_path, log))
             secs.append(time.perf_counter() - t1)
-            curves.setdefault(cell["name"], []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
-            trained_params.setdefault(cell["student"], (eval_ranker, params))
-            if export:  # keep the best seed by the dev metric (one seed: no choice, no dev scoring)
-                dev = None
-                if len(seeds) > 1:
-                    dev_run = score_candidates(eval_ranker, params, dev_cands, coll.queries, coll.docs, batch_size=bs)
-                    dev = mean_metrics(run_metrics(dev_run, qrels, qids=splits["dev"]))[EXPORT_METRIC]
-                if cell["slug"] not in best_seed or (dev is not None and dev > best_seed[cell["slug"]][0]):
-                    best_seed[cell["slug"]] = (dev, seed, eval_ranker, params, {
-                        "name": f"{cell['name']} (seed {seed})", "teachers": teacher_names, "objective": obj,
-                        "data": f"{coll.name} train queries", "metrics": runs[fname], "metrics_split":
-                        C.get(cfg, "eval.split", "test"), **({"dev_" + EXPORT_METRIC: dev} if dev is not None else {})})
-            log(f"{cell['name']} seed {seed}: " + " ".join(f"{k}={runs[fname][k]:.4f}" for k in METRICS)
+            log(f"{cell['name']} seed {seed}: " + " ".join(f"{k}={grid.runs[files[-1]][k]:.4f}" for k in METRICS)
                 + f" ({secs[-1]:.1f}s)")
-        cell_out[cell["name"]] = {
+        grid.cells[cell["name"]] = {
             "student": cell["student"], "kind": cell["student_spec"]["kind"], "levels": cell["levels"],
             "objective": obj, "intermediate": inter, "teacher": used, "runs": files,
-            "metrics": {m: _summary([runs[f][m] for f in files]) for m in METRICS},
+            "metrics": {m: _summary([grid.runs[f][m] for f in files]) for m in METRICS},
             "train_seconds": _summary(secs),
         }
         if pio.is_primary():  # progress, if the grid is cut short
             pio.write_json(out_path / "study.partial.json",
-                           _jsonable({"cells": cell_out, "runs": runs, "best_teacher": best_teacher}))
-    phase("grid", t0)
+                           _jsonable({"cells": grid.cells, "runs": grid.runs, "best_teacher": job.best_teacher}))
+    return grid
 
-    # ---- export: each cell's best seed -> <out>/models/<cell>/
+
+def _cell_seed(cfg, st, job, grid, cell, obj, seed: int, out_path, log) -> str:
+    """One cell and seed: train, score the eval split (run file + metrics), keep the best seed
+    for export (by the dev metric; one seed: no choice, no dev scoring); returns the run file."""
+    from pile_jax.data import write_run
+    from pile_jax.train.loop import score_candidates, train
+
+    coll, splits = job.coll, job.splits
+    train_ranker, eval_ranker, to_eval = make_student(cell, cfg=cfg, seed=seed, layer_teacher=job.layer_teacher)
+    result = train(train_ranker, source=job.train_source, objective=obj, queries=coll.queries, docs=coll.docs,
+                   config=dict(st.study.get("train", {}), seed=seed),
+                   workdir=str(out_path / "students" / f"{cell['slug']}__seed{seed}"), log=log)
+    params = to_eval(result.params)
+    eval_cands = {q: job.candidates[q] for q in job.eval_qids}
+    run_ = score_candidates(eval_ranker, params, eval_cands, coll.queries, coll.docs, batch_size=st.bs)
+    fname = f"{cell['slug']}__seed{seed}.trec"
+    if pio.is_primary():
+        write_run(out_path / "runs" / fname, _subset(run_, job.eval_qids), tag=cell["slug"])
+    grid.runs[fname] = mean_metrics(run_metrics(_subset(run_, job.eval_qids), coll.qrels, qids=job.eval_qids))
+    grid.curves.setdefault(cell["name"], []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
+    grid.trained.setdefault(cell["student"], (eval_ranker, params))
+    if st.export:
+        dev = None
+        if len(st.seeds) > 1:
+            dev_cands = {q: job.candidates[q] for q in splits["dev"]}
+            dev_run = score_candidates(eval_ranker, params, dev_cands, coll.queries, coll.docs, batch_size=st.bs)
+            dev = mean_metrics(run_metrics(dev_run, coll.qrels, qids=splits["dev"]))[EXPORT_METRIC]
+        if cell["slug"] not in grid.best_seed or (dev is not None and dev > grid.best_seed[cell["slug"]][0]):
+            grid.best_seed[cell["slug"]] = (dev, seed, eval_ranker, params, {
+                "name": f"{cell['name']} (seed {seed})", "teachers": job.teacher_names, "objective": obj,
+                "data": f"{coll.name} train queries", "metrics": grid.runs[fname], "metrics_split": st.eval_split,
+                **({"dev_" + EXPORT_METRIC: dev} if dev is not None else {})})
+    return fname
+
+
+def _export_cells(grid, out_path, log) -> dict:
+    """Each cell's best seed -> ``<out>/models/<cell>/`` (process 0)."""
     exported = {}
-    if export and pio.is_primary():
-        from pile_jax.rankers import export_ranker
+    if not pio.is_primary():
+        return exported
+    from pile_jax.rankers import export_ranker
 
-        for slug, (dev, seed, ranker, params, card) in best_seed.items():
-            path = out_path / "models" / slug
-            export_ranker(ranker, params, str(path), card=card)
-            exported[slug] = {"path": str(path), "seed": seed, "dev_" + EXPORT_METRIC: dev}
-            log(f"{slug}: exported seed {seed} -> {path}")
-    pio.barrier("study_export")
+    for slug, (dev, seed, ranker, params, card) in grid.best_seed.items():
+        path = out_path / "models" / slug
+        export_ranker(ranker, params, str(path), card=card)
+        exported[slug] = {"path": str(path), "seed": seed, "dev_" + EXPORT_METRIC: dev}
+        log(f"{slug}: exported seed {seed} -> {path}")
+    return exported
 
-    # ---- latency per student architecture
-    t0 = time.perf_counter()
-    lat_cfg = dict(study.get("latency") or {})
+
+def _latency(st, job, grid, log) -> dict:
+    """Scoring latency per student architecture (its first trained cell) on BM25 candidate lists
+    of the first test queries (:func:`measure_latency`)."""
+    from pile_jax.bm25 import bm25_search
+
+    lat_cfg = dict(st.study.get("latency") or {})
     latency: dict[str, dict] = {}
-    if lat_cfg.get("enabled", True):
-        nq = int(lat_cfg.get("queries", 5))
-        ncand = int(lat_cfg.get("candidates", 100))
-        lqids = splits["test"][:nq]
-        lrun = bm25_search(coll.docs, {q: coll.queries[q] for q in lqids}, depth=ncand)
-        lq = [coll.queries[q] for q in lqids]
-        ld = [[coll.docs[d] for d in lrun[q]] for q in lqids]
-        for sname, (ranker, params) in trained_params.items():
-            latency[sname] = measure_latency(ranker, params, lq, ld, repeats=int(lat_cfg.get("repeats", 3)))
-            log(f"latency {sname}: {latency[sname]['ms_per_query']:.1f} ms/query ({ncand} candidates; "
-                f"tokenisation {latency[sname]['featurize_ms']:.1f} ms)")
-    phase("latency", t0)
+    if not lat_cfg.get("enabled", True):
+        return latency
+    coll = job.coll
+    nq = int(lat_cfg.get("queries", 5))
+    ncand = int(lat_cfg.get("candidates", 100))
+    lqids = job.splits["test"][:nq]
+    lrun = bm25_search(coll.docs, {q: coll.queries[q] for q in lqids}, depth=ncand)
+    lq = [coll.queries[q] for q in lqids]
+    ld = [[coll.docs[d] for d in lrun[q]] for q in lqids]
+    for sname, (ranker, params) in grid.trained.items():
+        latency[sname] = measure_latency(ranker, params, lq, ld, repeats=int(lat_cfg.get("repeats", 3)))
+        log(f"latency {sname}: {latency[sname]['ms_per_query']:.1f} ms/query ({ncand} candidates; "
+            f"tokenisation {latency[sname]['featurize_ms']:.1f} ms)")
+    return latency
 
-    timings["total"] = round(time.perf_counter() - t_start, 1)
-    results = {
-        "study": study.get("name", ""),
-        "collection": coll.name,
-        "eval_split": C.get(cfg, "eval.split", "test"),
+
+def _study_results(cfg, st, job, grid, latency, exported, timings) -> dict:
+    """The ``study.json`` content."""
+    prep, qrels, eval_qids = job.prep, job.coll.qrels, job.eval_qids
+    groups = prep.groups
+    return {
+        "study": st.study.get("name", ""),
+        "collection": job.coll.name,
+        "eval_split": st.eval_split,
         "eval_queries": len(eval_qids),
         "train_groups": int(len(groups["train"]["query_id"])),
         "group_size": int(groups["train"]["labels"].shape[1]),
-        "depth": depth,
-        "seeds": seeds,
-        "teachers": teacher_names,
-        "teacher_provenance": teacher_prov,
-        "teacher_dev": dev_teacher,
-        "teacher_test": {n: mean_metrics(run_metrics(_subset(teachers[n], eval_qids), qrels, qids=eval_qids))
-                         for n in teacher_names},
-        "bm25_test": mean_metrics(run_metrics(_subset(bm25_run, eval_qids), qrels, qids=eval_qids)),
-        "best_teacher": best_teacher,
-        "layer_teacher": layer_prov,
-        "standardize": standardize,
-        "cells": cell_out,
-        "runs": runs,
+        "depth": prep.depth,
+        "seeds": st.seeds,
+        "teachers": job.teacher_names,
+        "teacher_provenance": prep.provenance,
+        "teacher_dev": job.dev_teacher,
+        "teacher_test": {n: mean_metrics(run_metrics(_subset(prep.teachers[n], eval_qids), qrels, qids=eval_qids))
+                         for n in job.teacher_names},
+        "bm25_test": mean_metrics(run_metrics(_subset(prep.ranked, eval_qids), qrels, qids=eval_qids)),
+        "best_teacher": job.best_teacher,
+        "layer_teacher": job.layer_teacher[2] if job.layer_teacher else None,
+        "standardize": st.standardize,
+        "cells": grid.cells,
+        "runs": grid.runs,
         "latency": latency,
         "device": device_description(),
         "timings_s": timings,
         "exported_models": exported,
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
-    if pio.is_primary():
-        pio.write_json(out_path / "study.json", _jsonable(results))
-        write_study_report(results, curves, out)
-    pio.barrier("study_results")
-    log(f"done in {timings['total']}s: {out_path / 'study.md'}")
-    return results
 
 
 # ------------------------------------------------------------------------------------ report
@@ -567,3 +610,76 @@ def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], o
         ax2.set_title("training loss")
     fig.tight_layout()
     save_figure(fig, pio.as_path(out) / "study.png")
+
+
+# ------------------------------------------------------------------------------ schema
+#: the top-level sections of a ``pile-jax study`` config
+CONFIG_KEYS = ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
+               "teachers_from", "teacher_train", "ensembles", "study", "eval")
+STUDY_KEYS = ("name", "train_source", "seeds", "teacher", "layer_teacher", "students", "factors", "cells", "train",
+              "latency", "export")
+LATENCY_KEYS = ("enabled", "queries", "candidates", "repeats")
+#: a study student's keys besides its kind's options (:func:`pile_jax.rankers.student_options`)
+STUDENT_SPEC_KEYS = ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat")
+
+
+def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: the ``study:`` section (students and their options, factors, cells and their
+    objectives, latency, seeds, train section, teachers named by ``teacher`` / ``layer_teacher``)."""
+    from pile_jax.models.tokenize import check_lengths
+    from pile_jax.rankers import check_layers, check_student_options, student_options
+    from pile_jax.train.loop import check_train_section
+    from pile_jax.train.objective import check_objective
+
+    teacher_names = context["teacher_names"]
+    from pile_jax.models.students import STUDENT_KINDS
+
+    study = c.section(cfg.get("study"), "study", STUDY_KEYS, required=True)
+    c.choice(study, "train_source", "study", ("tfds", "memory"))
+    C.check_seeds(c, study, "study")
+    if "train" in study:
+        check_train_section(study["train"], "study.train", c.source)
+    lat = c.section(study.get("latency"), "study.latency", LATENCY_KEYS)
+    for k in ("queries", "candidates", "repeats"):
+        c.number(lat, k, "study.latency", integer=True, low=1, nullable=False)
+    students = study.get("students")
+    if not isinstance(students, Mapping) or not students:
+        c.fail("study.students", "required: a mapping of student name -> {kind, ...}")
+    model = dict(cfg.get("model") or {})
+    for sname, spec in students.items():
+        where = f"study.students.{sname}"
+        if not isinstance(spec, Mapping):
+            c.fail(where, f"must be a mapping {{kind, ...}}, got {spec!r}")
+        if spec.get("kind") not in STUDENT_KINDS:
+            c.fail(f"{where}.kind", f"unknown student {spec.get('kind')!r}"
+                                    f"{C.did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
+                                    f"(known: {', '.join(STUDENT_KINDS)})")
+        c.keys(spec, where, STUDENT_SPEC_KEYS + student_options().get(spec["kind"], ()))
+        sbase = spec.get("base", model.get("base", "all-MiniLM-L6-v2"))
+        check_layers(c, spec, "num_layers", where, sbase)
+        check_student_options(c, spec["kind"], {k: v for k, v in spec.items()
+                                                if k in student_options().get(spec["kind"], ())}, where, base=sbase,
+                              num_layers=spec.get("num_layers"))
+        if spec["kind"] == "cross_encoder":
+            check_lengths(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
+    for key in ("teacher", "layer_teacher"):
+        t = study.get(key)
+        if key == "layer_teacher" and t is not None and t != "best" and t not in teacher_names:
+            c.fail(f"study.{key}", f"unknown teacher {t!r}{C.did_you_mean(str(t), teacher_names)}")
+    try:
+        cells = expand_cells(study)
+    except C.ConfigError as e:
+        raise C.ConfigError(f"{c.source}: {e}") from None
+    best = teacher_names[0] if teacher_names else "best"
+    for cell in cells:
+        obj, _, _ = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best,
+                                      default_teacher=study.get("teacher", "best"))
+        check_objective(obj, f"study cell {cell['name']}", c.source)
+
+
+def schema() -> C.JobSchema:
+    """The config schema of ``pile-jax study``."""
+    from pile_jax import prepare as P
+
+    return C.JobSchema("study", CONFIG_KEYS, (P.check_inputs, P.check_model, P.check_teachers, P.check_ensembles,
+                                              check_study))

@@ -3,7 +3,8 @@
 Config sections (see ``configs/train_*.yaml``): ``data`` (collection, qrels_file, unjudged),
 ``candidates`` (``bm25_depth`` or ``run`` + ``depth``), ``teachers`` (list of
 ``{name, kind: bm25 | biencoder_cosine | checkpoint | file, ...}``), ``standardize``,
-``student`` (base, num_layers, max_length, max_query_length, dtype, remat), ``objective``,
+``student`` (kind: any student kind, default cross_encoder; base, num_layers, max_length,
+max_query_length, max_doc_length, dtype, remat, options), ``objective``,
 ``train`` (:class:`~pile_jax.train.loop.TrainConfig`), ``distributed``, ``eval``.
 
 The work folder gets: teacher score files, the TFDS ArrayRecord ranking groups, orbax
@@ -22,29 +23,76 @@ import numpy as np
 from pile_jax import config as C
 from pile_jax import io as pio
 from pile_jax.logs import log_to_file
+from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
 
 _log = logging.getLogger(__name__)
 
 
-def _student_ranker(scfg: Mapping[str, Any], seed: int):
-    """The student of a ``student:`` section: a cross-encoder (default), or ``kind:`` any student
-    of :mod:`pile_jax.models.students` with ``options:`` (what ``pile-jax run`` records)."""
-    from pile_jax import rankers
-    from pile_jax.models.tokenize import DEFAULT_MAX_LENGTH, DEFAULT_MAX_QUERY_LENGTH
+#: the job's length defaults for a ``student:`` section that sets none (pairs: 256 tokens, 64 for
+#: the query; the two-tower kinds' documents default to ``max_length``)
+STUDENT_DEFAULTS = {"max_length": DEFAULT_MAX_LENGTH, "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
 
-    kind = scfg.get("kind", "cross_encoder")
-    if kind != "cross_encoder" or scfg.get("options"):
-        return rankers.student(kind, scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
-                               max_length=int(scfg.get("max_length", DEFAULT_MAX_LENGTH)),
-                               max_query_length=int(scfg.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
-                               max_doc_length=int(scfg.get("max_doc_length", scfg.get("max_length", DEFAULT_MAX_LENGTH))),
-                               dtype=scfg.get("dtype"), seed=seed, remat=scfg.get("remat"),
-                               **dict(scfg.get("options") or {}))
-    return rankers.cross_encoder(scfg.get("base", "all-MiniLM-L6-v2"), num_layers=scfg.get("num_layers"),
-                                 max_length=int(scfg.get("max_length", DEFAULT_MAX_LENGTH)),
-                                 max_query_length=int(scfg.get("max_query_length", DEFAULT_MAX_QUERY_LENGTH)),
-                                 dtype=scfg.get("dtype", "float32"), seed=seed, remat=bool(scfg.get("remat", False)),
-                                 new_head=True)
+
+def _student_ranker(scfg: Mapping[str, Any], seed: int):
+    """The student of a ``student:`` section (or of a work folder's ``model.json``): a
+    cross-encoder (default), or ``kind:`` any student of :mod:`pile_jax.models.students` with
+    ``options:``, built by the one student factory :func:`pile_jax.rankers.student_from_config`."""
+    from pile_jax import rankers
+
+    return rankers.student_from_config(scfg, seed=seed, defaults=STUDENT_DEFAULTS)
+
+
+# ------------------------------------------------------------------------------ schema
+#: the top-level sections of a ``pile-jax train`` config
+CONFIG_KEYS = ("data", "first_stage", "candidates", "train_groups", "score_batch_size", "teachers", "teacher_train",
+               "standardize", "student", "objective", "train", "distributed", "eval")
+STUDENT_KEYS = ("kind", "base", "num_layers", "max_length", "max_query_length", "max_doc_length", "dtype", "remat",
+                "options")
+DISTRIBUTED_KEYS = ("enabled", "coordinator_address", "num_processes", "process_id")
+
+
+def check_student(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: the ``student:`` section (any student kind with its ``options``, lengths within
+    the checkpoint's positions); sets the teachers' model settings ``context["model"]``."""
+    from pile_jax.models.tokenize import check_lengths
+    from pile_jax.models.students import STUDENT_KINDS
+    from pile_jax.rankers import check_layers, check_student_options
+
+    student = c.section(cfg.get("student"), "student", STUDENT_KEYS, required=True)
+    kind = student.get("kind", "cross_encoder")
+    if kind not in STUDENT_KINDS:
+        c.fail("student.kind", f"unknown student {kind!r}{C.did_you_mean(str(kind), STUDENT_KINDS)} "
+                               f"(known: {', '.join(STUDENT_KINDS)})")
+    c.choice(student, "dtype", "student", C.DTYPES)
+    c.number(student, "num_layers", "student", integer=True, low=1)
+    if "remat" in student and not isinstance(student["remat"], bool):
+        c.fail("student.remat", f"must be true or false, got {student['remat']!r}")
+    check_lengths(c, student, "student", default_length=DEFAULT_MAX_LENGTH)
+    base = student.get("base", "all-MiniLM-L6-v2")
+    check_layers(c, student, "num_layers", "student", base)
+    check_student_options(c, kind, student.get("options"), "student.options", base=base,
+                          num_layers=student.get("num_layers"))
+    context["model"] = {"max_length": student.get("max_length", DEFAULT_MAX_LENGTH),
+                        "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
+
+
+def check_training(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
+    """Fragment: ``objective`` (``teacher:`` one of the teachers), ``train``, ``standardize``,
+    ``distributed``."""
+    from pile_jax.train.loop import check_train_section
+    from pile_jax.train.objective import check_objective
+
+    check_objective(cfg.get("objective"), "objective", c.source, teacher=context["teacher_names"])
+    check_train_section(cfg.get("train"), "train", c.source)
+    c.choice(cfg, "standardize", "", C.STANDARDIZE)
+    c.section(cfg.get("distributed"), "distributed", DISTRIBUTED_KEYS)
+
+
+def schema() -> C.JobSchema:
+    """The config schema of ``pile-jax train``."""
+    from pile_jax import prepare as P
+
+    return C.JobSchema("train", CONFIG_KEYS, (P.check_inputs, check_student, P.check_teachers, check_training))
 
 
 #: the data settings: they decide the ranking groups, hence the loader position a checkpoint holds

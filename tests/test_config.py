@@ -7,6 +7,8 @@ import re
 import pytest
 
 from pile_jax import config as C
+from pile_jax import schema as S
+from pile_jax.models.hub import position_limit
 
 
 class _Coll:
@@ -74,10 +76,10 @@ def _shipped(name, *overrides, presets=()):
 @pytest.mark.parametrize("name, job", SHIPPED)
 def test_shipped_configs_and_presets_validate(name, job):
     cfg = _shipped(name)
-    C.validate(cfg, job=job)
+    S.validate(cfg, job=job)
     for preset in ("quick", "large"):
         if preset in (C._read(os.path.join(ROOT, "configs", name)).get("presets") or {}):
-            C.validate(_shipped(name, presets=[preset]), job=job)
+            S.validate(_shipped(name, presets=[preset]), job=job)
 
 
 @pytest.mark.parametrize("name, job, override, key, fragment", [
@@ -161,7 +163,7 @@ def test_shipped_configs_and_presets_validate(name, job):
 def test_validate_names_the_key(name, job, override, key, fragment):
     cfg = _shipped(name, override)
     with pytest.raises(C.ConfigError) as info:
-        C.validate(cfg, job=job)
+        S.validate(cfg, job=job)
     msg = str(info.value)
     assert msg.startswith(cfg["_source"] + ": "), msg
     assert f": {key}" in msg and fragment in msg, msg
@@ -177,7 +179,7 @@ def test_max_length_above_the_position_embeddings_is_a_config_error():
 
     limit = json.loads((resolve_model_path("all-MiniLM-L6-v2") / "config.json").read_text())["max_position_embeddings"]
     assert limit == 512
-    C.validate(_shipped("train_pile.yaml", f"student.max_length={limit}"), job="train")
+    S.validate(_shipped("train_pile.yaml", f"student.max_length={limit}"), job="train")
     for name, job, override, key in [
         ("train_pile.yaml", "train", f"student.max_length={limit + 1}", "student.max_length"),
         ("cranfield_pile.yaml", "run", "model.max_length=1024", "model.max_length"),
@@ -187,10 +189,10 @@ def test_max_length_above_the_position_embeddings_is_a_config_error():
          "study.students.ce2.max_length"),
     ]:
         with pytest.raises(C.ConfigError, match=rf": {re.escape(key)}: .*exceeds the {limit} position"):
-            C.validate(_shipped(name, override), job=job)
+            S.validate(_shipped(name, override), job=job)
     # the model is read up front: a missing one is a config error naming the key
     with pytest.raises(C.ConfigError, match="student.base"):
-        C.validate(_shipped("train_pile.yaml", "student.base=/no/such/model"), job="train")
+        S.validate(_shipped("train_pile.yaml", "student.base=/no/such/model"), job="train")
 
 
 def test_position_limit_subtracts_the_roberta_offset(tmp_path):
@@ -199,10 +201,10 @@ def test_position_limit_subtracts_the_roberta_offset(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({
         "model_type": "roberta", "vocab_size": 10, "hidden_size": 8, "num_hidden_layers": 1,
         "num_attention_heads": 2, "intermediate_size": 16, "max_position_embeddings": 514, "pad_token_id": 1}))
-    assert C.position_limit(str(tmp_path))[0] == 512  # 514 - (pad 1 + 1)
+    assert position_limit(str(tmp_path))[0] == 512  # 514 - (pad 1 + 1)
     cfg = _shipped("train_pile.yaml", f"student.base={tmp_path}", "student.max_length=513")
     with pytest.raises(C.ConfigError, match="student.max_length: 513 exceeds the 512"):
-        C.validate(cfg, job="train")
+        S.validate(cfg, job="train")
 
 
 @pytest.mark.parametrize("item", ["=3", "key", " =1", "a..b=1", ".a=1"])
@@ -269,4 +271,6 @@ def test_checkpoint_depth_is_read_from_config_json():
     from pile_jax.models import resolve_model_path
 
     hf = json.loads((resolve_model_path("all-MiniLM-L6-v2") / "config.json").read_text())
-    assert C.checkpoint_depth("all-MiniLM-L6-v2")[0] == hf["num_hidden_layers"] == 6
+    from pile_jax.models.hub import checkpoint_depth
+
+    assert checkpoint_depth("all-MiniLM-L6-v2")[0] == hf["num_hidden_layers"] == 6

@@ -93,8 +93,8 @@ def test_the_biencoder_teacher_reads_its_kept_vectors_instead_of_encoding_again(
     texts = [coll.docs[d] for d in dids[:6]] + [coll.docs[dids[0]]]   # a repeated text: one encoding
     first = teacher.meta["encode_texts"](teacher.params, texts)
     np.testing.assert_array_equal(first[0], first[-1])
-    key = next(k for k in frozen_docs._CONTENT_CACHE if k[0] == teacher.meta["path"].as_posix() and k[4] == 30)
-    cache = frozen_docs._CONTENT_CACHE[key]
+    key = next(k for k in frozen_docs.TEXT_VECTORS if k[0] == teacher.meta["path"].as_posix() and k[4] == 30)
+    cache = frozen_docs.TEXT_VECTORS[key]
     content = next(c for c, v in cache.items() if np.array_equal(v, first[2]))
     cache[content] = np.full_like(first[2], 7.0)                      # mark the kept vector
     try:

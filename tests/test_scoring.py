@@ -72,7 +72,7 @@ def test_collate_from_ids_equals_per_pair_tokenisation(coll, ranker, as_bytes):
 
 
 def test_two_tower_collate_equals_text_featurize(coll):
-    from pile_jax.models.students import make_features
+    from pile_jax.models.features import make_features
 
     feats = make_features("two_tower_prett", MINILM, max_query_length=8, max_doc_length=40)
     ranker = Ranker(params=None, score_fn=None, featurize=feats.featurize, meta={"features": feats})

@@ -18,6 +18,7 @@ import pytest
 
 from pile_jax.losses import margin_mse
 from pile_jax.models import students as S
+from pile_jax.models import features as F
 from pile_jax.models.config import EncoderConfig
 from pile_jax.models.cross_encoder import CrossEncoder
 from pile_jax.models.encoder import Encoder
@@ -408,13 +409,13 @@ def test_two_tower_tokenizer_with_minilm_tokenizer():
     assert out["query_ids"][0, 0] == cls and out["doc_ids"][0, 1, 0] == cls
     assert out["doc_mask"][0, 1].sum() == 8 and out["doc_ids"][0, 1, 7] == sep   # 6 content tokens + 2 specials
     assert out["doc_mask"][1, 1:].sum() == 0                                       # missing documents: all padding
-    prett = S.make_featurizer("two_tower_prett", tt.tokenizer, max_query_length=4, max_doc_length=6)
+    prett = F.make_featurizer("two_tower_prett", tt.tokenizer, max_query_length=4, max_doc_length=6)
     p = prett(queries, docs)
     assert p["query_ids"].shape[1] == 6                                            # fixed: 4 + [CLS] + [SEP]
     assert p["doc_ids"][0, 0, 0] != cls and sep in p["doc_ids"][0, 0]
-    words = S.make_featurizer("two_tower_words", tt.tokenizer)(queries, docs)
+    words = F.make_featurizer("two_tower_words", tt.tokenizer)(queries, docs)
     assert cls not in words["query_ids"] and sep not in words["doc_ids"]
-    pair = S.make_featurizer("pair", folder, max_length=32, max_query_length=8)(queries[:1], docs[:1])
+    pair = F.make_featurizer("pair", folder, max_length=32, max_query_length=8)(queries[:1], docs[:1])
     assert pair["input_ids"].shape[:2] == (1, 3)
 
 

@@ -175,7 +175,7 @@ def test_length_defaults_have_one_home():
     import inspect
 
     from pile_jax import rankers
-    from pile_jax.models import reranker, students
+    from pile_jax.models import features, reranker
     from pile_jax.models import tokenize as T
 
     assert (T.DEFAULT_MAX_LENGTH, T.DEFAULT_MAX_QUERY_LENGTH) == (256, 64)
@@ -192,8 +192,8 @@ def test_length_defaults_have_one_home():
     assert defaults(rankers.cross_encoder) == pair
     assert defaults(rankers.biencoder_cosine) == {"max_length": 256}
     assert defaults(T.TwoTowerTokenizer.__init__) == {"max_query_length": 30, "max_doc_length": 200}
-    assert defaults(students.make_features) == two_tower
-    assert defaults(students.make_featurizer) == two_tower
+    assert defaults(features.make_features) == two_tower
+    assert defaults(features.make_featurizer) == two_tower
     assert defaults(rankers.student) == two_tower
 
     from pile_jax.cli import build_parser

@@ -7,6 +7,7 @@ from .hf_io import LoadReport, export_pretrained, load_pretrained, params_to_sta
 from .hub import resolve_model_path
 from .reranker import Reranker
 from .tokenize import DEFAULT_BUCKETS, PairTokenizer, bucketed_batches
+from .features import make_features, make_featurizer
 from .students import (
     INPUT_KINDS,
     STUDENT_KINDS,
@@ -19,7 +20,6 @@ from .students import (
     build_student,
     colbert_maxsim,
     init_tk_embeddings_from,
-    make_featurizer,
     make_score_fn,
     rbf_kernel_pooling,
 )
@@ -29,7 +29,7 @@ __all__ = [
     "EncoderOutput", "attention_bias", "LoadReport", "export_pretrained", "load_pretrained",
     "params_to_state_dict", "state_dict_to_params", "resolve_model_path", "Reranker", "DEFAULT_BUCKETS",
     "PairTokenizer", "bucketed_batches",
-    "BertDot", "ColBERT", "PreTT", "TK", "build_student", "make_score_fn", "make_featurizer", "TwoTowerTokenizer",
+    "BertDot", "ColBERT", "PreTT", "TK", "build_student", "make_score_fn", "make_featurizer", "make_features", "TwoTowerTokenizer",
     "init_tk_embeddings_from", "colbert_maxsim", "rbf_kernel_pooling", "augment_query_with_masks",
     "STUDENT_KINDS", "INPUT_KINDS",
 ]

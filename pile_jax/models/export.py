@@ -54,7 +54,6 @@ in a :class:`~pile_jax.train.loop.Ranker` with the stored lengths.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -69,6 +68,7 @@ import numpy as np
 
 from ..data.errors import DataError
 from .config import _HF_NAMES, EncoderConfig
+from .manifest import MANIFEST_FILE, verify_export, write_manifest
 
 __all__ = ["export_student", "load_student", "read_student_info", "flatten_params", "unflatten_params",
            "model_card", "verify_export", "STUDENT_FILE", "MANIFEST_FILE", "FORMAT_VERSION", "INPUT_KIND_OF"]
@@ -76,7 +76,6 @@ __all__ = ["export_student", "load_student", "read_student_info", "flatten_param
 log = logging.getLogger(__name__)
 
 STUDENT_FILE = "pile_jax_student.json"
-MANIFEST_FILE = "pile_jax_manifest.json"
 FORMAT_VERSION = 1
 INPUT_KIND_OF = {"cross_encoder": "pair", "bert_dot": "two_tower", "colbert": "two_tower",
                  "prett": "two_tower_prett", "tk": "two_tower_words", "query_encoder": "frozen_docs"}
@@ -261,62 +260,6 @@ def _copy_tree(src: Path, dest, *, last: str | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------- manifest, staging
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_manifest(folder: Path, info: Mapping[str, Any]) -> dict:
-    """Writes ``folder/pile_jax_manifest.json`` (every other file with its size and sha256, the
-    pile_jax version, kind, dtype and lengths); call it last. Returns the manifest."""
-    folder = Path(folder)
-    files = {}
-    for f in sorted(folder.rglob("*")):
-        rel = f.relative_to(folder).as_posix()
-        if f.is_file() and rel != MANIFEST_FILE:
-            files[rel] = {"size": f.stat().st_size, "sha256": _sha256(f)}
-    manifest = {"format": "pile_jax_manifest", "format_version": 1, "pile_jax_version": info.get("pile_jax_version"),
-                "kind": info.get("kind"), "dtype": "float32",
-                "max_length": info.get("max_length"), "max_query_length": info.get("max_query_length"),
-                "max_doc_length": info.get("max_doc_length"), "files": files}
-    _write_json(folder / MANIFEST_FILE, manifest)
-    return manifest
-
-
-def verify_export(path) -> dict:
-    """Checks an exported folder against its manifest; returns the manifest.
-
-    Raises :class:`~pile_jax.data.errors.DataError` naming the first file that is missing, has
-    another size (truncated) or another sha256 (overwritten bytes), or the manifest itself when it
-    is absent or unreadable (an interrupted export, or a folder not written by
-    :func:`export_student`)."""
-    folder = Path(path)
-    mf = folder / MANIFEST_FILE
-    if not mf.is_file():
-        raise DataError(mf, None, "missing: not a complete pile_jax export (interrupted, copied in part, or written "
-                                  "by a pile_jax without manifests); export it again")
-    try:
-        manifest = json.loads(mf.read_text())
-        files = dict(manifest["files"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise DataError(mf, None, f"unreadable manifest ({err}); export the model again") from None
-    for rel, meta in sorted(files.items()):
-        f = folder / rel
-        if not f.is_file():
-            raise DataError(f, None, "missing (listed in the export's manifest); export the model again")
-        size = f.stat().st_size
-        if size != int(meta["size"]):
-            raise DataError(f, None, f"{size} bytes, the manifest says {meta['size']} (truncated or replaced); "
-                                     "export the model again")
-        if _sha256(f) != meta["sha256"]:
-            raise DataError(f, None, "contents differ from the export's manifest (sha256; overwritten bytes?); "
-                                     "export the model again")
-    return manifest
-
-
 def _check_finite_params(params: Mapping, path) -> None:
     """Refuses parameters holding NaN or Inf (a diverged run) before anything is written."""
     for key, value in flatten_params(params).items():

@@ -25,12 +25,15 @@ frozen document side is this library's deployment variant (docs/students.md).
 from __future__ import annotations
 
 import logging
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from pile_jax.caches import BoundedCache
+from pile_jax.parallel import data_parallel, map_sorted
+
+from .students import query_encoder_score_fn  # noqa: F401 (re-exported: the student's score)
 from .tokenize import (
     DEFAULT_MAX_DOC_LENGTH,
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
@@ -38,6 +41,7 @@ from .tokenize import (
     TwoTowerTokenizer,
     _group_shape,
     _unique_store,
+    pad_rows,
 )
 
 __all__ = ["DocumentIndex", "FrozenDocFeatures", "query_encoder_score_fn", "DOC_ENCODER_OPTIONS"]
@@ -47,7 +51,10 @@ log = logging.getLogger(__name__)
 # options of the frozen document side (students.options of kind query_encoder)
 DOC_ENCODER_OPTIONS = ("doc_encoder", "doc_layers", "doc_pooling", "doc_normalize")
 
-_CONTENT_CACHE: dict = {}   # encoder key -> {token-id bytes: vector}: shared by every index of that encoder
+#: encoder key (:func:`encoder_key`) -> {content token-id bytes: vector}: the text vectors of the
+#: frozen encoders, shared by every index and bi-encoder teacher of that encoder; owned by this
+#: module, kept for the process's lifetime, at most 8 encoders (least recently used dropped first)
+TEXT_VECTORS = BoundedCache("pile_jax.models.frozen_docs", "text_vectors", maxsize=8)
 
 
 def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens: int, dtype: str) -> tuple:
@@ -60,7 +67,7 @@ def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: i
     """Keep the vectors of ``rows`` of ``store`` (computed with the encoder ``key``) for every
     later reader of that key: a :class:`DocumentIndex`, or the zero-shot bi-encoder teacher
     (:func:`pile_jax.rankers.biencoder_cosine`), so no text content is encoded twice."""
-    cache = _CONTENT_CACHE.setdefault(key, {})
+    cache = TEXT_VECTORS.get_or_make(key, dict)
     for r, v in zip(np.asarray(rows, np.int64).tolist(), np.asarray(vectors, np.float32)):
         cache[store.ids(r)[:max_tokens].tobytes()] = v
 
@@ -68,7 +75,7 @@ def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: i
 def cached_vectors(key: tuple, store: TokenStore, rows, max_tokens: int, out: np.ndarray) -> np.ndarray:
     """Fill ``out[i]`` with the kept vector of ``rows[i]`` where there is one (see
     :func:`remember_vectors`); returns which rows were found (bool ``[len(rows)]``)."""
-    cache = _CONTENT_CACHE.get(key) or {}
+    cache = TEXT_VECTORS.get(key) or {}
     rows = np.asarray(rows, np.int64).tolist()
     hit = np.zeros(len(rows), bool)
     for i, r in enumerate(rows):
@@ -107,12 +114,13 @@ class DocumentIndex:
         self.dim = int(config.hidden_size)
         self.key = encoder_key(self.path, config.num_layers, pooling, self.normalize, tokens.max_doc_length,
                                config.dtype)
-        module = BertDot(config, pooling=pooling, normalize=self.normalize)   # its document tower, frozen
+        self.module = BertDot(config, pooling=pooling, normalize=self.normalize)   # its document tower, frozen
+        self._encode = jax.jit(lambda p, batch: self.encode(p, batch["ids"], batch["mask"]))
 
-        def encode(p, batch):
-            return module.apply({"params": {"encoder": p}}, batch["ids"], batch["mask"], method=BertDot.encode)
-
-        self._encode = jax.jit(encode)
+    def encode(self, params, ids, mask):
+        """float32 ``[N, H]`` vectors of ``ids``/``mask [N, L]`` with encoder ``params``: BertDot's
+        tower ``norm?(pool(E([CLS] t [SEP])))`` (traceable: the bi-encoder teacher's score uses it)."""
+        return self.module.apply({"params": {"encoder": params}}, ids, mask, method=type(self.module).encode)
 
     def spec(self) -> dict:
         """What identifies the document side (recorded in exports and run specs)."""
@@ -123,41 +131,47 @@ class DocumentIndex:
         """Compute (once) the vectors of ``rows`` of ``store`` (default: all rows).
 
         ``distributed``: encode data-parallel over processes (every process must call; see
-        :func:`pile_jax.scoring.map_sorted`); otherwise this process encodes what it lacks."""
-        from pile_jax.scoring import data_parallel, map_sorted
-
+        :func:`pile_jax.parallel.map_sorted`); otherwise this process encodes what it lacks."""
         mat, have = self._table(store)
         rows = np.arange(len(store)) if rows is None else np.unique(np.asarray(rows, np.int64).ravel())
         rows = rows[~have[rows]]
         if rows.size == 0:
             return
-        budget = self.tokens.max_doc_length
-        found = np.zeros((len(rows), self.dim), np.float32)
-        hit = cached_vectors(self.key, store, rows, budget, found)
-        mat[rows[hit]] = found[hit]
-        have[rows[hit]] = True
-        todo = rows[~hit]
-        if todo.size == 0:
-            return
         # distributed: every process encodes its share of the same rows (processes call in the
         # same order on the same stores, so their caches lack the same documents)
-        run, multiple = data_parallel(self._encode, self.params)
-        size = -(-self.batch_size // multiple) * multiple
-        empty = store.index[""]
+        mat[rows] = self.encode_rows(store, rows, distributed=distributed, progress=progress)
+        have[rows] = True
+
+    def encode_rows(self, store: TokenStore, rows, *, params=None, batch_size: Optional[int] = None, devices=None,
+                    distributed: Optional[bool] = False, progress: Optional[str] = None) -> np.ndarray:
+        """float32 ``[len(rows), H]``: the vectors of ``rows`` of ``store``. With the frozen
+        params (``params`` None or this index's own) kept vectors are read (:func:`cached_vectors`)
+        and new ones kept; other params (a tuned copy) neither read nor fill the cache. The rest is
+        encoded in length-sorted batches of ``batch_size`` (default the index's), data-parallel
+        over ``devices`` and, with ``distributed``, over processes (:func:`map_sorted`)."""
+        rows = np.asarray(rows, np.int64)
+        frozen = params is None or params is self.params
+        params = self.params if params is None else params
+        budget = self.tokens.max_doc_length
+        out = np.zeros((len(rows), self.dim), np.float32)
+        hit = cached_vectors(self.key, store, rows, budget, out) if frozen else np.zeros(len(rows), bool)
+        todo = rows[~hit]
+        if todo.size == 0:
+            return out
+        run, multiple = data_parallel(self._encode, params, devices)
+        size = -(-(batch_size or self.batch_size) // multiple) * multiple
 
         def make_batch(idx, n_rows):
-            r = np.full(n_rows, empty, np.int64)
-            r[:len(idx)] = todo[idx]
-            ids, mask = self.tokens.encode_document_rows(store, r)
+            ids, mask = self.tokens.encode_document_rows(store, pad_rows(store, todo, idx, n_rows))
             return {"ids": ids, "mask": mask}
 
         lengths = np.minimum(store.lengths[todo], budget)
-        vecs = map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress,
-                          distributed=distributed)
-        mat[todo] = vecs
-        have[todo] = True
-        remember_vectors(self.key, store, todo, vecs, budget)
+        out[~hit] = map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress,
+                               distributed=distributed)
+        if frozen:
+            remember_vectors(self.key, store, todo, out[~hit], budget)
         log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
+        return out
 
     def _table(self, store: TokenStore):
         tables = store.__dict__.setdefault("_doc_vectors", {})
@@ -254,16 +268,3 @@ def _check_same_vocab(tokenizer, doc_encoder) -> None:
     if tokenizer.get_vocab() != other.get_vocab():
         raise ValueError(f"doc_encoder {doc_encoder!r}: its tokenizer's vocabulary differs from the student's; "
                          "the query encoder and the frozen document encoder must share one tokenizer")
-
-
-def query_encoder_score_fn(module) -> Any:
-    """``score_fn(params, batch, *, rng=None, train=False) -> float32 [B, n]``:
-    ``s = E_q(query) · doc_vecs`` (``module``: a :class:`~pile_jax.models.students.BertDot`)."""
-    from .students import _rngs
-
-    def score_fn(params, batch, *, rng=None, train=False):
-        q = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
-                         deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
-                         method="encode_queries")
-        return jnp.einsum("bh,bnh->bn", q, jnp.asarray(batch["doc_vecs"], jnp.float32))
-    return score_fn

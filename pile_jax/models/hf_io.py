@@ -278,11 +278,11 @@ def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1,
     WARNING. ``encoder_only=True``: the caller uses the encoder alone (a bi-encoder, a frozen
     document index, a two-tower student), so a missing head is expected and logged at DEBUG only.
     ``attention_impl`` goes to ``EncoderConfig.attention_impl``. A folder holding a pile_jax export
-    manifest is verified against it first (:func:`pile_jax.models.export.verify_export`).
+    manifest is verified against it first (:func:`pile_jax.models.manifest.verify_export`).
     """
     folder = resolve_model_path(path)
     if (folder / "pile_jax_manifest.json").is_file():   # a pile_jax export: every file as exported
-        from .export import verify_export
+        from .manifest import verify_export
 
         verify_export(folder)
     cfg_file = folder / "config.json"

@@ -96,3 +96,28 @@ def resolve_model_path(name_or_path) -> Path:
         f"({hub_cache_dir() or 'the default ~/.cache/huggingface/hub'}), nor a known bundled model "
         f"(known names: {', '.join(sorted(MINILM_ALIASES))}); pile_jax does not download models at run "
         "time: run `huggingface-cli download <org/name>` or save the checkpoint to a local folder first")
+
+
+# ------------------------------------------------------------------------------ schema fragments
+def checkpoint_depth(base: str) -> tuple[int, str]:
+    """``(number of encoder layers, folder)`` of a Hugging Face checkpoint, read from its config.json."""
+    import json
+
+    from .config import EncoderConfig
+
+    folder = resolve_model_path(str(base))
+    hf = json.loads((folder / "config.json").read_text())
+    return int(EncoderConfig.from_hf(hf, num_labels=1).num_layers), str(folder)
+
+
+def position_limit(base: str) -> tuple[int, str]:
+    """``(max tokens, folder)`` of a Hugging Face model: ``max_position_embeddings`` minus the
+    RoBERTa padding offset (as ``Reranker.from_pretrained`` checks)."""
+    import json
+
+    from .config import EncoderConfig
+
+    folder = resolve_model_path(base)
+    hf = json.loads((folder / "config.json").read_text())
+    cfg = EncoderConfig.from_hf(hf, num_labels=1)
+    return cfg.max_position_embeddings - cfg.position_offset, str(folder)

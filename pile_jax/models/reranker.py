@@ -7,7 +7,7 @@
 
 ``predict`` tokenises every unique text once, sorts pairs by token length, assembles each batch
 from ids padded to a bucket length and the last batch to the full ``batch_size`` (static shapes:
-at most one compilation per bucket; :func:`pile_jax.scoring.map_sorted`), runs a jit-compiled
+at most one compilation per bucket; :func:`pile_jax.parallel.map_sorted`), runs a jit-compiled
 ``CrossEncoder`` and returns one raw logit per pair
 (``[N, num_labels]`` when ``num_labels > 1``). A single ``(query, document)`` tuple gives a 0-d array.
 ``predict`` and ``rank`` take sentence-transformers' ``CrossEncoder`` options (``activation_fn``,
@@ -100,7 +100,9 @@ class Reranker:
         out_shape = (len(pairs),) if self.config.num_labels == 1 else (len(pairs), self.config.num_labels)
         scores = np.zeros(out_shape, np.float32)
         if pairs:
-            from pile_jax.scoring import map_sorted, pair_batches
+            from pile_jax.parallel import map_sorted
+
+            from .tokenize import pair_batches
 
             lengths, make_batch = pair_batches(self.tokenizer, pairs)   # each unique text tokenised once
 

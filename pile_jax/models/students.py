@@ -34,7 +34,7 @@ query_encoder        ``query_ids``, ``query_mask`` ``[B, Lq]``, ``doc_vecs`` flo
 ``build_student(kind, path_or_config, **opts) -> (module, params, score_fn, input_kind)``;
 ``input_kind`` names the featuriser: ``"pair"`` (:class:`~pile_jax.models.tokenize.PairTokenizer`),
 ``"two_tower"``, ``"two_tower_prett"`` or ``"two_tower_words"`` (:class:`TwoTowerTokenizer`;
-see :func:`make_featurizer`) or ``"frozen_docs"``
+see :func:`pile_jax.models.features.make_featurizer`) or ``"frozen_docs"``
 (:class:`~pile_jax.models.frozen_docs.FrozenDocFeatures`).
 """
 
@@ -60,7 +60,7 @@ __all__ = [
     # index-time document representations, query-time scoring
     "precompute_documents", "score_with_cache",
     # factory + featurisers
-    "build_student", "make_score_fn", "TwoTowerTokenizer", "make_featurizer", "make_features", "STUDENT_KINDS",
+    "build_student", "make_score_fn", "TwoTowerTokenizer", "STUDENT_KINDS",
     "INPUT_KINDS",
 ]
 
@@ -560,8 +560,6 @@ def make_score_fn(module: nn.Module, kind: str) -> Callable:
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student kind {kind!r}; use one of {STUDENT_KINDS}")
     if kind == "query_encoder":
-        from .frozen_docs import query_encoder_score_fn
-
         return query_encoder_score_fn(module)
 
     def score_fn(params, batch, *, rng=None, train=False):
@@ -570,6 +568,18 @@ def make_score_fn(module: nn.Module, kind: str) -> Callable:
                          deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
                          method="score_groups")
         return jnp.asarray(s, jnp.float32)
+    return score_fn
+
+
+def query_encoder_score_fn(module) -> Any:
+    """``score_fn(params, batch, *, rng=None, train=False) -> float32 [B, n]``:
+    ``s = E_q(query) · doc_vecs`` (``module``: a :class:`BertDot`; the document vectors ``doc_vecs [B, n, H]`` come from the
+    featuriser's frozen index, :mod:`pile_jax.models.frozen_docs`)."""
+    def score_fn(params, batch, *, rng=None, train=False):
+        q = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
+                         deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
+                         method="encode_queries")
+        return jnp.einsum("bh,bnh->bn", q, jnp.asarray(batch["doc_vecs"], jnp.float32))
     return score_fn
 
 
@@ -613,7 +623,7 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     an :class:`EncoderConfig` (everything random). ``dtype`` / ``remat`` override the config.
     ``opts`` by kind: bert_dot ``compress_dim, pooling, normalize``; query_encoder ``pooling``
     (default ``mean``), ``normalize`` (default off: the query norm is the score scale; the frozen
-    document side is set on the featuriser, :func:`make_features`); colbert ``compress_dim,
+    document side is set on the featuriser, :func:`pile_jax.models.features.make_features`); colbert ``compress_dim,
     query_augment, mask_token_id`` (default: the tokenizer's); prett ``split_layer`` (default
     ``num_layers // 2``); tk ``tk_layers`` (TK's own Transformer depth, default 2), ``embed_dim``
     (from a config: default ``embedding_size``; from a checkpoint: its embedding width, whose
@@ -622,7 +632,7 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     ``pretrained_path_or_config`` may also be a ``[V, E]`` embedding array for TK).
     ``input_kind``: ``"pair"`` (cross_encoder), ``"two_tower"`` (bert_dot, colbert),
     ``"two_tower_prett"`` (prett), ``"two_tower_words"`` (tk), ``"frozen_docs"`` (query_encoder);
-    see :func:`make_featurizer`.
+    see :func:`pile_jax.models.features.make_featurizer`.
     """
     if kind not in STUDENT_KINDS:
         raise ValueError(f"unknown student kind {kind!r}; use one of {STUDENT_KINDS}")
@@ -727,57 +737,12 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
 
 # ============================================================================ featurisers
 # One tokenisation path (pile_jax.models.tokenize): texts are tokenised once into token stores and
-# batches are assembled from ids; TwoTowerTokenizer lives there and is re-exported here.
-from .tokenize import (  # noqa: E402
+# batches are assembled from ids; TwoTowerTokenizer lives there and is re-exported here. The
+# featuriser of each input kind: pile_jax.models.features.make_features (above this module).
+from .tokenize import (  # noqa: E402, F401 (re-exported)
     DEFAULT_MAX_DOC_LENGTH,
     DEFAULT_MAX_LENGTH,
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
     TWO_TOWER_BUCKETS,
     TwoTowerTokenizer,
 )
-
-
-def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
-                  max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH,
-                  dtype: Optional[str] = None, **doc_side):
-    """The featuriser object of a student's ``input_kind``: a
-    :class:`~pile_jax.models.tokenize.PairTokenizer` (``"pair"``: ``max_length``,
-    ``max_query_length``) or a :class:`TwoTowerTokenizer` with the matching special-token layout.
-    Both offer ``featurize(queries [B], docs [B][n])`` (text in) and ``tokenize_texts`` /
-    ``assemble`` / ``item_lengths`` (tokenise once, assemble from ids: the train loop, the scorers).
-    ``"frozen_docs"``: a :class:`~pile_jax.models.frozen_docs.FrozenDocFeatures` whose frozen
-    document encoder is set by ``doc_side`` (``doc_encoder`` default the same checkpoint,
-    ``doc_layers`` default all, ``doc_pooling`` default ``mean``, ``doc_normalize`` default true)
-    and computes in ``dtype``."""
-    if input_kind == "frozen_docs":
-        from .frozen_docs import DOC_ENCODER_OPTIONS, FrozenDocFeatures
-
-        unknown = sorted(set(doc_side) - set(DOC_ENCODER_OPTIONS))
-        if unknown:
-            raise TypeError(f"query_encoder: unknown document-side option(s) {unknown}; allowed: "
-                            f"{sorted(DOC_ENCODER_OPTIONS)}")
-        return FrozenDocFeatures(tokenizer_or_path, max_query_length=max_query_length, max_doc_length=max_doc_length,
-                                 dtype=dtype, **doc_side)
-    if doc_side:
-        raise TypeError(f"{input_kind}: document-side options {sorted(doc_side)} are for the query_encoder student")
-    if input_kind == "pair":
-        from .tokenize import PairTokenizer
-
-        return PairTokenizer(tokenizer_or_path, max_length=max_length, max_query_length=max_query_length)
-    layouts = {
-        "two_tower": dict(query_special=True, doc_special="cls_sep"),
-        "two_tower_prett": dict(query_special=True, doc_special="sep", fixed_query_length=True),
-        "two_tower_words": dict(query_special=False, doc_special="none"),
-    }
-    if input_kind not in layouts:
-        raise ValueError(f"unknown input_kind {input_kind!r}; use one of {INPUT_KINDS}")
-    return TwoTowerTokenizer(tokenizer_or_path, max_query_length=max_query_length, max_doc_length=max_doc_length,
-                             **layouts[input_kind])
-
-
-def make_featurizer(input_kind: str, tokenizer_or_path, *, max_query_length: int = DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
-                    max_doc_length: int = DEFAULT_MAX_DOC_LENGTH, max_length: int = DEFAULT_MAX_LENGTH,
-                    ) -> Callable[[Sequence[str], Sequence[Sequence[str]]], dict]:
-    """``featurize(queries [B], docs [B][n]) -> batch arrays`` of :func:`make_features`."""
-    return make_features(input_kind, tokenizer_or_path, max_query_length=max_query_length,
-                         max_doc_length=max_doc_length, max_length=max_length).featurize

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -391,6 +391,38 @@ def assemble_texts(store: TokenStore, rows, *, budget: int, prefix: Sequence = (
     return ids.reshape(*shape, L), mask.reshape(*shape, L)
 
 
+def pad_rows(store: TokenStore, rows, idx, size: int) -> np.ndarray:
+    """int64 ``[size]``: ``rows[idx]`` then the row of the empty text ``""`` (the store's padding
+    key: ``[CLS] [SEP]`` for a tower, an empty pair) up to ``size`` rows, the static batch shape
+    of :func:`pile_jax.parallel.map_sorted`'s last batch."""
+    out = np.full(size, store.index[""], np.int64)
+    out[:len(idx)] = np.asarray(rows)[idx]
+    return out
+
+
+def pair_batches(features, pairs: Sequence[tuple[str, str]], *, distributed: bool | None = None):
+    """``(lengths [N], make_batch(idx, rows) -> batch)`` for scoring ``pairs`` as groups of one
+    with a tokenise-once featuriser: each unique text tokenised once (the Rust batch path),
+    ``lengths`` the tokens per pair (``item_lengths``), ``make_batch`` assembles pairs ``idx``
+    from ids, padded with empty pairs to ``rows`` rows, plus ``mask [rows, 1]`` all True. A
+    featuriser with a frozen document index (``index_documents``) encodes the unique documents
+    first (``distributed`` as in :func:`pile_jax.parallel.map_sorted`)."""
+    qs, ds = [str(q) for q, _ in pairs], [str(d) for _, d in pairs]
+    texts = list(dict.fromkeys(qs + ds))
+    store = tokenize_texts(features._backend, texts, texts)
+    q_rows = store.rows(np.asarray(qs, dtype=object))
+    d_rows = store.rows(np.asarray(ds, dtype=object))
+    if hasattr(features, "index_documents"):   # frozen document vectors: each unique document once
+        features.index_documents(store, np.unique(np.append(d_rows, store.index[""])), distributed=distributed)
+
+    def make_batch(idx, size):
+        q, d = pad_rows(store, q_rows, idx, size), pad_rows(store, d_rows, idx, size)
+        batch = features.assemble(store, q, store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+    return features.item_lengths(store, q_rows, store, d_rows), make_batch
+
+
 def _load_tokenizer(tokenizer_or_path):
     if isinstance(tokenizer_or_path, (str, os.PathLike)):
         from transformers import AutoTokenizer
@@ -626,3 +658,28 @@ class TwoTowerTokenizer:
         """Text -> ``(ids, mask)`` int32 ``[N, Ld]``."""
         store, rows = _unique_store(self._backend, docs)
         return self.encode_document_rows(store, rows)
+
+
+# ------------------------------------------------------------------------------ schema fragments
+def check_lengths(c, model: Mapping[str, Any], where: str, base_key: str = "base",
+                  default_length: int | None = None) -> None:
+    """The schema fragment of a model's lengths: ``max_length`` / ``max_query_length`` /
+    ``max_doc_length`` positive integers, ``max_length`` and ``max_doc_length`` (or the default
+    length) within the position embeddings of ``model[base_key]`` (``c``: a
+    :class:`pile_jax.config.Checker`)."""
+    from .hub import position_limit
+
+    default_length = PIPELINE_MAX_LENGTH if default_length is None else default_length
+    base = model.get(base_key, "all-MiniLM-L6-v2")
+    length = model.get("max_length", default_length)
+    for key in ("max_length", "max_query_length", "max_doc_length"):
+        c.number(model, key, where, integer=True, low=1, nullable=False)
+    try:
+        limit, folder = position_limit(str(base))
+    except (OSError, ValueError, KeyError) as e:
+        c.fail(f"{where}.{base_key}", f"cannot read the model {base!r}: {e}")
+    for key in ("max_length", "max_doc_length"):
+        if key in model and int(model[key]) > limit:
+            c.fail(f"{where}.{key}", f"{model[key]} exceeds the {limit} position embeddings of {folder}")
+    if "max_length" not in model and int(length) > limit:
+        c.fail(f"{where}.max_length", f"the default {length} exceeds the {limit} position embeddings of {folder}")

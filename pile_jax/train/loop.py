@@ -40,25 +40,14 @@ import jax
 import numpy as np
 
 from pile_jax.data.loader import DevicePrefetch, make_train_loader, source_doc_ids
+from pile_jax.caches import BoundedCache
+from pile_jax.config import Checker, ConfigError
 from pile_jax.io import as_path, barrier, is_primary, is_url, write_json
 from pile_jax.params import load_params, save_params
 from pile_jax.train.checkpoint import Checkpointer, install_sigterm_handler
 from pile_jax.train.objective import Objective
 from pile_jax.train.optim import learning_rate_schedule, make_optimizer
 from pile_jax.train.step import create_train_state, make_placement
-
-Featurize = Callable[[Sequence[str], Sequence[Sequence[str]]], dict]
-
-
-@dataclasses.dataclass
-class Ranker:
-    """A trainable ranker: params + score function + text featuriser (+ optional metadata)."""
-
-    params: Any
-    score_fn: Callable
-    featurize: Featurize
-    kind: str = "cross_encoder"
-    meta: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +97,48 @@ class TrainConfig:
             except (TypeError, ValueError, OverflowError, re.error) as e:
                 raise ConfigError(f"train.{key}: expected {_type_name(tp)}, got {value!r} ({e})") from e
         return cls(**out)
+
+
+#: train-config ranges: key -> (lowest allowed value, null allowed, integer)
+TRAIN_RANGES = {"batch_size": (1, False, True), "accum_steps": (1, False, True), "checkpoint_every": (1, False, True),
+                "log_every": (1, False, True), "eval_every": (1, True, True), "keep_checkpoints": (1, False, True),
+                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (0, False, True),
+                "learning_rate": (0, False, False), "weight_decay": (0, False, False), "clip_norm": (0, True, False),
+                "warmup_steps": (0, False, False)}
+def train_keys() -> tuple[str, ...]:
+    """The keys of a ``train:`` section: the fields of :class:`TrainConfig`."""
+    return tuple(f.name for f in dataclasses.fields(TrainConfig))
+
+
+def check_train_section(node: Any, path: str, source: str = "config") -> dict:
+    """The schema fragment of a ``train:`` section: :class:`TrainConfig` keys, ranges, parallel /
+    schedule names, ``lr_multipliers`` regexes, ``accum_steps`` dividing ``batch_size``."""
+    from pile_jax.train.optim import SCHEDULES
+    from pile_jax.train.step import PARALLEL_MODES
+
+    c = Checker(source)
+    node = c.section(node, path, train_keys())
+    for key, (low, nullable, integer) in TRAIN_RANGES.items():
+        c.number(node, key, path, integer=integer, low=low, nullable=nullable)
+    c.number(node, "epochs", path, low=0, low_open=True, nullable=False)
+    c.choice(node, "parallel", path, PARALLEL_MODES)
+    c.choice(node, "schedule", path, SCHEDULES)
+    if "progress" in node and not isinstance(node["progress"], bool):
+        c.fail(f"{path}.progress", f"must be true or false, got {node['progress']!r}")
+    lrm = node.get("lr_multipliers")
+    if lrm is not None:
+        if not isinstance(lrm, Mapping):
+            c.fail(f"{path}.lr_multipliers", f"must map a parameter-path regex to a factor, got {lrm!r}")
+        for pattern in lrm:
+            try:
+                re.compile(str(pattern))
+            except re.error as e:
+                c.fail(f"{path}.lr_multipliers", f"{pattern!r} is not a valid regex ({e})")
+            c.number(lrm, pattern, f"{path}.lr_multipliers", low=0, nullable=False)
+    bs, acc = node.get("batch_size"), node.get("accum_steps")
+    if isinstance(bs, int) and isinstance(acc, int) and bs % acc:
+        c.fail(f"{path}.accum_steps", f"{acc} does not divide batch_size {bs}")
+    return node
 
 
 def _type_name(tp) -> str:
@@ -204,9 +235,11 @@ class Preempted(RuntimeError):
     exit_code = PREEMPTED_EXIT_CODE
 
 
-# The collate and the scorers live in pile_jax.scoring (tokenise once, assemble from ids,
-# data-parallel scoring); re-exported here for existing imports.
+# The Ranker, the collate and the scorers live in pile_jax.scoring (tokenise once, assemble from
+# ids, data-parallel scoring); re-exported here for existing imports.
 from pile_jax.scoring import (  # noqa: E402
+    Featurize,
+    Ranker,
     cached_scorer,
     features_of,
     lookup_texts,
@@ -215,7 +248,9 @@ from pile_jax.scoring import (  # noqa: E402
     score_pairs,
 )
 
-_STEPS: dict = {}
+#: one compiled train step per (score function, objective, placement, optimizer settings): runs
+#: that differ only in seed or data reuse it; owned here, at most 32 per process
+STEPS = BoundedCache("pile_jax.train.loop", "train_steps", maxsize=32)
 
 
 def _host(tree):
@@ -250,21 +285,7 @@ def train(
     obj = Objective.from_config(objective)
     log = log or (lambda s: None)
     placement = make_placement(cfg.parallel)  # pmap | shard_map | none, chosen once
-
-    # --- data: deterministic sampler, this host's slice of every global batch
-    pc, pi = jax.process_count(), jax.process_index()
-    if cfg.batch_size % (pc * placement.devices_per_process * cfg.accum_steps):
-        raise ValueError(
-            f"train.batch_size={cfg.batch_size} must be divisible by processes ({pc}) x local "
-            f"devices ({placement.devices_per_process}) x accum_steps ({cfg.accum_steps})")
-    # every text tokenised once; with a workdir the token ids are kept in workdir/tokens/ (process 0
-    # writes them) and a resumed run reads them back instead of tokenising again
-    # a frozen document index (query_encoder student) encodes the documents the source reads, once
-    index_ids = source_doc_ids(source) if hasattr(features_of(ranker), "index_documents") else None
-    collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None,
-                           index_doc_ids=index_ids)
-    loader = make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
-                               process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size)
+    loader = _make_loader(ranker, source, queries, docs, cfg, placement, workdir)
     total = cfg.steps if cfg.steps is not None else max(1, int(round(cfg.epochs * loader.steps_per_epoch)))
     warmup = int(cfg.warmup_steps * total) if cfg.warmup_steps < 1 else int(cfg.warmup_steps)
     schedule = learning_rate_schedule(learning_rate=cfg.learning_rate, warmup_steps=warmup,
@@ -272,150 +293,193 @@ def train(
     tx = make_optimizer(learning_rate=cfg.learning_rate, warmup_steps=warmup, total_steps=total,
                         schedule=cfg.schedule, weight_decay=cfg.weight_decay, clip_norm=cfg.clip_norm,
                         lr_multipliers=cfg.lr_multipliers)
-    state = create_train_state(ranker.params, tx, jax.random.PRNGKey(cfg.seed))
+    run = _Training(cfg, placement, loader, total, workdir, evaluate, log)
+    state = run.open(create_train_state(ranker.params, tx, jax.random.PRNGKey(cfg.seed)), resume)
+    # --- the step: runs that differ only in seed/data reuse one compiled step
+    key = (ranker.score_fn, repr(obj), placement.mode, placement.devices_per_process, jax.process_count(),
+           cfg.accum_steps, cfg.learning_rate, warmup, total, cfg.schedule, cfg.weight_decay, cfg.clip_norm,
+           repr(cfg.lr_multipliers))
+    step_fn = STEPS.get_or_make(key, lambda: placement.make_step(score_fn=ranker.score_fn, objective=obj, tx=tx,
+                                                                 accum_steps=cfg.accum_steps, lr_schedule=schedule))
+    run.steps(step_fn, placement.init(state), int(state.step))
+    return run.finish()
 
-    # --- workdir (local or URL) and resume
-    wd = as_path(workdir) if workdir else None
-    history: list[dict] = []
-    best = {"step": None, "metric": None}
-    best_params = None
-    ckpt = None
-    if wd is not None:
+
+def _make_loader(ranker, source, queries, docs, cfg: TrainConfig, placement, workdir):
+    """The deterministic loader of this host's slice of every global batch (the batch size must
+    divide over processes x local devices x accumulation steps). Every text is tokenised once;
+    with a workdir the token ids are kept in ``workdir/tokens/`` (process 0 writes them) and a
+    resumed run reads them back; a frozen document index (query_encoder student) encodes the
+    documents the source reads, once."""
+    pc, pi = jax.process_count(), jax.process_index()
+    if cfg.batch_size % (pc * placement.devices_per_process * cfg.accum_steps):
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} must be divisible by processes ({pc}) x local "
+            f"devices ({placement.devices_per_process}) x accum_steps ({cfg.accum_steps})")
+    index_ids = source_doc_ids(source) if hasattr(features_of(ranker), "index_documents") else None
+    collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None,
+                           index_doc_ids=index_ids)
+    return make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
+                             process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size)
+
+
+class _Training:
+    """One run of :func:`train` after its setup: the workdir (checkpoints, resume, best params),
+    the step loop with its intervals (metrics, dev evaluation, checkpoints, preemption), the
+    history and the result."""
+
+    def __init__(self, cfg: TrainConfig, placement, loader, total: int, workdir, evaluate, log):
+        self.cfg, self.placement, self.loader, self.total = cfg, placement, loader, total
+        self.evaluate, self.log = evaluate, log
+        self.wd = as_path(workdir) if workdir else None
+        self.history: list[dict] = []
+        self.best = {"step": None, "metric": None}
+        self.best_params = None
+        self.ckpt = None
+        self.pc = jax.process_count()
+        self.pending: list[tuple[int, dict]] = []   # per-step metrics still on device
+        self.clock = {"t0": time.perf_counter(), "pairs": 0}
+        self.writer = self.pbar = self.batches = self.dstate = None
+
+    def open(self, state, resume: bool):
+        """The workdir (local or URL) and, with ``resume``, the latest checkpoint: state, loader
+        position, history, best dev score and params. Returns the state to start from."""
+        wd, cfg = self.wd, self.cfg
+        if wd is None:
+            return state
         if is_primary():
             wd.mkdir(parents=True, exist_ok=True)
-        ckpt = Checkpointer(wd / "checkpoints", max_to_keep=cfg.keep_checkpoints,
-                            save_interval_steps=cfg.checkpoint_every)
-        if resume:
-            restored = ckpt.restore_latest(state)
-            if restored is not None:
-                state, extra = restored
-                loader.load_state_dict(extra["sampler"])
-                history = list(extra.get("history", []))
-                best = dict(extra.get("best", best))
-                if best["step"] is not None and (wd / "best_params.npz").exists():
-                    best_params = load_params(wd / "best_params.npz", state.params)
-                log(f"resumed from step {int(state.step)} (epoch {loader.state_dict()['epoch']})")
-    start = int(state.step)
+        self.ckpt = Checkpointer(wd / "checkpoints", max_to_keep=cfg.keep_checkpoints,
+                                 save_interval_steps=cfg.checkpoint_every)
+        restored = self.ckpt.restore_latest(state) if resume else None
+        if restored is not None:
+            state, extra = restored
+            self.loader.load_state_dict(extra["sampler"])
+            self.history = list(extra.get("history", []))
+            self.best = dict(extra.get("best", self.best))
+            if self.best["step"] is not None and (wd / "best_params.npz").exists():
+                self.best_params = load_params(wd / "best_params.npz", state.params)
+            self.log(f"resumed from step {int(state.step)} (epoch {self.loader.state_dict()['epoch']})")
+        return state
 
-    # --- the step: runs that differ only in seed/data reuse one compiled step
-    key = (ranker.score_fn, repr(obj), placement.mode, placement.devices_per_process, pc, cfg.accum_steps,
-           cfg.learning_rate, warmup, total, cfg.schedule, cfg.weight_decay, cfg.clip_norm,
-           repr(cfg.lr_multipliers))
-    if key not in _STEPS:
-        _STEPS[key] = placement.make_step(score_fn=ranker.score_fn, objective=obj, tx=tx,
-                                          accum_steps=cfg.accum_steps, lr_schedule=schedule)
-    step_fn = _STEPS[key]
-    dstate = placement.init(state)
+    def extra(self) -> dict:
+        return {"sampler": self.batches.state_dict(), "history": self.history, "best": self.best}
 
-    # Device prefetch: two batches already placed on device (device_put is asynchronous, so the
-    # copy of the next batch overlaps the running step); its state is that of the next batch
-    # returned, so checkpoints stay exact. The pair count is taken on the host, before the copy.
-    batches = DevicePrefetch(loader, lambda b: (int(np.asarray(b["mask"]).sum()) * pc, placement.put(b)), size=2)
-
-    def extra():
-        return {"sampler": batches.state_dict(), "history": history, "best": best}
-
-    def run_eval(step):
-        nonlocal best_params
-        params = placement.host(dstate).params
-        metrics = dict(evaluate(params))
-        history.append({"step": step, "eval": metrics})
-        value = metrics.get(cfg.select_metric)
-        log(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-        if writer:
+    def run_eval(self, step: int) -> None:
+        """Dev evaluation at ``step``; the best ``select_metric`` keeps its params (and
+        ``best_params.npz``)."""
+        params = self.placement.host(self.dstate).params
+        metrics = dict(self.evaluate(params))
+        self.history.append({"step": step, "eval": metrics})
+        value = metrics.get(self.cfg.select_metric)
+        self.log(f"step {step}: dev " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        if self.writer:
             for k, v in metrics.items():
-                writer.add_scalar(f"dev/{k}", v, step)
-        if value is not None and (best["metric"] is None or value > best["metric"]):
-            best.update(step=step, metric=float(value))
-            best_params = _host(params)
-            if wd is not None and is_primary():
-                save_params(wd / "best_params.npz", best_params)
+                self.writer.add_scalar(f"dev/{k}", v, step)
+        if value is not None and (self.best["metric"] is None or value > self.best["metric"]):
+            self.best.update(step=step, metric=float(value))
+            self.best_params = _host(params)
+            if self.wd is not None and is_primary():
+                save_params(self.wd / "best_params.npz", self.best_params)
 
-    # Per-step metrics stay on device until an interval reads them (no per-step host sync).
-    pending: list[tuple[int, dict]] = []
-    clock = {"t0": time.perf_counter(), "pairs": 0}
-
-    def read_metrics():
+    def read_metrics(self) -> None:
         """Reads the pending steps' metrics: reports every skipped step, aborts after
         ``max_nonfinite_steps`` consecutive ones (at the exact step), logs the log steps."""
-        rows = [(s, {k: placement.scalar(v) for k, v in m.items()}) for s, m in pending]
-        pending.clear()
+        cfg = self.cfg
+        rows = [(s, {k: self.placement.scalar(v) for k, v in m.items()}) for s, m in self.pending]
+        self.pending.clear()
         for s, m in rows:
             if m["nonfinite"]:
-                log(f"step {s}: non-finite loss or gradients; update skipped "
-                    f"({m['nonfinite_run']} in a row, {m['skipped']} in total)")
+                self.log(f"step {s}: non-finite loss or gradients; update skipped "
+                         f"({m['nonfinite_run']} in a row, {m['skipped']} in total)")
                 if m["nonfinite_run"] >= cfg.max_nonfinite_steps:
                     raise FloatingPointError(
                         f"step {s}: {m['nonfinite_run']} consecutive steps with non-finite loss or "
                         f"gradients (train.max_nonfinite_steps={cfg.max_nonfinite_steps}); their "
                         "updates were skipped. Check the inputs and the learning rate.")
-            if s % cfg.log_every == 0 or s == total:
-                dt = time.perf_counter() - clock["t0"]
-                m["pairs_per_s"] = clock["pairs"] / dt if dt > 0 else 0.0
-                clock.update(t0=time.perf_counter(), pairs=0)
-                history.append({"step": s, **m})
-                if writer:
+            if s % cfg.log_every == 0 or s == self.total:
+                dt = time.perf_counter() - self.clock["t0"]
+                m["pairs_per_s"] = self.clock["pairs"] / dt if dt > 0 else 0.0
+                self.clock.update(t0=time.perf_counter(), pairs=0)
+                self.history.append({"step": s, **m})
+                if self.writer:
                     for k, v in m.items():
-                        writer.add_scalar(f"train/{k}", v, s)
-                if pbar:
-                    pbar.set_postfix(loss=f"{m['loss']:.4f}")
+                        self.writer.add_scalar(f"train/{k}", v, s)
+                if self.pbar:
+                    self.pbar.set_postfix(loss=f"{m['loss']:.4f}")
 
-    # SIGTERM -> checkpoint and stop, only where a checkpoint can be written. One process: our
-    # flag. Several: JAX's preemption service (its own SIGTERM notifier) + orbax's sync point.
-    flag = install_sigterm_handler() if (ckpt is not None and pc == 1) else None
-    writer = _summary_writer(wd)
-    pbar = None
-    if cfg.progress:
-        from pile_jax.logs import progress as progress_bar
+    def steps(self, step_fn, dstate, start: int) -> None:
+        """The step loop from ``start`` to the total, then the final metrics, dev evaluation and
+        checkpoint. Metrics stay on device until an interval (log, eval, checkpoint, stop) reads
+        them. SIGTERM -> checkpoint and :class:`Preempted`, only where a checkpoint can be written
+        (one process: our flag; several: JAX's preemption service + orbax's sync point)."""
+        cfg, ckpt, placement, total = self.cfg, self.ckpt, self.placement, self.total
+        self.dstate = dstate
+        # Device prefetch: two batches already placed on device (device_put is asynchronous, so the
+        # copy of the next batch overlaps the running step); its state is that of the next batch
+        # returned, so checkpoints stay exact. The pair count is taken on the host, before the copy.
+        self.batches = DevicePrefetch(self.loader, lambda b: (int(np.asarray(b["mask"]).sum()) * self.pc,
+                                                              placement.put(b)), size=2)
+        flag = install_sigterm_handler() if (ckpt is not None and self.pc == 1) else None
+        self.writer = _summary_writer(self.wd)
+        if cfg.progress:
+            from pile_jax.logs import progress as progress_bar
 
-        pbar = progress_bar(total=total, initial=start, desc="train", unit="step")
-    try:
-        for step in range(start, total):
-            pairs, batch = batches.next_batch()
-            clock["pairs"] += pairs
-            dstate, metrics = step_fn(dstate, batch)
-            done = step + 1
-            pending.append((done, metrics))
-            if pbar:
-                pbar.update(1)
-            eval_now = bool(evaluate and cfg.eval_every and done % cfg.eval_every == 0 and done != total)
-            stop = ckpt is not None and ckpt.should_stop(done, flag)
-            save_now = ckpt is not None and done % cfg.checkpoint_every == 0
-            if done % cfg.log_every == 0 or done == total or eval_now or stop or save_now:
-                read_metrics()
-            if eval_now:
-                run_eval(done)
-            if stop:
-                ckpt.save(done, placement.host(dstate), extra(), force=True)
+            self.pbar = progress_bar(total=total, initial=start, desc="train", unit="step")
+        try:
+            for step in range(start, total):
+                pairs, batch = self.batches.next_batch()
+                self.clock["pairs"] += pairs
+                self.dstate, metrics = step_fn(self.dstate, batch)
+                done = step + 1
+                self.pending.append((done, metrics))
+                if self.pbar:
+                    self.pbar.update(1)
+                eval_now = bool(self.evaluate and cfg.eval_every and done % cfg.eval_every == 0 and done != total)
+                stop = ckpt is not None and ckpt.should_stop(done, flag)
+                save_now = ckpt is not None and done % cfg.checkpoint_every == 0
+                if done % cfg.log_every == 0 or done == total or eval_now or stop or save_now:
+                    self.read_metrics()
+                if eval_now:
+                    self.run_eval(done)
+                if stop:
+                    ckpt.save(done, placement.host(self.dstate), self.extra(), force=True)
+                    ckpt.wait()
+                    raise Preempted(f"preempted (SIGTERM): saved a checkpoint at step {done} in "
+                                    f"{ckpt.directory}; rerun with --resume to continue")
+                if save_now:
+                    ckpt.save(done, placement.host(self.dstate), self.extra())
+            self.read_metrics()
+            if self.evaluate and not any(h.get("step") == total and "eval" in h for h in self.history):
+                self.run_eval(total)
+            if ckpt:
+                ckpt.save(total, placement.host(self.dstate), self.extra(), force=True)
                 ckpt.wait()
-                raise Preempted(f"preempted (SIGTERM): saved a checkpoint at step {done} in "
-                                f"{ckpt.directory}; rerun with --resume to continue")
-            if save_now:
-                ckpt.save(done, placement.host(dstate), extra())
-        read_metrics()
-        if evaluate and not any(h.get("step") == total and "eval" in h for h in history):
-            run_eval(total)
-        if ckpt:
-            ckpt.save(total, placement.host(dstate), extra(), force=True)
-            ckpt.wait()
-    finally:
-        batches.close()
-        if pbar:
-            pbar.close()
+        finally:
+            self.close(flag)
+
+    def close(self, flag) -> None:
+        self.batches.close()
+        if self.pbar:
+            self.pbar.close()
         if flag is not None:
             flag.uninstall()
-        if writer:
-            writer.close()
-        if ckpt:
-            ckpt.close()
-    final = _host(placement.host(dstate).params)
-    if wd is not None:
-        if is_primary():
-            save_params(wd / "final_params.npz", final)
-            write_json(wd / "history.json", history)
-        barrier("pile_jax.train.final")
-    return TrainResult(params=best_params if best_params is not None else final, final_params=final,
-                       history=history, best_step=best["step"], best_metric=best["metric"], steps=total)
+        if self.writer:
+            self.writer.close()
+        if self.ckpt:
+            self.ckpt.close()
+
+    def finish(self) -> TrainResult:
+        """``final_params.npz`` and ``history.json`` (process 0); the best (or final) params."""
+        final = _host(self.placement.host(self.dstate).params)
+        if self.wd is not None:
+            if is_primary():
+                save_params(self.wd / "final_params.npz", final)
+                write_json(self.wd / "history.json", self.history)
+            barrier("pile_jax.train.final")
+        return TrainResult(params=self.best_params if self.best_params is not None else final, final_params=final,
+                           history=self.history, best_step=self.best["step"], best_metric=self.best["metric"],
+                           steps=self.total)
 
 
 def _summary_writer(wd):

@@ -28,7 +28,7 @@ from typing import Any, Mapping
 import jax
 import jax.numpy as jnp
 
-from pile_jax.config import ConfigError
+from pile_jax.config import Checker, ConfigError, did_you_mean
 
 __all__ = [
     "Objective", "as_objective", "resolve_target", "term_denominators", "compute_loss",
@@ -281,3 +281,63 @@ def compute_loss(
         terms[f"aux/{name}"] = value
         loss = loss + weight * value
     return loss, terms
+
+
+# ------------------------------------------------------------------------------ schema fragments
+def check_ensemble(name: Any, options: Mapping[str, Any], where: str, source: str = "config",
+                   trial: bool = True, name_key: str | None = None) -> None:
+    """An ensemble name of :data:`pile_jax.ensemble.ENSEMBLES` with options its function takes,
+    and (``trial``) values it accepts: it is run once on a tiny list."""
+    import inspect
+
+    import numpy as np
+
+    from pile_jax import ensemble as E
+
+    c = Checker(source)
+    if name not in E.ENSEMBLES:
+        c.fail(name_key or f"{where}.name",
+               f"unknown ensemble {name!r}{did_you_mean(str(name), E.ENSEMBLES)} (known: {', '.join(E.ENSEMBLES)})")
+    params = inspect.signature(E.ENSEMBLES[name]).parameters
+    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where")]
+    c.keys(options, where, known)
+    if trial and options:
+        ts = np.array([[[2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0]]], np.float32)
+        try:
+            E.ensemble(name, ts, np.array([[1.0, 0.0, 0.0]], np.float32), **dict(options))
+        except (ValueError, TypeError) as e:
+            c.fail(where, f"bad option value for {name}: {e}")
+
+
+def check_objective(node: Any, path: str, source: str = "config", *, teacher: Iterable[str] = ()) -> dict:
+    """An objective section (:class:`pile_jax.train.objective.Objective` keys, loss and ensemble
+    names and options, plus ``teacher`` when ``teacher`` lists the values it may take)."""
+    c = Checker(source)
+    allowed = [f.name for f in dataclasses.fields(Objective)] + (["teacher"] if teacher else [])
+    node = c.section(node, path, allowed, required=True)
+    obj = dict(node)
+    if "teacher" in obj:
+        t = obj.pop("teacher")
+        teacher = list(teacher)
+        if t not in teacher:
+            c.fail(f"{path}.teacher", f"unknown teacher {t!r}{did_you_mean(str(t), teacher)} "
+                                      f"(known: {', '.join(teacher)})")
+        obj["target"], obj["teacher_index"] = "teacher", 0
+    from pile_jax.losses import LOSS_REGISTRY
+
+    for key in ("label_losses", "distill_losses", "loss_options"):
+        if isinstance(obj.get(key), Mapping):
+            for loss in obj[key]:
+                if loss not in LOSS_REGISTRY:
+                    c.fail(f"{path}.{key}", f"unknown loss {loss!r}{did_you_mean(str(loss), LOSS_REGISTRY)} "
+                                            f"(known: {', '.join(sorted(LOSS_REGISTRY))})")
+    try:
+        parsed = Objective.from_config(obj)
+    except ConfigError as e:
+        msg = str(e)
+        msg = msg[len("objective"):] if msg.startswith("objective") else ": " + msg
+        raise ConfigError(f"{source}: {path}{msg}") from None
+    if parsed.distill_losses and parsed.target == "ensemble":
+        opts = dict(parsed.ensemble)
+        check_ensemble(opts.pop("name", None), opts, f"{path}.ensemble", source)
+    return node

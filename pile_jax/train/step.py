@@ -36,6 +36,7 @@ import optax
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from pile_jax.parallel import eval_scores_fn, split_output as _split_output  # noqa: F401 (re-exported)
 from pile_jax.train.objective import Objective, as_objective, compute_loss, resolve_target, term_denominators
 
 __all__ = [
@@ -79,13 +80,6 @@ def create_train_state(params: Any, tx: optax.GradientTransformation, rng) -> Tr
     zero = lambda: jnp.zeros((), jnp.int32)  # distinct buffers (the step donates the state)
     return TrainState(step=zero(), params=params, opt_state=tx.init(params), rng=_raw_key(rng),
                       skipped=zero(), nonfinite_run=zero())
-
-
-def _split_output(out) -> tuple[jax.Array, dict[str, jax.Array]]:
-    if isinstance(out, tuple):
-        scores, aux = out
-        return scores, dict(aux or {})
-    return out, {}
 
 
 def _psum(x, axis_name):
@@ -390,14 +384,6 @@ def make_placement(parallel: str = "pmap") -> Placement:
     if parallel == "pmap":
         return Placement("pmap", jax.local_device_count())
     return Placement("shard_map", jax.local_device_count(), make_mesh())
-
-
-def eval_scores_fn(score_fn: ScoreFn) -> Callable[[Any, Mapping[str, Any]], jax.Array]:
-    """jit-compiled ``(params, batch) -> float32 scores [B, n]`` (``train=False``, no RNG)."""
-    def fn(params, batch):
-        scores, _ = _split_output(score_fn(params, batch, rng=None, train=False))
-        return jnp.asarray(scores, jnp.float32)
-    return jax.jit(fn)
 
 
 def maybe_initialize_distributed(coordinator_address: str | None = None,
