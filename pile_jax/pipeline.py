@@ -230,7 +230,7 @@ def _prepare(cfg, out, data, log) -> SimpleNamespace:
         + (f", transfer {len(prep.transfer['query_id'])} (unlabelled)" if prep.transfer is not None else "")
         + f"; train skipped (no label pair) {prep.group_stats['train'].get('skipped_no_label_pair', 0)}; "
         f"TFDS ArrayRecord at {builder.data_dir}")
-    return SimpleNamespace(prep=prep, data=data, coll=coll, splits=prep.splits, candidates=prep.candidates, groups=groups,
+    return SimpleNamespace(prep=prep, cfg=cfg, data=data, coll=coll, splits=prep.splits, candidates=prep.candidates, groups=groups,
                            teacher_names=names, eval_split=eval_split, standardize=standardize,
                            unjudged=C.get(cfg, "data.unjudged", "zero"), train_source=train_source,
                            transfer_source=transfer_source)
@@ -367,7 +367,7 @@ def _train_seed(scfg, st, job, book: _RunBook, out_path, log, export, run_name, 
     tcfg = dict(scfg.get("train", {}))
     tcfg["seed"] = seed
     dev_eval = functools.partial(_dev_metrics, st, job, ranker)
-    resume = _student_folder(cfg, job, work, ranker, run_name, seed, source, log)
+    resume = _student_folder(job.cfg, job, work, ranker, run_name, seed, source, log)
     result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
                    workdir=str(work), resume=resume, evaluate=dev_eval if st.select_on_dev else None, log=log)
     st.curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
