@@ -994,7 +994,7 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     """Fragment: the ``study:`` section (students and their options, factors, cells and their
     objectives, latency, seeds, train section, teachers named by ``teacher`` / ``layer_teacher``)."""
     from pile_jax.models.tokenize import check_lengths
-    from pile_jax.rankers import student_options
+    from pile_jax.rankers import check_layers, check_student_options, student_options
     from pile_jax.train.loop import check_train_section
     from pile_jax.train.objective import check_objective
 
@@ -1023,6 +1023,11 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
                                     f"{C.did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
                                     f"(known: {', '.join(STUDENT_KINDS)})")
         c.keys(spec, where, STUDENT_SPEC_KEYS + student_options().get(spec["kind"], ()))
+        sbase = spec.get("base", model.get("base", "all-MiniLM-L6-v2"))
+        check_layers(c, spec, "num_layers", where, sbase)
+        check_student_options(c, spec["kind"], {k: v for k, v in spec.items()
+                                                if k in student_options().get(spec["kind"], ())}, where, base=sbase,
+                              num_layers=spec.get("num_layers"))
         if spec["kind"] == "cross_encoder":
             check_lengths(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
     for key in ("teacher", "layer_teacher"):

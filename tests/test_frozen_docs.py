@@ -147,7 +147,7 @@ def test_training_the_query_tower_fits_the_teacher_margins(cranfield):
     res = train(r, source=records, objective={"distill_losses": {"margin_mse": 1.0}, "ensemble": {"name": "mean"}},
                 queries=coll.queries, docs=coll.docs,
                 config={"batch_size": 4, "steps": 15, "learning_rate": 1e-3, "warmup_steps": 0, "log_every": 5,
-                        "seed": 0, "progress": False})
+                        "seed": 0, "progress": False, "parallel": "none"})   # one device: no 4x replicated Adam
     before, after = margin_mse(r.params), margin_mse(res.params)
     print(f"margin MSE to the teacher: {before:.4f} -> {after:.4f}")
     assert after < 0.6 * before, (before, after)

@@ -148,7 +148,7 @@ class DocumentIndex:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"doc_pooling must be 'mean' or 'cls', got {pooling!r}")
         self.path = str(resolve_model_path(path))
-        config, params = load_pretrained(self.path, num_layers=num_layers, new_head=True)  # encoder only
+        config, params = load_pretrained(self.path, num_layers=num_layers, new_head=True, encoder_only=True)
         if dtype is not None:
             config = config.replace(dtype=dtype)
         self.config, self.params = config, params["encoder"]

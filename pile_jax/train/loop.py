@@ -102,7 +102,7 @@ class TrainConfig:
 #: train-config ranges: key -> (lowest allowed value, null allowed, integer)
 TRAIN_RANGES = {"batch_size": (1, False, True), "accum_steps": (1, False, True), "checkpoint_every": (1, False, True),
                 "log_every": (1, False, True), "eval_every": (1, True, True), "keep_checkpoints": (1, False, True),
-                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (None, False, True),
+                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (0, False, True),
                 "learning_rate": (0, False, False), "weight_decay": (0, False, False), "clip_norm": (0, True, False),
                 "warmup_steps": (0, False, False)}
 def train_keys() -> tuple[str, ...]:

@@ -314,7 +314,7 @@ class Placement:
     """Where the train state and batches live for one parallel mode (see :func:`make_placement`).
 
     * ``init(state)``: host state -> device state (replicated per local device for ``pmap``,
-      a replicated global array for ``shard_map``, unchanged for ``none``).
+      a replicated global array for ``shard_map``, a copy for ``none``: the step donates it).
     * ``put(batch)``: this process's rows ``[B/P, ...]`` -> the step's input.
     * ``make_step(**kw)``: the compiled step (``make_train_step`` for this mode).
     * ``host(tree)``: a device state -> host-local state (one copy; what is checkpointed and
@@ -334,7 +334,9 @@ class Placement:
             return replicate(state)
         if self.mode == "shard_map":
             return put_replicated(state, self.mesh)
-        return state
+        # none: own buffers, since the step donates the state (the caller's params, e.g.
+        # ranker.params, would otherwise be deleted by the first step)
+        return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
 
     def put(self, batch):
         if self.mode == "pmap":
