@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="combine the output folders of this config run on disjoint study.cells into --out "
+                        "(significance recomputed over all cells); trains nothing")
     for p in sub.choices.values():  # logging options on every subcommand (pile_jax.logs)
         g = p.add_argument_group("logging")
         g.add_argument("--log-level", default="INFO", type=str.upper,

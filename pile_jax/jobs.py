@@ -239,8 +239,13 @@ def cmd_export(args) -> int:
 # ------------------------------------------------------------------------------------- study
 def cmd_study(args) -> int:
     from pile_jax.schema import validate
-    from pile_jax.study import run_study
+    from pile_jax.study import merge_studies, run_study
 
+    if getattr(args, "merge", None):
+        if not args.out:
+            raise C.ConfigError("--merge needs --out")
+        merge_studies(args.merge, args.out)
+        return 0
     cfg = _load(args, ["quick"] if args.quick else [])
     validate(cfg, job="study")  # the whole config, before any work
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")

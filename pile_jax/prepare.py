@@ -43,7 +43,9 @@ __all__ = [
     "pseudo_queries", "transfer_settings", "concat_groups",
 ]
 
-TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "file")
+TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "fine_tuned", "file")
+#: kinds fine-tuned inside the job on the train labels, cross-fitted over ``folds``
+FINE_TUNED_KINDS = ("cross_encoder", "fine_tuned")
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -294,7 +296,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     Kinds: ``bm25`` (the first-stage scores, BM25 of the missing pairs), ``biencoder_cosine``
     (``model.base``), ``checkpoint`` (``spec.path``, a Hugging Face cross-encoder folder),
     ``cross_encoder`` (fine-tuned here on ``fit_candidates``'s train groups, cross-fitted over
-    ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``file`` (``spec.path``). Queries in
+    ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``fine_tuned`` (the same for any
+    student architecture, ``spec.student`` = ``{kind, ...options}`` of :func:`pile_jax.rankers.student`,
+    e.g. a full-depth ``query_encoder`` against the frozen document index), ``file`` (``spec.path``). Queries in
     ``done`` whose candidates it covers are kept; model teachers call ``save`` with the scores so
     far every 400 queries (a killed run resumes); on several processes every process runs the same
     calls and the scorers share the batches out across processes (data-parallel scoring).
@@ -351,12 +355,12 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
                 save({**done, **new})
             if i + chunk < len(keys):
                 log(f"teacher {spec['name']}: {i + chunk}/{len(keys)} queries scored")
-    elif kind == "cross_encoder":
+    elif kind in FINE_TUNED_KINDS:
         if _process()[1] > 1:
-            raise C.ConfigError(f"teacher {spec.get('name')!r}: kind cross_encoder (fine-tuned in the job) runs on "
+            raise C.ConfigError(f"teacher {spec.get('name')!r}: kind {kind} (fine-tuned in the job) runs on "
                                 "one process; score it with `pile-jax run` and pass it as kind: file")
         if cfg is None or splits is None or out_dir is None:
-            raise ValueError("score_teacher: a cross_encoder teacher needs cfg, splits and out_dir")
+            raise ValueError(f"score_teacher: a {kind} teacher needs cfg, splits and out_dir")
         score_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
         split_set = set(score_qids)
         score_qids += [q for q in candidates if q not in split_set]  # e.g. transfer-set pseudo-queries
@@ -373,7 +377,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
 def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, train_qids, score_qids, model_cfg,
                                  batch_size, out_dir, log):
     """Cross-fitted fine-tuning: fold k's model scores fold k's train queries; every fold model
-    scores the other queries and their logits are averaged."""
+    scores the other queries and their logits are averaged. Kind ``cross_encoder``: a MiniLM
+    cross-encoder with a new head; kind ``fine_tuned``: the student architecture ``spec.student``
+    (``{kind, num_layers, ...options}``, :func:`pile_jax.rankers.student`), e.g. a query tower."""
     from pile_jax import rankers
     from pile_jax.data import build_groups, iter_group_examples
     from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
@@ -392,11 +398,23 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
         fit_qids = [q for q in train_qids if fold_of[q] != k] if folds > 1 else list(train_qids)
         groups, stats = build_groups(coll, fit_candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
                                      **train_group_args(cfg, depth))
-        ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
-                                       num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
-                                       max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-                                       max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
+        if spec.get("kind") == "fine_tuned":
+            arch = dict(C.require(spec, "student", source=f"teacher {spec['name']!r}"))
+            arch_kind = arch.pop("kind")
+            arch.setdefault("num_layers", spec.get("num_layers", model_cfg.get("num_layers")))
+            if arch_kind != "cross_encoder":
+                arch.setdefault("max_doc_length", int(model_cfg.get("max_doc_length",
+                                                                    model_cfg.get("max_length", PIPELINE_MAX_LENGTH))))
+            ranker = rankers.student(arch_kind, model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                     max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                     max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+                                     dtype=model_cfg.get("dtype", "float32"), seed=seed + k, **arch)
+        else:
+            ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                           num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
+                                           max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                           max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+                                           dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
         train_cfg = dict(cfg.get("teacher_train", {}))
         train_cfg.update(spec.get("train", {}))
         train_cfg["seed"] = seed + 100 * k
@@ -424,7 +442,7 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
 
 def _fit_description(spec, cfg, coll, fit_candidates, splits, depth) -> dict | None:
     """What a fine-tuned teacher was fitted on (hashed into its fingerprint)."""
-    if spec.get("kind") != "cross_encoder":
+    if spec.get("kind") not in FINE_TUNED_KINDS:
         return None
     train_qids = list(splits["train"])
     return {"collection": coll.name, "qrels": C.get(cfg, "data.qrels_file", "qrels.tsv"),
@@ -663,7 +681,7 @@ SECTION_KEYS = {
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
-                "outliers"),
+                "outliers", "student"),
     "ensembles": ("standardize", "methods"),
     "eval": ("split",),
 }
@@ -773,13 +791,22 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         c.choice(spec, "outliers", where, ("error", "accept"))
         if "outliers" in spec and kind != "file":
             c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
-        if kind == "cross_encoder":
+        if kind in FINE_TUNED_KINDS:
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:
-            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
+            c.fail(f"{where}.objective", "only a cross_encoder or fine_tuned teacher (fine-tuned here) takes an objective")
+        if kind == "fine_tuned":
+            from pile_jax.models.students import STUDENT_KINDS
+
+            arch = spec.get("student")
+            if not isinstance(arch, Mapping) or arch.get("kind") not in STUDENT_KINDS:
+                c.fail(f"{where}.student", f"a fine_tuned teacher needs student: {{kind, ...}} with kind in "
+                                           f"{', '.join(STUDENT_KINDS)}, got {arch!r}")
+        elif "student" in spec:
+            c.fail(f"{where}.student", "only a fine_tuned teacher takes a student architecture")
         if "train" in spec:
             check_train_section(spec["train"], f"{where}.train", c.source)
-        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
+        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder", "fine_tuned"):
             tm = dict(context["model"])
             extra = spec.get("model")
             if isinstance(extra, str):

@@ -64,7 +64,8 @@ def test_limited_splits_number_mapping_and_errors():
 import os  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = [("cranfield_pile.yaml", "run"), ("scifact_pile.yaml", "run"), ("study_margin_mse.yaml", "study"),
+SHIPPED = [("cranfield_pile.yaml", "run"), ("scifact_pile.yaml", "run"), ("nfcorpus_pile.yaml", "run"),
+           ("study_pile.yaml", "study"), ("study_margin_mse.yaml", "study"),
            ("study_uniform.yaml", "study"), ("train_pile.yaml", "train"), ("train_margin_mse.yaml", "train"),
            ("train_hard_labels.yaml", "train")]
 
