@@ -50,14 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--standardize", default="global", choices=("global", "none"))
     p.add_argument("--unjudged", default="zero", choices=("zero", "ignore"))
     p.add_argument("--out", required=True, help="output score file (qid docid score)")
+    p.add_argument("--accept-outliers", action="store_true",
+                   help="accept a teacher score far outside the rest of its file (default: an error naming the line)")
 
     p = sub.add_parser("train", help="train a student from labels and teacher scores (config-driven)")
     _add_config_args(p)
     p.add_argument("--out", default=None, help="work folder (checkpoints, TensorBoard, export)")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
     p.add_argument("--force-resume", action="store_true",
-                   help="with --resume: continue even though the student, objective, teachers, learning rate, "
-                        "batch size or seed changed")
+                   help="with --resume: continue even though the student, objective, teachers, standardisation or "
+                        "learning rate changed (a changed batch size, seed or data setting is still refused)")
 
     p = sub.add_parser("eval", help="metrics of a TREC run file, or re-rank candidates with a model")
     p.add_argument("--collection", required=True)
@@ -77,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--out", default=None)
+    p.add_argument("--merge", nargs="+", default=None, metavar="DIR",
+                   help="combine the output folders of this config run on disjoint study.cells into --out "
+                        "(significance recomputed over all cells); trains nothing")
     for p in sub.choices.values():  # logging options on every subcommand (pile_jax.logs)
         g = p.add_argument_group("logging")
         g.add_argument("--log-level", default="INFO", type=str.upper,
@@ -127,9 +132,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pile-jax {args.command}: error: training stopped: " + " ".join(str(e).split()), file=sys.stderr)
         return 2
     except Preempted as e:
-        print(f"pile-jax {args.command}: preempted (SIGTERM), checkpoint saved: {e}; rerun with --resume",
-              file=sys.stderr)
-        return e.exit_code   # 75 (EX_TEMPFAIL): a supervisor relaunches with --resume
+        print(f"pile-jax {args.command}: {_preempted_message(args.command, str(e))}", file=sys.stderr)
+        return e.exit_code   # 75 (EX_TEMPFAIL): a supervisor relaunches (train: with --resume)
+    except OSError as e:
+        # a write that failed (full disk, quota, ...): the path and the reason, no traceback
+        print(f"pile-jax {args.command}: error: {_os_error_message(e)}", file=sys.stderr)
+        return 1
+
+
+#: what to do after a SIGTERM stop, per command (only `train` has --resume)
+RESUME_ADVICE = {
+    "train": "rerun with --resume to continue",
+    "run": "rerun the same command to continue (teacher files are reused and each student resumes from its "
+           "checkpoint while its config is unchanged)",
+    "study": "rerun the same command (teacher files are reused; the students train again)",
+}
+
+
+def _preempted_message(command: str, detail: str) -> str:
+    """The one line printed after a SIGTERM stop: where the checkpoint is and how to continue."""
+    detail = detail.split("; rerun with")[0]
+    if detail.startswith("preempted (SIGTERM): "):
+        detail = detail[len("preempted (SIGTERM): "):]
+    return f"preempted (SIGTERM): {detail}; {RESUME_ADVICE.get(command, 'rerun the same command')}"
+
+
+def _os_error_message(e: OSError) -> str:
+    """``cannot write PATH: reason`` (or the error's own text when it names no path)."""
+    import errno
+
+    path = getattr(e, "filename", None)
+    reason = e.strerror or (errno.errorcode.get(e.errno, "") if e.errno else "") or str(e)
+    if not path:
+        return " ".join(str(e).split())
+    writing = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG)
+    return f"cannot write {path}: {reason}" if writing else f"{path}: {reason}"
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -146,6 +146,7 @@ def limited_splits(cfg: Mapping[str, Any], coll) -> dict[str, list[str]]:
             raise _data_error(where, f"no {s!r} split (the jobs need train, dev and test query ids)") from None
         if not splits[s]:
             raise _data_error(where, f"split {s!r} is empty")
+    _check_judgments(cfg, coll, splits)
     limit = get(cfg, "data.max_queries_per_split")
     if not limit:
         return splits
@@ -165,6 +166,20 @@ def limited_splits(cfg: Mapping[str, Any], coll) -> dict[str, list[str]]:
             raise ConfigError(f"{cfg.get('_source', 'config')}: data.max_queries_per_split.{s}: {n!r} leaves "
                               f"no {s} queries")
     return out
+
+
+def _check_judgments(cfg: Mapping[str, Any], coll, splits: Mapping[str, list]) -> None:
+    """The jobs learn from and evaluate against judgments: empty qrels, or none for the train or
+    the evaluated split, is one error naming the qrels file (not a traceback later on)."""
+    where = f"{getattr(coll, 'path', None) or 'collection'}/{get(cfg, 'data.qrels_file', 'qrels.tsv')}"
+    qrels = getattr(coll, "qrels", None)
+    if qrels is None:   # not a loaded collection (no judgments attached): nothing to check
+        return
+    if not any(qrels.values()):
+        raise _data_error(where, "no judgments (an empty qrels file?): the jobs need relevance labels")
+    for s in ("train", str(get(cfg, "eval.split", "test"))):
+        if s in splits and not any(qrels.get(q) for q in splits[s]):
+            raise _data_error(where, f"no judgments for any query of split {s!r}")
 
 
 def _data_error(path: str, message: str):
@@ -266,7 +281,7 @@ def check_seeds(c: Checker, node: Mapping, path: str) -> None:
     if not isinstance(seeds, list) or not seeds:
         c.fail(f"{path}.seeds", f"must be a non-empty list of integers, got {seeds!r}")
     for i in range(len(seeds)):
-        c.number(dict(enumerate(seeds)), i, f"{path}.seeds", integer=True, nullable=False)
+        c.number(dict(enumerate(seeds)), i, f"{path}.seeds", integer=True, low=0, nullable=False)
 
 
 

@@ -362,6 +362,8 @@ def _sequential_core(s, y, m, lm, c, *, merge, temperature):
     return (1.0 - w) * z + w * sk
 
   z = jax.lax.fori_loop(1, s.shape[0], step, s[order[0]])
+  # a list without a labelled pair has nothing to order the teachers by: the mean (as every variant)
+  z = jnp.where(jnp.any(P), z, jnp.mean(s, axis=0))
   return jnp.where(m, z, 0.0)
 
 
@@ -464,8 +466,8 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
   change), else the midpoint of the first maximal interval. ``merge="logistic"`` is the smooth
   reading: ``w_t`` maximises the concave ``Σ_P log σ(f_ij(w)/τ)`` (``τ = temperature``), found by
   40 bisection steps on its slope (0 when the slope at 0 is <= 0). Properties: one teacher gives
-  that teacher; a list without labelled pairs gives the first teacher (all PNRs tie, every
-  ``w = 0``); each step is a convex combination, so ``min_k s_ki <= z_i <= max_k s_ki``; the
+  that teacher; a list without labelled pairs gives the teachers' mean, as every variant does
+  (there is nothing to order the teachers by); each step is a convex combination, so ``min_k s_ki <= z_i <= max_k s_ki``; the
   chosen pair accuracy never falls below the best teacher's; not invariant to permuting
   teachers with tied PNR. **Scale:** the weights mix logits, so the teachers must share a scale
   (the pipeline standardises each teacher globally first, ``ensembles.standardize: global``):

@@ -6,7 +6,9 @@ turned into a local folder. Contracts:
 
 * :func:`as_path` never calls ``os.path.abspath`` on a URL; local paths keep their meaning.
 * Writers are atomic: locally the bytes go to a temporary name in the same folder, then the file
-  is renamed into place, so a crash never leaves a half-written file under the final name; on
+  is renamed into place, so a crash never leaves a half-written file under the final name; a
+  failed write (a full disk) removes the temporary file and raises ``OSError`` whose ``filename``
+  is the file being written; on
   object stores (URLs) a single object upload is already atomic and is used as is.
 * On several processes, shared files are written by process 0 only (:func:`is_primary`), and
   callers that read them afterwards pass a :func:`barrier`.
@@ -53,11 +55,13 @@ def write_bytes(path: PathLike, data: bytes) -> epath.Path:
         path.write_bytes(data)
         return path
     tmp = path.parent / f".{path.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.write_bytes(data)
     try:
+        tmp.write_bytes(data)
         tmp.replace(path)
-    except Exception:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)   # a full disk or a kill leaves no temporary file behind
+        if isinstance(e, OSError) and not isinstance(e, FileNotFoundError) and getattr(e, "filename", None) != str(path):
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e   # name the file being written
         raise
     return path
 

@@ -101,6 +101,17 @@ def cmd_score(args) -> int:
     return 0
 
 
+def _check_judged(coll, qids, split: str) -> None:
+    """An evaluation needs queries, and judgments for some of them: one line naming the file."""
+    from pile_jax.data import DataError
+
+    if not qids:
+        raise DataError(f"{coll.path or coll.name}/splits.json", None, f"split {split!r} is empty: nothing to evaluate")
+    if not any(coll.qrels.get(q) for q in qids):
+        raise DataError(f"{coll.path or coll.name}/qrels.tsv", None,
+                        f"no judgments for any query of split {split!r}: every metric would be 0")
+
+
 def _split_qids(coll, split: str) -> list[str]:
     try:
         return coll.split_qids(split)
@@ -143,7 +154,8 @@ def cmd_ensemble(args) -> int:
                             "extension); rename one")
     coll = load_collection(args.collection)
     qids = _split_qids(coll, args.split)
-    teachers = {n: read_teacher_scores(p, collection=coll) for n, p in zip(names, args.teachers)}
+    outliers = "accept" if getattr(args, "accept_outliers", False) else "error"
+    teachers = {n: read_teacher_scores(p, collection=coll, outliers=outliers) for n, p in zip(names, args.teachers)}
     first = next(iter(teachers.values()))
     cands = {q: sorted(first.get(q, {}), key=lambda d: -first[q][d]) for q in qids if q in first}
     if not cands:
@@ -200,6 +212,7 @@ def cmd_eval(args) -> int:
         _check_max_length(args.model, args.max_length)
     coll = load_collection(args.collection)
     qids = _split_qids(coll, args.split)
+    _check_judged(coll, qids, args.split)
     run = {q: dict(v) for q, v in read_run(args.run, collection=coll).items()}
     if not run:
         import logging
@@ -231,8 +244,13 @@ def cmd_export(args) -> int:
 # ------------------------------------------------------------------------------------- study
 def cmd_study(args) -> int:
     from pile_jax.schema import validate
-    from pile_jax.study import run_study
+    from pile_jax.study import merge_studies, run_study
 
+    if getattr(args, "merge", None):
+        if not args.out:
+            raise C.ConfigError("--merge needs --out")
+        merge_studies(args.merge, args.out)
+        return 0
     cfg = _load(args, ["quick"] if args.quick else [])
     validate(cfg, job="study")  # the whole config, before any work
     from pile_jax.train.loop import check_device_counts

@@ -3,7 +3,8 @@
 ``save_params(path, params)`` writes every leaf under its :func:`jax.tree_util.keystr` key
 (atomically, local path or URL, through :mod:`pile_jax.io`); ``load_params(path, template)``
 reads them back into the structure of ``template`` and raises a clear error naming the file and
-the first missing key or mismatched shape.
+the first missing key or mismatched shape (a truncated or damaged file: a
+:class:`~pile_jax.data.errors.DataError` naming it).
 """
 
 from __future__ import annotations
@@ -27,9 +28,19 @@ def save_params(path: pio.PathLike, params: Any) -> None:
 
 def load_params(path: pio.PathLike, template: Any) -> Any:
     """The params saved at ``path``, in the pytree structure of ``template``."""
+    import zipfile
+
     import jax
 
-    data = pio.load_npz(path)
+    from pile_jax.data.errors import DataError
+
+    try:
+        data = pio.load_npz(path)
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, KeyError) as e:
+        raise DataError(path, None, f"unreadable parameter file (truncated or damaged: {type(e).__name__}: "
+                                    f"{' '.join(str(e).split())})") from None
     leaves = []
     for key, ref in jax.tree_util.tree_leaves_with_path(template):
         name = jax.tree_util.keystr(key)

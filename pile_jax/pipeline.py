@@ -32,6 +32,7 @@ from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LEN
 from pile_jax.prepare import (concat_groups, prepare, ranking_groups_source, standardise, standardize_setting,
                               teacher_stats, train_group_args)
 from pile_jax.train.evaluate import mean_metrics, run_metrics
+from pile_jax.workfolders import groups_digest, prepare_student_folder, student_run_spec
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
@@ -79,17 +80,22 @@ def check_students(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     their objectives, ``teacher: best``) and the ``transfer:`` section."""
     from pile_jax.models.students import STUDENT_KINDS
     from pile_jax.prepare import transfer_settings
-    from pile_jax.rankers import student_options
+    from pile_jax.rankers import check_layers, check_student_options
     from pile_jax.train.loop import check_train_section
     from pile_jax.train.objective import check_objective
 
     s = c.section(cfg.get("students"), "students", STUDENTS_KEYS, required=True)
     c.choice(s, "kind", "students", STUDENT_KINDS)
-    c.number(s, "num_layers", "students", integer=True, low=1)
+    base = (context.get("model") or {}).get("base", "all-MiniLM-L6-v2")
+    check_layers(c, s, "num_layers", "students", base)
+    for key in ("select_on_dev", "report_init"):
+        if key in s and not isinstance(s[key], bool):
+            c.fail(f"students.{key}", f"must be true or false, got {s[key]!r}")
     C.check_seeds(c, s, "students")
     if "train" in s:
         check_train_section(s["train"], "students.train", c.source)
-    c.section(s.get("options"), "students.options", student_options().get(s.get("kind", "cross_encoder"), ()))
+    check_student_options(c, s.get("kind", "cross_encoder"), s.get("options"), "students.options", base=base,
+                          num_layers=s.get("num_layers", 2))
     runs = s.get("runs")
     if not isinstance(runs, Mapping) or not runs:
         c.fail("students.runs", "required: a mapping of run name -> objective")
@@ -224,7 +230,7 @@ def _prepare(cfg, out, data, log) -> SimpleNamespace:
         + (f", transfer {len(prep.transfer['query_id'])} (unlabelled)" if prep.transfer is not None else "")
         + f"; train skipped (no label pair) {prep.group_stats['train'].get('skipped_no_label_pair', 0)}; "
         f"TFDS ArrayRecord at {builder.data_dir}")
-    return SimpleNamespace(prep=prep, coll=coll, splits=prep.splits, candidates=prep.candidates, groups=groups,
+    return SimpleNamespace(prep=prep, cfg=cfg, data=data, coll=coll, splits=prep.splits, candidates=prep.candidates, groups=groups,
                            teacher_names=names, eval_split=eval_split, standardize=standardize,
                            unjudged=C.get(cfg, "data.unjudged", "zero"), train_source=train_source,
                            transfer_source=transfer_source)
@@ -361,8 +367,9 @@ def _train_seed(scfg, st, job, book: _RunBook, out_path, log, export, run_name, 
     tcfg = dict(scfg.get("train", {}))
     tcfg["seed"] = seed
     dev_eval = functools.partial(_dev_metrics, st, job, ranker)
+    resume = _student_folder(job.cfg, job, work, ranker, run_name, seed, source, log)
     result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
-                   workdir=str(work), evaluate=dev_eval if st.select_on_dev else None, log=log)
+                   workdir=str(work), resume=resume, evaluate=dev_eval if st.select_on_dev else None, log=log)
     st.curves.setdefault(run_name, []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
     dev_points = {h["step"]: h["eval"][st.sel] for h in result.history
                   if isinstance(h.get("eval"), Mapping) and st.sel in h["eval"]}
@@ -384,9 +391,26 @@ def _train_seed(scfg, st, job, book: _RunBook, out_path, log, export, run_name, 
     if pio.is_primary():  # `pile-jax export <work folder>` re-exports any seed
         from pile_jax.rankers import student_record
 
-        pio.write_json(work / "model.json", {"student": student_record(ranker), "seed": seed, "card": card})
+        pio.write_json(work / "model.json", {"student": student_record(ranker), "seed": seed, "card": card,
+                                             "run_spec": job.specs[(run_name, seed)]})
     if st.best.get(run_name) is None or float(dev) > st.best[run_name][0]:
         st.best[run_name] = (float(dev), seed, ranker, result.params, card)
+
+
+def _student_folder(cfg, job, work, ranker, run_name, seed, source, log) -> bool:
+    """Makes a student's work folder belong to this run (:mod:`pile_jax.workfolders`): an
+    unchanged run spec resumes it (returns True), a changed one starts it clean; the spec goes to
+    ``model.json`` before training, so the checkpoints always belong to it."""
+    from pile_jax.rankers import student_record
+
+    transfer = job.prep.transfer if source is job.transfer_source else None
+    spec = student_run_spec(cfg, run_name, seed, data=job.data, digest=groups_digest(job.groups["train"], transfer))
+    job.specs = getattr(job, "specs", {})
+    job.specs[(run_name, seed)] = spec
+    resume = prepare_student_folder(work, spec, log=log)   # same spec: resume; changed: clean
+    if pio.is_primary():
+        pio.write_json(work / "model.json", {"student": student_record(ranker), "seed": seed, "run_spec": spec})
+    return resume
 
 
 def _export_best(students, out_path, log) -> dict:

@@ -43,7 +43,9 @@ __all__ = [
     "pseudo_queries", "transfer_settings", "concat_groups",
 ]
 
-TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "file")
+TEACHER_KINDS = ("bm25", "biencoder_cosine", "checkpoint", "cross_encoder", "fine_tuned", "file")
+#: kinds fine-tuned inside the job on the train labels, cross-fitted over ``folds``
+FINE_TUNED_KINDS = ("cross_encoder", "fine_tuned")
 
 
 # ------------------------------------------------------------------------------ candidates
@@ -111,16 +113,34 @@ def transfer_settings(cfg: Mapping[str, Any]) -> dict | None:
     unknown = sorted(set(t) - {"queries", "max_words", "group_size", "seed"})
     if unknown:
         raise C.ConfigError(f"{source}: transfer: unknown key(s) {unknown} (known: group_size, max_words, queries, seed)")
-    try:
-        n = int(t.get("queries", 0))
-        out = {"queries": n, "max_words": int(t.get("max_words", 24)),
-               "group_size": int(t.get("group_size", (cfg.get("train_groups") or {}).get("size", 8))),
-               "seed": int(t.get("seed", 0))}
-    except (TypeError, ValueError) as e:
-        raise C.ConfigError(f"{source}: transfer: values must be integers ({e})") from None
-    if n < 0 or out["max_words"] < 1 or out["group_size"] < 2:
-        raise C.ConfigError(f"{source}: transfer: need queries >= 0, max_words >= 1, group_size >= 2, got {out}")
+    for key in ("queries", "max_words", "group_size", "seed"):
+        v = t.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise C.ConfigError(f"{source}: transfer.{key}: expected an integer, got {v!r}")
+    train_size = _train_group_size(cfg)
+    n = int(t.get("queries", 0))
+    out = {"queries": n, "max_words": int(t.get("max_words", 24)),
+           "group_size": int(t.get("group_size", train_size or 8)), "seed": int(t.get("seed", 0))}
+    for key, low in (("queries", 0), ("max_words", 1), ("group_size", 2), ("seed", 0)):
+        if out[key] < low:
+            raise C.ConfigError(f"{source}: transfer.{key}: must be >= {low}, got {out[key]}")
+    if n > 0 and train_size is not None and out["group_size"] != train_size:
+        raise C.ConfigError(f"{source}: transfer.group_size: {out['group_size']} differs from the train groups' size "
+                            f"{train_size} (train_groups.size, default the first-stage depth); transfer groups "
+                            "are trained in the same batches, so they must match")
     return out if n > 0 else None
+
+
+def _train_group_size(cfg: Mapping[str, Any]) -> int | None:
+    """Items per train group: ``train_groups.size``, else the first-stage depth (as
+    :func:`train_group_args`); None when the config names neither."""
+    size = C.get(cfg, "train_groups.size")
+    if size is None:
+        size = C.get(cfg, "first_stage.depth", C.get(cfg, "candidates.bm25_depth", C.get(cfg, "candidates.depth")))
+    try:
+        return None if size is None else int(size)
+    except (TypeError, ValueError):
+        return None
 
 
 def pseudo_queries(docs: Mapping[str, str], num: int, *, max_words: int = 24, seed: int = 0,
@@ -279,7 +299,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     Kinds: ``bm25`` (the first-stage scores, BM25 of the missing pairs), ``biencoder_cosine``
     (``model.base``), ``checkpoint`` (``spec.path``, a Hugging Face cross-encoder folder),
     ``cross_encoder`` (fine-tuned here on ``fit_candidates``'s train groups, cross-fitted over
-    ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``file`` (``spec.path``). Queries in
+    ``spec.folds``; needs ``cfg``, ``splits``, ``out_dir``), ``fine_tuned`` (the same for any
+    student architecture, ``spec.student`` = ``{kind, ...options}`` of :func:`pile_jax.rankers.student`,
+    e.g. a full-depth ``query_encoder`` against the frozen document index), ``file`` (``spec.path``). Queries in
     ``done`` whose candidates it covers are kept; model teachers call ``save`` with the scores so
     far every 400 queries (a killed run resumes); on several processes every process runs the same
     calls and the scorers share the batches out across processes (data-parallel scoring).
@@ -289,7 +311,8 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
 
     kind = spec.get("kind")
     if kind == "file":
-        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll)
+        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll,
+                                   outliers=spec.get("outliers", "error"))
     done = dict(done or {})
     todo = {q: c for q, c in candidates.items() if not (q in done and set(c) <= set(done[q]))}
     if kind == "bm25":
@@ -326,17 +349,21 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
         new = {}
         keys = list(todo)
         chunk = 400  # save every 400 queries (process 0; a killed scoring run resumes); the bi-encoder keeps its vectors
+        log(f"teacher {spec['name']}: scoring {len(keys)} queries, {sum(map(len, todo.values()))} candidates "
+            f"({kind} {model['base'] if kind == 'biencoder_cosine' else spec.get('path')})")
         for i in range(0, len(keys), chunk):
             part = {q: todo[q] for q in keys[i:i + chunk]}
             new.update(score(part, f"score {spec['name']} {i}/{len(keys)}"))
             if save is not None and i + chunk < len(keys):
                 save({**done, **new})
-    elif kind == "cross_encoder":
+            if i + chunk < len(keys):
+                log(f"teacher {spec['name']}: {i + chunk}/{len(keys)} queries scored")
+    elif kind in FINE_TUNED_KINDS:
         if _process()[1] > 1:
-            raise C.ConfigError(f"teacher {spec.get('name')!r}: kind cross_encoder (fine-tuned in the job) runs on "
+            raise C.ConfigError(f"teacher {spec.get('name')!r}: kind {kind} (fine-tuned in the job) runs on "
                                 "one process; score it with `pile-jax run` and pass it as kind: file")
         if cfg is None or splits is None or out_dir is None:
-            raise ValueError("score_teacher: a cross_encoder teacher needs cfg, splits and out_dir")
+            raise ValueError(f"score_teacher: a {kind} teacher needs cfg, splits and out_dir")
         score_qids = [q for s in ("train", "dev", "test") for q in splits[s]]
         split_set = set(score_qids)
         score_qids += [q for q in candidates if q not in split_set]  # e.g. transfer-set pseudo-queries
@@ -353,7 +380,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
 def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, train_qids, score_qids, model_cfg,
                                  batch_size, out_dir, log):
     """Cross-fitted fine-tuning: fold k's model scores fold k's train queries; every fold model
-    scores the other queries and their logits are averaged."""
+    scores the other queries and their logits are averaged. Kind ``cross_encoder``: a MiniLM
+    cross-encoder with a new head; kind ``fine_tuned``: the student architecture ``spec.student``
+    (``{kind, num_layers, ...options}``, :func:`pile_jax.rankers.student`), e.g. a query tower."""
     from pile_jax import rankers
     from pile_jax.data import build_groups, iter_group_examples
     from pile_jax.models.tokenize import PIPELINE_MAX_LENGTH, PIPELINE_MAX_QUERY_LENGTH
@@ -372,11 +401,23 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
         fit_qids = [q for q in train_qids if fold_of[q] != k] if folds > 1 else list(train_qids)
         groups, stats = build_groups(coll, fit_candidates, {}, qids=fit_qids, unjudged=C.get(cfg, "data.unjudged", "zero"),
                                      **train_group_args(cfg, depth))
-        ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
-                                       num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
-                                       max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
-                                       max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
-                                       dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
+        if spec.get("kind") == "fine_tuned":
+            arch = dict(C.require(spec, "student", source=f"teacher {spec['name']!r}"))
+            arch_kind = arch.pop("kind")
+            arch.setdefault("num_layers", spec.get("num_layers", model_cfg.get("num_layers")))
+            if arch_kind != "cross_encoder":
+                arch.setdefault("max_doc_length", int(model_cfg.get("max_doc_length",
+                                                                    model_cfg.get("max_length", PIPELINE_MAX_LENGTH))))
+            ranker = rankers.student(arch_kind, model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                     max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                     max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+                                     dtype=model_cfg.get("dtype", "float32"), seed=seed + k, **arch)
+        else:
+            ranker = rankers.cross_encoder(model_cfg.get("base", "all-MiniLM-L6-v2"),
+                                           num_layers=spec.get("num_layers", model_cfg.get("num_layers")),
+                                           max_length=int(model_cfg.get("max_length", PIPELINE_MAX_LENGTH)),
+                                           max_query_length=int(model_cfg.get("max_query_length", PIPELINE_MAX_QUERY_LENGTH)),
+                                           dtype=model_cfg.get("dtype", "float32"), seed=seed + k, new_head=True)
         train_cfg = dict(cfg.get("teacher_train", {}))
         train_cfg.update(spec.get("train", {}))
         train_cfg["seed"] = seed + 100 * k
@@ -404,7 +445,7 @@ def train_cross_encoder_teacher(spec, *, cfg, coll, candidates, fit_candidates, 
 
 def _fit_description(spec, cfg, coll, fit_candidates, splits, depth) -> dict | None:
     """What a fine-tuned teacher was fitted on (hashed into its fingerprint)."""
-    if spec.get("kind") != "cross_encoder":
+    if spec.get("kind") not in FINE_TUNED_KINDS:
         return None
     train_qids = list(splits["train"])
     return {"collection": coll.name, "qrels": C.get(cfg, "data.qrels_file", "qrels.tsv"),
@@ -448,7 +489,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
             continue
         if not _agree(src.exists()):
             continue
-        scores = read_teacher_scores(str(src))
+        scores = read_teacher_scores(str(src), outliers="accept")   # pile_jax's own teachers' output
         missing = _covers(scores, candidates)
         if missing:
             raise C.ConfigError(f"teacher file {src} lacks {missing} of the job's candidates "
@@ -465,7 +506,7 @@ def obtain_teacher(spec: Mapping[str, Any], *, path, coll, candidates, ranked, m
     side = _read_sidecar(here) if here.exists() else None
     reuse = _agree(here.exists() and side == fp)
     if reuse:
-        done = read_teacher_scores(str(here))
+        done = read_teacher_scores(str(here), outliers="accept")   # written here by this teacher
         if not _covers(done, candidates):
             log(f"teacher {name}: reusing {here}")
             return {q: done.get(q, {}) for q in candidates}, {"kind": spec.get("kind"), "source": str(here)}
@@ -642,7 +683,8 @@ SECTION_KEYS = {
     "candidates": ("bm25_depth", "run", "depth"),
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
-    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train"),
+    "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
+                "outliers", "student"),
     "ensembles": ("standardize", "methods"),
     "eval": ("split",),
 }
@@ -657,6 +699,8 @@ def model_section(c: C.Checker, node: Any, where: str) -> dict:
     node = c.section(node, where, SECTION_KEYS["model"])
     c.choice(node, "dtype", where, C.DTYPES)
     c.number(node, "num_layers", where, integer=True, low=1)
+    if "remat" in node and not isinstance(node["remat"], bool):
+        c.fail(f"{where}.remat", f"must be true or false, got {node['remat']!r}")
     return node
 
 
@@ -691,7 +735,7 @@ def check_inputs(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         c.fail("first_stage.depth", "required (or a candidates section)")
     tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
     c.number(tg, "size", "train_groups", integer=True, low=1, nullable=False)
-    c.number(tg, "seed", "train_groups", integer=True, nullable=False)
+    c.number(tg, "seed", "train_groups", integer=True, low=0, nullable=False)
     c.choice(tg, "policy", "train_groups", POLICIES)
     c.number(cfg, "score_batch_size", "", integer=True, low=1, nullable=False)
     ev = c.section(cfg.get("eval"), "eval", SECTION_KEYS["eval"])
@@ -717,6 +761,7 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     kinds, paths, folds, a cross-encoder teacher's objective and train section, each model's
     lengths (from ``context["model"]``); sets ``context["teacher_names"]``."""
     from pile_jax.models.tokenize import check_lengths
+    from pile_jax.rankers import check_layers
     from pile_jax.train.loop import check_train_section
     from pile_jax.train.objective import check_objective
 
@@ -743,16 +788,28 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         if kind == "file" and not _exists(spec["path"]):
             c.fail(f"{where}.path", f"{spec['path']}: file not found")
         c.number(spec, "folds", where, integer=True, low=1, nullable=False)
-        c.number(spec, "seed", where, integer=True, nullable=False)
+        c.number(spec, "seed", where, integer=True, low=0, nullable=False)
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
-        if kind == "cross_encoder":
+        c.choice(spec, "outliers", where, ("error", "accept"))
+        if "outliers" in spec and kind != "file":
+            c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
+        if kind in FINE_TUNED_KINDS:
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:
-            c.fail(f"{where}.objective", "only a cross_encoder teacher (fine-tuned here) takes an objective")
+            c.fail(f"{where}.objective", "only a cross_encoder or fine_tuned teacher (fine-tuned here) takes an objective")
+        if kind == "fine_tuned":
+            from pile_jax.models.students import STUDENT_KINDS
+
+            arch = spec.get("student")
+            if not isinstance(arch, Mapping) or arch.get("kind") not in STUDENT_KINDS:
+                c.fail(f"{where}.student", f"a fine_tuned teacher needs student: {{kind, ...}} with kind in "
+                                           f"{', '.join(STUDENT_KINDS)}, got {arch!r}")
+        elif "student" in spec:
+            c.fail(f"{where}.student", "only a fine_tuned teacher takes a student architecture")
         if "train" in spec:
             check_train_section(spec["train"], f"{where}.train", c.source)
-        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder"):
+        if kind in ("biencoder_cosine", "checkpoint", "cross_encoder", "fine_tuned"):
             tm = dict(context["model"])
             extra = spec.get("model")
             if isinstance(extra, str):
@@ -762,6 +819,7 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
             if kind == "checkpoint":
                 tm["base"] = spec["path"]
             check_lengths(c, tm, f"{where}.model" if kind != "checkpoint" else where, base_key="base")
+            check_layers(c, spec, "num_layers", where, tm.get("base", "all-MiniLM-L6-v2"))
 
 
 def check_ensembles(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:

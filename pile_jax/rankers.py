@@ -233,6 +233,84 @@ def student_options() -> dict[str, tuple[str, ...]]:
     return dict(STUDENT_OPTIONS)
 
 
+POOLINGS = ("cls", "mean")
+#: per student kind, how each option is checked: ("bool",) | ("choice", values) |
+#: ("int", lowest, nullable) | ("number", lowest, nullable) | ("layers", base key) | ("model",) | ("numbers",)
+OPTION_RULES = {
+    "bert_dot": {"compress_dim": ("int", 1, True), "pooling": ("choice", POOLINGS), "normalize": ("bool",)},
+    "query_encoder": {"pooling": ("choice", POOLINGS), "normalize": ("bool",), "doc_encoder": ("model",),
+                      "doc_layers": ("layers", "doc_encoder"), "doc_pooling": ("choice", POOLINGS),
+                      "doc_normalize": ("bool",)},
+    "colbert": {"compress_dim": ("int", 1, True), "query_augment": ("bool",), "mask_token_id": ("int", 0, True)},
+    "prett": {"split_layer": ("int", 0, False)},
+    "tk": {"tk_layers": ("int", 1, False), "embed_dim": ("int", 1, True), "num_heads": ("int", 1, False),
+           "ff_dim": ("int", 1, False), "mu": ("numbers",), "sigma": ("number", 0, False),
+           "doc_position_offset": ("int", 0, False), "dropout": ("number", 0, False)},
+}
+
+
+def check_layers(c, node: Mapping, key: str, where: str, base) -> None:
+    """Schema helper: ``node[key]`` an integer from 1 to the depth of the checkpoint ``base``
+    (read from its config.json, :func:`pile_jax.models.hub.checkpoint_depth`)."""
+    from pile_jax.models.hub import checkpoint_depth
+
+    c.number(node, key, where, integer=True, low=1)
+    if node.get(key) is None or base is None:
+        return
+    try:
+        depth, folder = checkpoint_depth(base)
+    except (OSError, ValueError, KeyError) as e:
+        c.fail(f"{where}.{key}", f"cannot read the model {base!r}: {e}")
+    if int(node[key]) > depth:
+        c.fail(f"{where}.{key}", f"{node[key]} exceeds the {depth} layers of {folder}")
+
+
+def check_student_options(c, kind: str, options, where: str, *, base, num_layers=None) -> dict:
+    """Schema helper: a student's ``options`` (the known keys of ``kind``, each value's type, range
+    or choice, :data:`OPTION_RULES`): layer counts within the checkpoint's depth, PreTT's
+    ``split_layer`` within the student's layers, TK's dropout below 1. Returns the options."""
+    from pile_jax.models.hub import checkpoint_depth
+
+    options = c.section(options, where, student_options().get(kind, ()))
+    for key, rule in OPTION_RULES.get(kind, {}).items():
+        if key not in options:
+            continue
+        value, at = options[key], f"{where}.{key}"
+        if rule[0] == "bool" and not isinstance(value, bool):
+            c.fail(at, f"must be true or false, got {value!r}")
+        elif rule[0] == "choice":
+            c.choice(options, key, where, rule[1])
+        elif rule[0] in ("int", "number"):
+            c.number(options, key, where, integer=rule[0] == "int", low=rule[1], nullable=rule[2],
+                     low_open=key == "sigma")
+        elif rule[0] == "numbers":
+            if not isinstance(value, (list, tuple)) or not value:
+                c.fail(at, f"must be a non-empty list of numbers, got {value!r}")
+            for i in range(len(value)):
+                c.number(dict(enumerate(value)), i, at, nullable=False)
+        elif rule[0] == "model":
+            if not isinstance(value, str) or not value:
+                c.fail(at, f"must be a model folder or hub id, got {value!r}")
+            try:
+                checkpoint_depth(value)
+            except (OSError, ValueError, KeyError) as e:
+                c.fail(at, f"cannot read the model {value!r}: {e}")
+        elif rule[0] == "layers":
+            check_layers(c, options, key, where, options.get(rule[1]) or base)
+    if kind == "tk" and isinstance(options.get("dropout"), (int, float)) and options["dropout"] >= 1:
+        c.fail(f"{where}.dropout", f"must be < 1, got {options['dropout']!r}")
+    if kind == "prett" and isinstance(options.get("split_layer"), int):
+        layers = num_layers
+        if layers is None:
+            try:
+                layers = checkpoint_depth(base)[0]
+            except (OSError, ValueError, KeyError):
+                layers = None
+        if layers is not None and options["split_layer"] > int(layers):
+            c.fail(f"{where}.split_layer", f"{options['split_layer']} exceeds the student's {layers} layers")
+    return options
+
+
 #: the keys of a job's ``model:`` section that are student defaults
 MODEL_DEFAULT_KEYS = ("base", "max_length", "max_query_length", "max_doc_length", "dtype")
 
@@ -277,9 +355,12 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
     """Export a trained :func:`cross_encoder` or :func:`student` ranker with ``params`` to the
     folder ``path`` in its kind's format (:mod:`pile_jax.models.export`: a Hugging Face /
     sentence-transformers folder for cross-encoders and BERT-dot, pile_jax's own for ColBERT,
-    PreTT and TK), with a model card built from ``card`` (teachers, objective, data, metrics)."""
+    PreTT and TK), with a model card built from ``card`` (teachers, objective, data, metrics).
+    A model whose scores on a probe batch (:func:`check_probe_scores`) are not finite is refused
+    (:class:`~pile_jax.data.errors.DataError` naming ``path``) before anything is written."""
     from pile_jax.models.export import export_student
 
+    check_probe_scores(ranker, params, path)
     meta = ranker.meta or {}
     kind = ranker.kind
     module = meta.get("module") if kind != "cross_encoder" else None
@@ -293,6 +374,36 @@ def export_ranker(ranker: Ranker, params, path, *, card: Mapping | None = None) 
                           document_index=getattr(meta.get("features"), "index", None) if kind == "query_encoder" else None)
 
 
+PROBE_QUERIES = ("what is the boundary layer thickness", "heat transfer at the wall")
+PROBE_DOCS = (("the boundary layer on a flat plate in supersonic flow", "a short note about wings"),
+              ("heat flux measured at the wall of a tube", "nothing relevant here"))
+
+
+def check_probe_scores(ranker: Ranker, params, path=None) -> None:
+    """Scores a fixed probe batch (2 queries x 2 documents) with ``params``; raises
+    :class:`~pile_jax.data.errors.DataError` (naming ``path``) when a score is NaN or Inf: the
+    model would rank nothing (a diverged run's parameters)."""
+    from pile_jax.data.errors import DataError
+    from pile_jax.scoring import cached_scorer
+
+    features = (ranker.meta or {}).get("features")
+    if hasattr(features, "index_documents"):
+        # a frozen document index: probe the query tower against fixed unit vectors, so the probe
+        # adds nothing to the index's per-process vector cache
+        ids, mask = features.encode_queries(list(PROBE_QUERIES))
+        dim = int(features.index.dim)
+        feats = {"query_ids": ids, "query_mask": mask,
+                 "doc_vecs": np.full((len(PROBE_QUERIES), len(PROBE_DOCS[0]), dim), dim ** -0.5, np.float32)}
+    else:
+        feats = dict(ranker.featurize(list(PROBE_QUERIES), [list(d) for d in PROBE_DOCS]))
+    feats.setdefault("mask", np.ones((len(PROBE_QUERIES), len(PROBE_DOCS[0])), bool))
+    scores = np.asarray(jax.device_get(cached_scorer(ranker.score_fn)(params, feats)), np.float64)
+    if not np.isfinite(scores).all():
+        raise DataError(path, None, f"not exported: the model's scores on a probe batch are not finite "
+                                    f"({int((~np.isfinite(scores)).sum())} of {scores.size} NaN/Inf; a training run "
+                                    "that diverged?)")
+
+
 def load_student(path, *, dtype: str | None = None) -> Ranker:
     """A :class:`Ranker` for a folder written by :func:`export_ranker` (any student kind): the
     exported parameters, its score function and a featuriser with the training lengths
@@ -302,8 +413,8 @@ def load_student(path, *, dtype: str | None = None) -> Ranker:
     from pile_jax.models.features import make_features
 
     folder = str(resolve_model_path(path))
+    module, params, score_fn, input_kind = _load(folder, dtype=dtype)   # checks the manifest first
     info = read_student_info(folder)
-    module, params, score_fn, input_kind = _load(folder, dtype=dtype)
     mq = int(info["max_query_length"])
     md = int(info.get("max_doc_length") or info["max_length"])
     doc_side = {}

@@ -212,7 +212,15 @@ def score_candidates(
     devices: Sequence | None = None,
     distributed: bool | None = None,
 ) -> dict[str, dict[str, float]]:
-    """``{qid: {doc_id: score}}`` for every candidate of every query (see :func:`score_pairs`)."""
+    """``{qid: {doc_id: score}}`` for every candidate of every query (see :func:`score_pairs`).
+
+    A featuriser with a frozen document index (the ``query_encoder``) scores each query's whole
+    candidate list as one group, so each query is encoded once (not once per candidate):
+    :func:`score_candidate_groups`."""
+    feats = features_of(ranker)
+    if feats is not None and hasattr(feats, "index_documents") and candidates:
+        return score_candidate_groups(ranker, params, candidates, queries, docs, batch_size=batch_size,
+                                      scorer=scorer, progress=progress, devices=devices, distributed=distributed)
     keys = [(q, d) for q, ds in candidates.items() for d in ds]
     scores = score_pairs(ranker, params, [(queries[q], docs[d]) for q, d in keys], batch_size=batch_size,
                          scorer=scorer, progress=progress, devices=devices, distributed=distributed)
@@ -220,3 +228,58 @@ def score_candidates(
     for (q, d), s in zip(keys, scores.tolist()):
         out[q][d] = s
     return out
+
+
+def score_candidate_groups(
+    ranker,
+    params: Any,
+    candidates: Mapping[str, Sequence[str]],
+    queries: Mapping[str, str],
+    docs: Mapping[str, str],
+    *,
+    batch_size: int = 64,
+    scorer: Callable | None = None,
+    progress: str | None = None,
+    devices: Sequence | None = None,
+    distributed: bool | None = None,
+) -> dict[str, dict[str, float]]:
+    """:func:`score_candidates` for a featuriser with a frozen document index: each query with
+    its candidate list is one group ``[n]`` (``n`` = the longest list; shorter lists padded with
+    the empty document, masked), ``batch_size`` groups per batch sorted by query length, each
+    query encoded once; the unique documents are indexed first. The score of a (query, document)
+    pair is that of :func:`score_pairs` (the query tower's output dotted with the document vector)."""
+    from pile_jax.models.tokenize import tokenize_texts
+
+    features = features_of(ranker)
+    scorer = scorer or cached_scorer(ranker.score_fn)
+    run, multiple = data_parallel(scorer, params, devices)
+    rows = -(-batch_size // multiple) * multiple
+    qids = list(candidates)
+    n = max(len(candidates[q]) for q in qids)
+    qtexts = [str(queries[q]) for q in qids]
+    dtexts = [str(docs[d]) for q in qids for d in candidates[q]]
+    texts = list(dict.fromkeys(qtexts + dtexts + [""]))
+    store = tokenize_texts(features._backend, texts, texts)
+    empty = store.index[""]
+    q_rows = store.rows(np.asarray(qtexts, dtype=object))
+    d_rows = np.full((len(qids), n), empty, np.int64)
+    mask = np.zeros((len(qids), n), bool)
+    for i, q in enumerate(qids):
+        c = candidates[q]
+        if c:
+            d_rows[i, :len(c)] = store.rows(np.asarray([str(docs[d]) for d in c], dtype=object))
+            mask[i, :len(c)] = True
+    features.index_documents(store, np.unique(np.append(d_rows.ravel(), empty)), distributed=distributed)
+
+    def make_batch(idx, size):
+        q = np.full(size, empty, np.int64)
+        d = np.full((size, n), empty, np.int64)
+        m = np.zeros((size, n), bool)
+        q[:len(idx)], d[:len(idx)], m[:len(idx)] = q_rows[idx], d_rows[idx], mask[idx]
+        batch = features.assemble(store, q, store, d)
+        batch["mask"] = m
+        return batch
+
+    lengths = features.item_lengths(store, q_rows, store, q_rows)
+    scores = map_sorted(lengths, rows, make_batch, run, tail=(n,), progress=progress, distributed=distributed)
+    return {q: {d: float(scores[i, j]) for j, d in enumerate(candidates[q])} for i, q in enumerate(qids)}

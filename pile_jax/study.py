@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import logging
 import os
 import platform
@@ -66,7 +67,12 @@ METRICS = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 EXPORT_METRIC = "ndcg_cut_10"  # dev metric that picks each cell's exported seed
 
 _log = logging.getLogger(__name__)
-STUDY_KEYS = ("teacher", "intermediate")
+#: keys of a study cell that are not Objective fields
+CELL_KEYS = ("teacher", "intermediate", "transfer")
+#: study-only targets: global weights fit on the labelled training lists (``weighted_fit``), and
+#: PILE on labelled lists carried to unlabelled ones as the teacher weights that best reproduce it
+#: (``pile_carry``; see :func:`fit_targets`)
+FITTED_TARGETS = ("weighted_fit", "pile_carry")
 
 
 # ------------------------------------------------------------------------------------ cells
@@ -84,13 +90,16 @@ def expand_cells(study: Mapping[str, Any]) -> list[dict]:
     for fname, levels in factors.items():
         if not isinstance(levels, Mapping) or not levels:
             raise C.ConfigError(f"study.factors.{fname}: must map level name -> objective fragment")
+    common = study.get("common") or {}
+    if not isinstance(common, Mapping):
+        raise C.ConfigError("study.common: must be an objective fragment merged into every cell")
     cells = []
     names = list(factors)
     for sname, sspec in students.items():
         if not isinstance(sspec, Mapping) or "kind" not in sspec:
             raise C.ConfigError(f"study.students.{sname}: needs a 'kind'")
         for combo in itertools.product(*[list(factors[f]) for f in names]):
-            obj: dict = {}
+            obj: dict = copy.deepcopy(dict(common))
             for f, level in zip(names, combo):
                 obj = C.deep_merge(obj, factors[f][level] or {})
             levels = {f: _level_name(l) for f, l in zip(names, combo)}
@@ -124,17 +133,34 @@ def slugify(name: str) -> str:
 
 
 def resolve_objective(obj: Mapping[str, Any], *, teacher_names: list[str], best_teacher: str,
-                      default_teacher: str = "best") -> tuple[dict, dict | None, str | None]:
-    """Cell objective -> ``(Objective config, intermediate spec or None, teacher used or None)``."""
+                      default_teacher: str = "best", fitted: Mapping[str, Any] | None = None,
+                      ) -> tuple[dict, dict | None, str | None]:
+    """Cell objective -> ``(Objective config, intermediate spec or None, teacher used or None)``.
+
+    ``fitted``: ``{"weighted_fit": weights}`` (teacher ``weighted_fit`` becomes the
+    ``weighted_mean`` ensemble with those weights); teacher ``pile_carry`` becomes a single
+    precomputed target column (``teacher_index`` 0 of the cell's own groups)."""
     obj = copy.deepcopy(dict(obj))
     teacher = obj.pop("teacher", None)
     inter = obj.pop("intermediate", None)
+    obj.pop("transfer", None)
     used = None
     if obj.get("distill_losses"):
         teacher = teacher or default_teacher
         if teacher == "best":
             teacher = best_teacher
-        if teacher in teacher_names:
+        if teacher == "weighted_fit":
+            if not fitted or "weighted_fit" not in fitted:
+                raise C.ConfigError("teacher weighted_fit: the weights were not fitted")
+            obj["target"] = "ensemble"
+            obj["ensemble"] = {"name": "weighted_mean", "weights": [float(w) for w in fitted["weighted_fit"]]}
+            used = f"weighted_fit({'+'.join(teacher_names)})"
+        elif teacher == "pile_carry":
+            obj.pop("ensemble", None)
+            obj["target"] = "teacher"
+            obj["teacher_index"] = 0
+            used = f"pile_carry({'+'.join(teacher_names)})"
+        elif teacher in teacher_names:
             obj["target"] = "teacher"
             obj["teacher_index"] = teacher_names.index(teacher)
             used = teacher
@@ -289,6 +315,181 @@ def _summary(vals: list[float]) -> dict:
             "values": [float(x) for x in a]}
 
 
+def fit_targets(cells: list[dict], train: Mapping[str, Any], transfer: Mapping[str, Any] | None,
+                log: Callable[[str], None]) -> tuple[dict, dict, dict]:
+    """The study-only targets (``FITTED_TARGETS``) of ``cells``, fit on the labelled training lists.
+
+    * ``weighted_fit``: global teacher weights maximising the pooled label pair accuracy of the
+      weighted mean on the training lists (:func:`pile_jax.ensemble_fit.fit_pair_accuracy_weights`).
+    * ``pile_carry`` (beyond the paper: what PILE learns on labelled lists, carried to unlabelled
+      ones): on a labelled list the target is the cell's PILE ensemble (``ensemble`` options, as
+      in the train step); the teacher weights whose convex combination is nearest to that PILE
+      target on the labelled lists (:func:`pile_jax.ensemble_fit.fit_mse_weights`) are the trust
+      PILE put in each teacher, and on the transfer set's unlabelled lists (where PILE is the
+      mean) the target is that weighted mean.
+
+    Returns ``(fitted {"weighted_fit": w}, carried {cell name: {"train": [B, n], "transfer": [B', n]
+    or None}}, info for study.json)``.
+    """
+    from pile_jax import ensemble as E
+    from pile_jax import ensemble_fit as F
+
+    wanted = {c["objective"].get("teacher") for c in cells}
+    fitted, carried, info = {}, {}, {}
+    ts = np.transpose(np.asarray(train["teacher_scores"], np.float64), (1, 0, 2))   # [T, B, n]
+    mask = np.asarray(train["mask"], bool)
+    lm = mask & np.asarray(train["label_mask"], bool)
+    labels = np.where(lm, np.asarray(train["labels"], np.float64), 0.0)
+    if "weighted_fit" in wanted:
+        w, acc = F.fit_pair_accuracy_weights(ts, labels, lm)
+        fitted["weighted_fit"] = w
+        info["weighted_fit"] = {"weights": w.tolist(), "train_pair_accuracy": acc,
+                                "fit": "simplex grid, max pooled label pair accuracy on the training lists"}
+        log(f"weighted_fit: weights {np.round(w, 3).tolist()} (training pair accuracy {acc:.4f})")
+    for c in cells:
+        if c["objective"].get("teacher") != "pile_carry":
+            continue
+        opts = dict(c["objective"].get("ensemble") or {})
+        opts.pop("name", None)
+        z = np.asarray(E.pile(ts.astype(np.float32), labels.astype(np.float32), where=mask, label_where=lm, **opts),
+                           np.float64)
+        has_pair = np.any(lm[:, :, None] & lm[:, None, :] & (labels[:, :, None] > labels[:, None, :]), axis=(1, 2))
+        fit_where = mask & has_pair[:, None]
+        w, mse = F.fit_mse_weights(ts, z, fit_where)
+        carry_t = None
+        if transfer is not None:
+            tts = np.transpose(np.asarray(transfer["teacher_scores"], np.float64), (1, 0, 2))
+            carry_t = np.where(np.asarray(transfer["mask"], bool), np.einsum("k,kbn->bn", w, tts), 0.0)
+        carried[c["name"]] = {"train": z, "transfer": carry_t, "weights": w}
+        info.setdefault("pile_carry", {})[c["name"]] = {
+            "pile": opts, "weights": w.tolist(), "fit_mse": mse, "fit_lists": int(has_pair.sum()),
+            "fit": "simplex grid, min squared error to the PILE target on the labelled training lists"}
+        log(f"pile_carry ({c['name']}): trust weights {np.round(w, 3).tolist()} (mse to PILE {mse:.4f})")
+    return fitted, carried, info
+
+
+def single_column(groups: Mapping[str, Any], column: np.ndarray) -> dict:
+    """``groups`` whose teacher axis holds one precomputed target column ``[B, n]``."""
+    g = dict(groups)
+    g["teacher_scores"] = np.asarray(column, np.float32)[:, None, :]
+    return g
+
+
+def target_agreement(obj: Mapping[str, Any], groups: Mapping[str, Any], mean_acc: np.ndarray | None = None) -> dict:
+    """A cell's training target (:func:`pile_jax.train.objective.resolve_target`, the train step's
+    own function) on the labelled training lists against their labels: pooled pair accuracy,
+    the mean over lists of the per-list pair accuracy, and lists where it is above / below the
+    mean ensemble's (``mean_acc``, per list)."""
+    from pile_jax import ensemble_fit as F
+    from pile_jax import metrics as M
+    from pile_jax.train.objective import resolve_target
+
+    batch = {k: np.asarray(groups[k]) for k in ("teacher_scores", "labels", "label_mask", "mask")}
+    z = np.asarray(resolve_target(batch, obj), np.float64)
+    lm = batch["mask"] & batch["label_mask"]
+    labels = np.where(lm, batch["labels"], 0.0)
+    per_list = np.asarray(M.pair_accuracy(z, labels, where=lm), np.float64)
+    has = np.asarray(M.num_labelled_pairs(labels, where=lm)) > 0
+    out = {"pair_accuracy_pooled": F.pooled_pair_accuracy(z, labels, lm),
+           "pair_accuracy_mean_of_lists": float(per_list[has].mean()) if has.any() else float("nan"),
+           "lists": int(has.sum()), "per_list": per_list}
+    if mean_acc is not None:
+        out["vs_mean"] = {"better": int(((per_list > mean_acc + 1e-9) & has).sum()),
+                          "worse": int(((per_list < mean_acc - 1e-9) & has).sum())}
+    return out
+
+
+def add_significance(cell_out: dict, study: Mapping[str, Any], *, log: Callable[[str], None] = _log.info) -> dict | None:
+    """Paired test over the evaluation queries of every cell against its reference cell (same
+    student, first factor at level ``study.reference``), on the per-query NDCG@10 averaged over
+    seeds, with Holm's correction across the tested cells; writes ``significance`` into each
+    cell of ``cell_out`` (``{reference, test, p, p_holm, mean_diff, ...}``; the reference cell's
+    ``p`` is null). No ``study.reference``: nothing (returns None)."""
+    from pile_jax import significance as S
+
+    ref_level = study.get("reference")
+    if ref_level is None:
+        return None
+    test = str(study.get("test", "paired_t"))
+    if test not in S.TESTS:
+        raise C.ConfigError(f"study.test: unknown test {test!r} (known: {', '.join(S.TESTS)})")
+    factor = next(iter(study.get("factors") or {}), None)
+    raw = {}
+    for name, c in cell_out.items():
+        ref = next((n for n, r in cell_out.items() if r["student"] == c["student"] and factor is not None
+                    and r["levels"].get(factor) == str(ref_level)), None)
+        if ref is None:   # a part of a study split over processes (study.cells): --merge tests the whole
+            log(f"study.reference: no cell of student {c['student']!r} has {factor}={ref_level} here; "
+                "no paired tests (run `pile-jax study --merge` over all parts)")
+            return None
+        c["significance"] = {"reference": ref, "test": test, "p": None, "p_holm": None}
+        if name == ref:
+            continue
+        qids = sorted(c["per_query"])
+        a = [c["per_query"][q] for q in qids]
+        b = [cell_out[ref]["per_query"][q] for q in qids]
+        r = S.paired_test(test, a, b)
+        c["significance"].update({k: v for k, v in r.items()})
+        raw[name] = r["p"]
+    adj = S.holm(raw) if raw else {}
+    for name, p in adj.items():
+        cell_out[name]["significance"]["p_holm"] = p
+        s = cell_out[name]["significance"]
+        log(f"{name} vs {s['reference']}: NDCG@10 diff {s['mean_diff']:+.4f}, {test} p={s['p']:.4g}, Holm p={p:.4g}")
+    return {"reference_level": str(ref_level), "test": test, "metric": EXPORT_METRIC,
+            "unit": "evaluation queries (per-query value: mean over seeds)", "correction": "holm",
+            "family": sorted(raw)}
+
+
+def label_free_ensembles(groups, teacher_names, fitted, carried, qrels, eval_qids, *, splits, eval_split) -> dict:
+    """NDCG@10 etc. on the evaluation split of the ensembles that read no labels there: each
+    teacher, the mean, the z-score mean, and the fitted global weights (``weighted_fit``,
+    ``pile_carry``'s trust weights; fit on the training lists only)."""
+    from pile_jax import ensemble as E
+    from pile_jax.pipeline import groups_to_run
+    from pile_jax.train.evaluate import mean_metrics, run_metrics
+
+    g = groups[eval_split] if eval_split in groups else groups["test"]
+    ts = np.transpose(np.asarray(g["teacher_scores"], np.float64), (1, 0, 2))
+    mask = np.asarray(g["mask"], bool)
+    systems = {"mean": np.asarray(E.mean(ts.astype(np.float32), where=mask), np.float64),
+               "zscore_mean": np.asarray(E.zscore_mean(ts.astype(np.float32), where=mask), np.float64)}
+    weights = {}
+    if "weighted_fit" in fitted:
+        weights["weighted_fit"] = np.asarray(fitted["weighted_fit"])
+    for name, c in carried.items():
+        weights[f"pile_carry_weights[{name}]"] = np.asarray(c["weights"])
+    for name, w in weights.items():
+        systems[name] = np.where(mask, np.einsum("k,kbn->bn", w, ts), 0.0)
+    out = {}
+    for name, z in systems.items():
+        pq = run_metrics(groups_to_run(g, z), qrels, qids=eval_qids)
+        out[name] = {"metrics": mean_metrics(pq), "per_query": {q: float(pq[q][EXPORT_METRIC]) for q in eval_qids},
+                     **({"weights": weights[name].tolist()} if name in weights else {})}
+    return out
+
+
+def teacher_report_dev(dev: Mapping[str, Any], teacher_names, dev_teacher, fitted) -> dict:
+    """Per teacher (and label-free ensemble) on the dev lists: NDCG@10 of the re-ranked BM25
+    candidates (trec_eval, ``dev_teacher``), PNR and pair agreement with the labels
+    (:func:`pile_jax.ensemble.teacher_report`)."""
+    from pile_jax import ensemble as E
+
+    ts = np.transpose(np.asarray(dev["teacher_scores"], np.float32), (1, 0, 2))
+    ens = [("mean", "mean", {}), ("zscore_mean", "zscore_mean", {})]
+    if "weighted_fit" in fitted:
+        ens.append(("weighted_fit", "weighted_mean", {"weights": [float(w) for w in fitted["weighted_fit"]]}))
+    rep = E.teacher_report(ts, np.asarray(dev["labels"]), where=np.asarray(dev["mask"]) & np.asarray(dev["label_mask"]),
+                           teacher_names=teacher_names, ensembles=ens)
+    out = {"num_evaluated_lists": rep["num_evaluated_lists"], "rows": {}}
+    for kind in ("teachers", "ensembles"):
+        for name, e in rep[kind].items():
+            out["rows"][name] = {"kind": kind[:-1], "pnr": e["pnr"], "pnr_pooled": e["pnr_pooled"],
+                                 "pair_accuracy": e["pair_accuracy"], "ndcg10_lists": e["ndcg"],
+                                 **({"ndcg_cut_10_trec": dev_teacher[name]["ndcg_cut_10"]} if name in dev_teacher else {})}
+    return out
+
+
 def run_study(cfg: Mapping[str, Any], *, out: str, log: Callable[[str], None] | None = None) -> dict:
     """Runs the study of ``cfg`` (module docstring); returns the ``study.json`` content.
 
@@ -390,55 +591,127 @@ def _study_train_source(st, job, out_path, log):
 
 
 def _grid(cfg, st, job, out_path, log) -> SimpleNamespace:
-    """Every cell trained over the seeds and evaluated; ``study.partial.json`` after each cell."""
-    grid = SimpleNamespace(runs={}, cells={}, curves={}, trained={}, best_seed={})
+    """Every cell trained over the seeds and evaluated; ``study.partial.json`` after each cell.
+
+    Fitted targets (``weighted_fit``, ``pile_carry``: :func:`fit_targets`), the transfer set
+    (a cell's ``transfer: true``) and ``study.offline_targets`` (each cell's target computed once
+    by the train step's own :func:`~pile_jax.train.objective.resolve_target` and distilled as a
+    single column, so every cell shares one compiled step) choose each cell's train source."""
+    from pile_jax.data import iter_group_examples
+    from pile_jax.prepare import concat_groups
+    from pile_jax.train.objective import resolve_target
+
+    grid = SimpleNamespace(runs={}, cells={}, curves={}, trained={}, best_seed={}, per_query={})
+    groups, transfer = job.prep.groups, job.prep.transfer
+    fitted, carried, grid.fit_info = fit_targets(st.cells, groups["train"], transfer, log)
+    grid.fitted, grid.carried = fitted, carried
+    if any(c["objective"].get("transfer") for c in st.cells) and transfer is None:
+        raise C.ConfigError(f"{cfg.get('_source', 'config')}: a study cell sets transfer: true, but there is no "
+                            "transfer set (set transfer.queries)")
+    offline = bool(st.study.get("offline_targets", False))
+    sources: dict = {}
+
+    def as_source(g, name):
+        if st.source_kind == "tfds":
+            return ranking_groups_source(g, out_path / "tfds", name)[0]
+        return list(iter_group_examples(g))
+
+    def make_source(use_transfer: bool, carry):
+        key = (bool(use_transfer), carry)
+        if key == (False, None):
+            return job.train_source
+        if key not in sources:
+            g = groups["train"] if carry is None else single_column(groups["train"], carried[carry]["train"])
+            if use_transfer:
+                g = concat_groups(g, transfer if carry is None else single_column(transfer, carried[carry]["transfer"]))
+            sources[key] = as_source(g, f"{job.coll.name}_{'transfer' if use_transfer else 'train'}"
+                                        + (f"_{slugify(carry)}" if carry else ""))
+        return sources[key]
+
+    def column(g, o):
+        return np.asarray(resolve_target({k: np.asarray(g[k]) for k in
+                                          ("teacher_scores", "labels", "label_mask", "mask")}, o))
+
+    mean_acc = None
+    if any(c["objective"].get("distill_losses") for c in st.cells):
+        mean_acc = target_agreement({"distill_losses": {"margin_mse": 1.0}, "ensemble": {"name": "mean"}},
+                                    groups["train"])["per_list"]
     for cell in st.cells:
         obj, inter, used = resolve_objective(cell["objective"], teacher_names=job.teacher_names,
                                              best_teacher=job.best_teacher,
-                                             default_teacher=st.study.get("teacher", "best"))
+                                             default_teacher=st.study.get("teacher", "best"), fitted=fitted)
+        carry = cell["name"] if cell["name"] in carried else None
+        use_transfer = bool(cell["objective"].get("transfer"))
+        source = make_source(use_transfer, carry)
+        extra: dict = {"transfer": use_transfer}
+        if obj.get("distill_losses"):
+            agree = target_agreement(obj, groups["train"] if carry is None
+                                     else single_column(groups["train"], carried[carry]["train"]), mean_acc)
+            extra["target_train_agreement"] = {k: v for k, v in agree.items() if k != "per_list"}
+            if offline:
+                extra.update(target_objective=copy.deepcopy(obj), offline_target=True)
+                if carry is None:
+                    g = single_column(groups["train"], column(groups["train"], obj))
+                    if use_transfer:
+                        g = concat_groups(g, single_column(transfer, column(transfer, obj)))
+                    source = as_source(g, f"{job.coll.name}_{cell['slug']}_target")
+                obj = {k: v for k, v in obj.items() if k not in ("ensemble", "target", "teacher_index")}
+                obj.update(target="teacher", teacher_index=0)
         files, secs = [], []
         for seed in st.seeds:
             t1 = time.perf_counter()
-            files.append(_cell_seed(cfg, st, job, grid, cell, obj, seed, out_path, log))
+            files.append(_cell_seed(cfg, st, job, grid, cell, obj, seed, out_path, log, source=source))
             secs.append(time.perf_counter() - t1)
             log(f"{cell['name']} seed {seed}: " + " ".join(f"{k}={grid.runs[files[-1]][k]:.4f}" for k in METRICS)
                 + f" ({secs[-1]:.1f}s)")
         grid.cells[cell["name"]] = {
             "student": cell["student"], "kind": cell["student_spec"]["kind"], "levels": cell["levels"],
-            "objective": obj, "intermediate": inter, "teacher": used, "runs": files,
+            "objective": obj, "intermediate": inter, "teacher": used, "runs": files, **extra,
             "metrics": {m: _summary([grid.runs[f][m] for f in files]) for m in METRICS},
+            "per_query": {q: float(np.mean(v)) for q, v in grid.per_query[cell["name"]].items()},
             "train_seconds": _summary(secs),
         }
         if pio.is_primary():  # progress, if the grid is cut short
             pio.write_json(out_path / "study.partial.json",
                            _jsonable({"cells": grid.cells, "runs": grid.runs, "best_teacher": job.best_teacher}))
+    grid.significance = add_significance(grid.cells, st.study, log=log)
     return grid
 
 
-def _cell_seed(cfg, st, job, grid, cell, obj, seed: int, out_path, log) -> str:
-    """One cell and seed: train, score the eval split (run file + metrics), keep the best seed
-    for export (by the dev metric; one seed: no choice, no dev scoring); returns the run file."""
+def _cell_seed(cfg, st, job, grid, cell, obj, seed: int, out_path, log, *, source=None) -> str:
+    """One cell and seed: train (on ``source``, default the train groups; with dev selection when
+    ``study.select_on_dev``), score the eval split (run file ``runs/<cell>__seed<k>.trec``, metrics,
+    per-query NDCG@10), keep the best seed for export (by the dev metric; one seed: no choice, no
+    dev scoring); returns the run file's path relative to the output folder."""
     from pile_jax.data import write_run
     from pile_jax.train.loop import score_candidates, train
 
     coll, splits = job.coll, job.splits
     train_ranker, eval_ranker, to_eval = make_student(cell, cfg=cfg, seed=seed, layer_teacher=job.layer_teacher)
-    result = train(train_ranker, source=job.train_source, objective=obj, queries=coll.queries, docs=coll.docs,
-                   config=dict(st.study.get("train", {}), seed=seed),
-                   workdir=str(out_path / "students" / f"{cell['slug']}__seed{seed}"), log=log)
+    dev_cands = {q: job.candidates[q] for q in splits["dev"]}
+    dev_eval = None
+    if st.study.get("select_on_dev", False):   # dev NDCG@10 every eval_every steps; the best params are kept
+        def dev_eval(p):
+            r = score_candidates(eval_ranker, to_eval(p), dev_cands, coll.queries, coll.docs, batch_size=st.bs)
+            return mean_metrics(run_metrics(r, coll.qrels, qids=splits["dev"]))
+    result = train(train_ranker, source=job.train_source if source is None else source, objective=obj,
+                   queries=coll.queries, docs=coll.docs, config=dict(st.study.get("train", {}), seed=seed),
+                   workdir=str(out_path / "students" / f"{cell['slug']}__seed{seed}"), evaluate=dev_eval, log=log)
     params = to_eval(result.params)
     eval_cands = {q: job.candidates[q] for q in job.eval_qids}
     run_ = score_candidates(eval_ranker, params, eval_cands, coll.queries, coll.docs, batch_size=st.bs)
-    fname = f"{cell['slug']}__seed{seed}.trec"
+    fname = f"runs/{cell['slug']}__seed{seed}.trec"
     if pio.is_primary():
-        write_run(out_path / "runs" / fname, _subset(run_, job.eval_qids), tag=cell["slug"])
-    grid.runs[fname] = mean_metrics(run_metrics(_subset(run_, job.eval_qids), coll.qrels, qids=job.eval_qids))
+        write_run(out_path / fname, _subset(run_, job.eval_qids), tag=cell["slug"])
+    pq = run_metrics(_subset(run_, job.eval_qids), coll.qrels, qids=job.eval_qids)
+    for q in job.eval_qids:
+        grid.per_query.setdefault(cell["name"], {}).setdefault(q, []).append(float(pq[q][EXPORT_METRIC]))
+    grid.runs[fname] = mean_metrics(pq)
     grid.curves.setdefault(cell["name"], []).append([(h["step"], h["loss"]) for h in result.history if "loss" in h])
     grid.trained.setdefault(cell["student"], (eval_ranker, params))
     if st.export:
         dev = None
         if len(st.seeds) > 1:
-            dev_cands = {q: job.candidates[q] for q in splits["dev"]}
             dev_run = score_candidates(eval_ranker, params, dev_cands, coll.queries, coll.docs, batch_size=st.bs)
             dev = mean_metrics(run_metrics(dev_run, coll.qrels, qids=splits["dev"]))[EXPORT_METRIC]
         if cell["slug"] not in grid.best_seed or (dev is not None and dev > grid.best_seed[cell["slug"]][0]):
@@ -509,6 +782,11 @@ def _study_results(cfg, st, job, grid, latency, exported, timings) -> dict:
         "best_teacher": job.best_teacher,
         "layer_teacher": job.layer_teacher[2] if job.layer_teacher else None,
         "standardize": st.standardize,
+        "fitted_targets": grid.fit_info,
+        "significance": grid.significance,
+        "label_free_ensembles_test": label_free_ensembles(groups, job.teacher_names, grid.fitted, grid.carried, qrels,
+                                                          eval_qids, splits=job.splits, eval_split=st.eval_split),
+        "teacher_report_dev": teacher_report_dev(groups["dev"], job.teacher_names, job.dev_teacher, grid.fitted),
         "cells": grid.cells,
         "runs": grid.runs,
         "latency": latency,
@@ -517,6 +795,43 @@ def _study_results(cfg, st, job, grid, latency, exported, timings) -> dict:
         "exported_models": exported,
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }
+
+
+def merge_studies(parts: list[str], out: str, *, log: Callable[[str], None] = _log.info) -> dict:
+    """One study from several output folders of the same config run on disjoint ``study.cells``
+    (e.g. two processes side by side): cells, runs and per-query values are combined, the run
+    files copied to ``<out>/runs``, and the paired tests and Holm's correction recomputed over
+    the whole family. Every part must share the collection, evaluation queries, teachers and
+    seeds; a cell in two parts is an error."""
+    import shutil
+
+    res = [pio.read_json(pio.as_path(p) / "study.json") for p in parts]
+    base = copy.deepcopy(res[0])
+    for key in ("collection", "eval_queries", "teachers", "seeds", "eval_split"):
+        if any(r[key] != base[key] for r in res[1:]):
+            raise ValueError(f"merge_studies: the parts differ in {key!r}")
+    out_path = pio.as_path(out)
+    (out_path / "runs").mkdir(parents=True, exist_ok=True)
+    cells, runs = {}, {}
+    for p, r in zip(parts, res):
+        for name, c in r["cells"].items():
+            if name in cells:
+                raise ValueError(f"merge_studies: cell {name!r} is in two parts")
+            cells[name] = c
+            for f in c["runs"]:
+                shutil.copyfile(pio.as_path(p) / f, out_path / f)
+        runs.update(r["runs"])
+    cfg = base.get("config") or {}
+    study = dict(cfg.get("study") or {})
+    study.pop("cells", None)   # each part kept its own subset
+    order = [c["name"] for c in expand_cells(study)] if study.get("students") else list(cells)
+    cells = {n: cells[n] for n in order if n in cells}
+    base.update(cells=cells, runs=runs, merged_from=[str(p) for p in parts])
+    base["significance"] = add_significance(base["cells"], study, log=log)
+    base["timings_s"] = {f"part{i}": r["timings_s"] for i, r in enumerate(res)}
+    pio.write_json(out_path / "study.json", _jsonable(base))
+    write_study_report(base, {}, out)
+    return base
 
 
 # ------------------------------------------------------------------------------------ report
@@ -536,6 +851,33 @@ def markdown_table(results: Mapping[str, Any]) -> str:
                str(c["metrics"]["ndcg_cut_10"]["n"]), _pm(c["metrics"]["ndcg_cut_10"]),
                _pm(c["metrics"]["recip_rank"]), lat_s]
         lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _f(x, fmt=".4f") -> str:
+    return "n/a" if x is None or (isinstance(x, float) and not np.isfinite(x)) else format(x, fmt)
+
+
+def significance_table(results: Mapping[str, Any]) -> str:
+    """Per cell: NDCG@10 mean ± sd over seeds, difference to the reference, p and Holm p, and
+    the training target's agreement with the labels of the training lists."""
+    cells = results["cells"]
+    head = ["system", "transfer set", "seeds", "NDCG@10", "Δ vs ref", "p", "Holm p",
+            "target pair acc. (train, pooled)", "target vs mean (better/worse lists)"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for name, c in cells.items():
+        s = c.get("significance") or {}
+        a = c.get("target_train_agreement") or {}
+        vs = a.get("vs_mean")
+        diff = None
+        if s.get("reference") and s["reference"] != name:
+            diff = c["metrics"]["ndcg_cut_10"]["mean"] - cells[s["reference"]]["metrics"]["ndcg_cut_10"]["mean"]
+        lines.append("| " + " | ".join([
+            name + (" (reference)" if s.get("reference") == name else ""), "yes" if c.get("transfer") else "no",
+            str(c["metrics"]["ndcg_cut_10"]["n"]), _pm(c["metrics"]["ndcg_cut_10"]),
+            "" if diff is None else f"{diff:+.4f}", _f(s.get("p"), ".3g") if s.get("p") is not None else "",
+            _f(s.get("p_holm"), ".3g") if s.get("p_holm") is not None else "",
+            _f(a.get("pair_accuracy_pooled")), f"{vs['better']}/{vs['worse']}" if vs else ""]) + " |")
     return "\n".join(lines)
 
 
@@ -561,6 +903,31 @@ def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], o
         md.append(f"Latency: model time to score one query with {lat['candidates']} BM25 candidates (median over "
                   f"{lat['queries']} test queries of the median of {lat['repeats']} calls after warm-up, no "
                   f"document caching, tokenisation excluded) on {results['device']}.")
+    if results.get("significance"):
+        sig = results["significance"]
+        md += ["", f"## Against the reference ({sig['reference_level']})", "",
+               f"Paired {sig['test']} test over the {results['eval_queries']} {results['eval_split']} queries "
+               "(per-query NDCG@10 averaged over seeds), Holm-corrected across the tested systems. Target pair "
+               "accuracy: the training target (the train step's own function) against the labels of the labelled "
+               "training lists; better/worse: lists where its pair accuracy is above/below the mean ensemble's.", "",
+               significance_table(results)]
+    if results.get("label_free_ensembles_test"):
+        md += ["", "## Ensembles that read no labels, as systems on the evaluation split", "",
+               "| ensemble | weights | NDCG@10 | MRR |", "|---|---|---:|---:|"]
+        for n, e in results["label_free_ensembles_test"].items():
+            w = e.get("weights")
+            md.append(f"| {n} | {'' if w is None else ', '.join(f'{x:.2f}' for x in w)} | "
+                      f"{e['metrics']['ndcg_cut_10']:.4f} | {e['metrics']['recip_rank']:.4f} |")
+    if results.get("teacher_report_dev"):
+        rep = results["teacher_report_dev"]
+        md += ["", f"## Teacher report on dev ({rep['num_evaluated_lists']} lists with a labelled pair)", "",
+               "| name | kind | NDCG@10 (trec_eval) | PNR (mean of lists) | PNR (pooled) | pair acc. |",
+               "|---|---|---:|---:|---:|---:|"]
+        for n, r in rep["rows"].items():
+            md.append(f"| {n} | {r['kind']} | {_f(r.get('ndcg_cut_10_trec'))} | {r['pnr']:.3f} | "
+                      f"{r['pnr_pooled']:.3f} | {r['pair_accuracy']:.4f} |")
+    if results.get("fitted_targets"):
+        md += ["", "Fitted targets: `" + json.dumps(_jsonable(results["fitted_targets"])) + "`"]
     md.append(f"Train groups: {results['train_groups']} x {results['group_size']} items. Timings (s): {results['timings_s']}.")
     pio.write_text(pio.as_path(out) / "study.md", "\n".join(md) + "\n")
 
@@ -615,9 +982,9 @@ def write_study_report(results: Mapping[str, Any], curves: Mapping[str, list], o
 # ------------------------------------------------------------------------------ schema
 #: the top-level sections of a ``pile-jax study`` config
 CONFIG_KEYS = ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
-               "teachers_from", "teacher_train", "ensembles", "study", "eval")
+               "teachers_from", "teacher_train", "ensembles", "study", "eval", "transfer")
 STUDY_KEYS = ("name", "train_source", "seeds", "teacher", "layer_teacher", "students", "factors", "cells", "train",
-              "latency", "export")
+              "latency", "export", "common", "select_on_dev", "reference", "test", "offline_targets")
 LATENCY_KEYS = ("enabled", "queries", "candidates", "repeats")
 #: a study student's keys besides its kind's options (:func:`pile_jax.rankers.student_options`)
 STUDENT_SPEC_KEYS = ("kind", "base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat")
@@ -627,7 +994,7 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     """Fragment: the ``study:`` section (students and their options, factors, cells and their
     objectives, latency, seeds, train section, teachers named by ``teacher`` / ``layer_teacher``)."""
     from pile_jax.models.tokenize import check_lengths
-    from pile_jax.rankers import student_options
+    from pile_jax.rankers import check_layers, check_student_options, student_options
     from pile_jax.train.loop import check_train_section
     from pile_jax.train.objective import check_objective
 
@@ -636,6 +1003,7 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
 
     study = c.section(cfg.get("study"), "study", STUDY_KEYS, required=True)
     c.choice(study, "train_source", "study", ("tfds", "memory"))
+    c.choice(study, "test", "study", ("paired_t", "permutation"))
     C.check_seeds(c, study, "study")
     if "train" in study:
         check_train_section(study["train"], "study.train", c.source)
@@ -655,6 +1023,11 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
                                     f"{C.did_you_mean(str(spec.get('kind')), STUDENT_KINDS)} "
                                     f"(known: {', '.join(STUDENT_KINDS)})")
         c.keys(spec, where, STUDENT_SPEC_KEYS + student_options().get(spec["kind"], ()))
+        sbase = spec.get("base", model.get("base", "all-MiniLM-L6-v2"))
+        check_layers(c, spec, "num_layers", where, sbase)
+        check_student_options(c, spec["kind"], {k: v for k, v in spec.items()
+                                                if k in student_options().get(spec["kind"], ())}, where, base=sbase,
+                              num_layers=spec.get("num_layers"))
         if spec["kind"] == "cross_encoder":
             check_lengths(c, {**model, **{k: v for k, v in spec.items() if k != "kind"}}, where)
     for key in ("teacher", "layer_teacher"):
@@ -668,7 +1041,9 @@ def check_study(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     best = teacher_names[0] if teacher_names else "best"
     for cell in cells:
         obj, _, _ = resolve_objective(cell["objective"], teacher_names=teacher_names, best_teacher=best,
-                                      default_teacher=study.get("teacher", "best"))
+                                      default_teacher=study.get("teacher", "best"),
+                                      # placeholder weights, shaped for check_objective's 2-teacher trial
+                                      fitted={"weighted_fit": [1.0, 1.0]})
         check_objective(obj, f"study cell {cell['name']}", c.source)
 
 

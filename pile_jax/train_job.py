@@ -56,17 +56,22 @@ def check_student(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     the checkpoint's positions); sets the teachers' model settings ``context["model"]``."""
     from pile_jax.models.tokenize import check_lengths
     from pile_jax.models.students import STUDENT_KINDS
-    from pile_jax.rankers import student_options
+    from pile_jax.rankers import check_layers, check_student_options
 
     student = c.section(cfg.get("student"), "student", STUDENT_KEYS, required=True)
     kind = student.get("kind", "cross_encoder")
     if kind not in STUDENT_KINDS:
         c.fail("student.kind", f"unknown student {kind!r}{C.did_you_mean(str(kind), STUDENT_KINDS)} "
                                f"(known: {', '.join(STUDENT_KINDS)})")
-    c.section(student.get("options"), "student.options", student_options()[kind])
     c.choice(student, "dtype", "student", C.DTYPES)
     c.number(student, "num_layers", "student", integer=True, low=1)
+    if "remat" in student and not isinstance(student["remat"], bool):
+        c.fail("student.remat", f"must be true or false, got {student['remat']!r}")
     check_lengths(c, student, "student", default_length=DEFAULT_MAX_LENGTH)
+    base = student.get("base", "all-MiniLM-L6-v2")
+    check_layers(c, student, "num_layers", "student", base)
+    check_student_options(c, kind, student.get("options"), "student.options", base=base,
+                          num_layers=student.get("num_layers"))
     context["model"] = {"max_length": student.get("max_length", DEFAULT_MAX_LENGTH),
                         "max_query_length": DEFAULT_MAX_QUERY_LENGTH}
 
@@ -90,18 +95,24 @@ def schema() -> C.JobSchema:
     return C.JobSchema("train", CONFIG_KEYS, (P.check_inputs, check_student, P.check_teachers, check_training))
 
 
-RESUME_KEYS = ("student", "objective", "teachers", "standardize", "learning_rate", "batch_size", "seed")
+#: the data settings: they decide the ranking groups, hence the loader position a checkpoint holds
+DATA_KEYS = ("data", "candidates", "first_stage", "train_groups")
+RESUME_KEYS = ("student", "objective", "teachers", "standardize", "learning_rate", "batch_size", "seed") + DATA_KEYS
+#: what even --force-resume cannot change: the checkpoint's sampler position (data order, epoch,
+#: batch boundaries) is only meaningful for the same groups, seed and batch size
+FORCE_REFUSED = ("batch_size", "seed") + DATA_KEYS
 
 
 def run_spec(cfg: Mapping[str, Any]) -> dict:
     """What a resumed run must share with the run it continues (stored in ``model.json``): the
-    student, the objective, the teacher specs, the standardisation, learning rate, batch size, seed."""
+    student, the objective, the teacher specs, the standardisation, learning rate, batch size,
+    seed, and the data settings (``data``, ``candidates``, ``first_stage``, ``train_groups``)."""
     tcfg = dict(cfg.get("train") or {})
     return json.loads(json.dumps({
         "student": dict(cfg.get("student") or {}), "objective": dict(cfg.get("objective") or {}),
         "teachers": list(cfg.get("teachers") or []), "standardize": cfg.get("standardize", "global"),
         "learning_rate": tcfg.get("learning_rate"), "batch_size": tcfg.get("batch_size"),
-        "seed": int(tcfg.get("seed", 0))}, default=str))
+        "seed": int(tcfg.get("seed", 0)), **{k: cfg.get(k) for k in DATA_KEYS}}, default=str))
 
 
 def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool = False) -> None:
@@ -110,24 +121,39 @@ def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool
     * without ``resume``, a folder that already holds checkpoints (a fresh run would keep the old
       ones and skip its own saves at the same step numbers);
     * with ``resume``, a ``model.json`` whose run spec (:func:`run_spec`) differs in any of
-      ``RESUME_KEYS``, unless ``force``."""
+      ``RESUME_KEYS`` (keys an older ``model.json`` lacks are not compared), unless ``force``;
+      with ``force`` still a changed batch size, seed or data setting (``FORCE_REFUSED``: the
+      checkpoint's loader position belongs to those).
+
+    ``resume`` on a folder without checkpoints logs a warning and trains from step 0 (a
+    supervisor may relaunch with ``--resume`` before the first checkpoint was written)."""
     out = pio.as_path(out)
     ckpt = out / "checkpoints"
+    has_ckpt = ckpt.exists() and any(True for _ in ckpt.iterdir())
     if not resume:
-        if ckpt.exists() and any(True for _ in ckpt.iterdir()):
+        if has_ckpt:
             raise C.ConfigError(f"{out}: holds the checkpoints of an earlier run; pass --resume to continue it, "
                                 "or choose another --out")
         return
+    if not has_ckpt:
+        _log.warning("%s: --resume, but there is no checkpoint to resume from: training starts from step 0", ckpt)
+        return
     meta = out / "model.json"
-    if force or not meta.exists():
+    if not meta.exists():
         return
     old = pio.read_json(meta).get("run_spec")
     if old is None:
         return
-    changed = [k for k in RESUME_KEYS if old.get(k) != spec.get(k)]
-    if changed:
+    changed = [k for k in RESUME_KEYS if k in old and old.get(k) != spec.get(k)]
+    refused = [k for k in changed if k in FORCE_REFUSED]
+    if force and refused:
+        raise C.ConfigError(f"{out}: --force-resume cannot continue with a changed {', '.join(refused)} (the "
+                            f"checkpoint's data order and batch boundaries belong to "
+                            f"{ {k: old.get(k) for k in refused} }); use another --out")
+    if changed and not force:
         raise C.ConfigError(f"{out}: --resume with a changed {', '.join(changed)} (the checkpoints were made with "
-                            f"{ {k: old.get(k) for k in changed} }); use another --out, or --force-resume")
+                            f"{ {k: old.get(k) for k in changed} }); use another --out"
+                            + (", or --force-resume" if not refused else ""))
 
 
 def init_distributed(cfg: Mapping[str, Any]) -> None:

@@ -181,3 +181,98 @@ def test_score_and_eval_arguments_checked_up_front(tmp_path, capsys, argv, fragm
     assert main([argv[0], "--collection", coll, *argv[1:], *extra]) == 2
     _one_line_error(capsys, *fragments)
     assert not (tmp_path / "scores").exists()
+
+
+# ----------------------------------------------------------------------------- issue 22
+def test_full_disk_names_the_file_and_leaves_no_temporary_file(tmp_path, capsys, monkeypatch):
+    """A write that fails with ENOSPC: one line naming the output file, exit 1, nothing left behind."""
+    import errno
+
+    from etils import epath
+
+    coll = _collection(tmp_path / "coll")
+    _, _, paths = _teachers(tmp_path)
+    out = tmp_path / "res"
+    out.mkdir()
+    real = epath.gpath.PosixGPath.write_bytes
+
+    def full(self, data):
+        if str(self).startswith(str(out)):
+            real(self, data[: len(data) // 2])   # a part reached the disk, then it filled up
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data)
+
+    monkeypatch.setattr(epath.gpath.PosixGPath, "write_bytes", full)
+    rc = main(["ensemble", "--collection", coll, "--teachers", *paths, "--method", "mean", "--out", str(out / "z.tsv")])
+    assert rc == 1
+    _one_line_error(capsys, f"cannot write {out / 'z.tsv'}: No space left on device")
+    assert list(out.iterdir()) == []
+
+
+def test_sigterm_message_of_run_names_no_resume_flag(tmp_path, capsys, monkeypatch):
+    from pile_jax import jobs
+    from pile_jax.train.loop import Preempted
+
+    def preempt(args):
+        raise Preempted("preempted (SIGTERM): saved a checkpoint at step 7 in out/students/kd__seed0/checkpoints; "
+                        "rerun with --resume to continue")
+
+    monkeypatch.setattr(jobs, "cmd_run", preempt)
+    assert main(["run", os.path.join(ROOT, "configs", "cranfield_pile.yaml")]) == 75
+    err = _one_line_error(capsys, "step 7", "rerun the same command")
+    assert "--resume" not in err
+    monkeypatch.setattr(jobs, "cmd_train", preempt)
+    assert main(["train", os.path.join(ROOT, "configs", "train_pile.yaml")]) == 75
+    _one_line_error(capsys, "step 7", "rerun with --resume")
+
+
+def test_eval_on_an_empty_split_or_without_judgments_is_one_line(tmp_path, capsys):
+    coll = _collection(tmp_path / "coll", {"train": ["q0"], "dev": ["q1"], "test": ["q2"], "extra": []})
+    (tmp_path / "r.run").write_text("q2 Q0 d3 1 2.0 x\n")
+    assert main(["eval", "--collection", coll, "--run", str(tmp_path / "r.run"), "--split", "extra"]) == 2
+    _one_line_error(capsys, "splits.json", "split 'extra' is empty")
+    (tmp_path / "coll" / "qrels.tsv").write_text("")
+    assert main(["eval", "--collection", coll, "--run", str(tmp_path / "r.run")]) == 2
+    _one_line_error(capsys, "qrels.tsv", "no judgments")
+
+
+def test_jobs_refuse_empty_qrels_naming_the_file(tmp_path, capsys):
+    coll = _collection(tmp_path / "coll")
+    (tmp_path / "coll" / "qrels.tsv").write_text("")
+    rc = main(["train", os.path.join(ROOT, "configs", "train_hard_labels.yaml"), "--out", str(tmp_path / "o"),
+               "--set", f"data.collection={coll}", "--set", "candidates.bm25_depth=3"])
+    assert rc == 2
+    _one_line_error(capsys, os.path.join(coll, "qrels.tsv"), "no judgments")
+
+
+def test_a_teacher_score_far_outside_its_file_is_reported_with_its_line(tmp_path, capsys):
+    from pile_jax.data import read_teacher_scores
+    from pile_jax.data.trec import score_outlier
+
+    coll = _collection(tmp_path / "coll")
+    _, _, paths = _teachers(tmp_path)
+    lines = open(paths[1]).read().splitlines()
+    lines[2] = lines[2].rsplit("\t", 1)[0] + "\t1e30"
+    open(paths[1], "w").write("\n".join(lines) + "\n")
+    out = str(tmp_path / "z.tsv")
+    assert main(["ensemble", "--collection", coll, "--teachers", *paths, "--method", "mean", "--out", out]) == 2
+    _one_line_error(capsys, f"{paths[1]}:3:", "1e+30", "far outside", "--accept-outliers")
+    assert main(["ensemble", "--collection", coll, "--teachers", *paths, "--method", "mean", "--out", out,
+                 "--accept-outliers"]) == 0
+    assert read_teacher_scores(paths[1], outliers="accept")["q0"]["d2"] == 1e30
+    # the rule (median / MAD, hand-computed): [0, 1, 2, 3, x]: median 2, MAD 1 -> scale 1.4826
+    assert score_outlier([0, 1, 2, 3, 2 + 148260 * 1.01]) == 4 and score_outlier([0, 1, 2, 3, 2 + 148260 * 0.99]) is None
+    assert score_outlier([5, 5, 5, 5, 5]) is None   # no spread at all: nothing is far
+
+
+@pytest.mark.parametrize("override, fragments", [
+    ("students.options.doc_layers=10", ["students.options.doc_layers", "exceeds the 6 layers"]),
+    ("students.options.doc_normalize=maybe", ["students.options.doc_normalize", "true or false"]),
+    ("transfer.group_size=8", ["transfer.group_size", "differs from the train groups' size 20"]),
+    ("transfer.seed=-1", ["transfer.seed", ">= 0"]),
+])
+def test_run_option_values_are_checked_before_any_work(tmp_path, capsys, override, fragments):
+    out = tmp_path / "out"
+    assert main(["run", os.path.join(ROOT, "configs", "cranfield_pile.yaml"), "--out", str(out), "--set", override]) == 2
+    _one_line_error(capsys, "pile-jax run: error: ", *fragments)
+    assert not out.exists()

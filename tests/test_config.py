@@ -64,7 +64,8 @@ def test_limited_splits_number_mapping_and_errors():
 import os  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHIPPED = [("cranfield_pile.yaml", "run"), ("scifact_pile.yaml", "run"), ("study_margin_mse.yaml", "study"),
+SHIPPED = [("cranfield_pile.yaml", "run"), ("scifact_pile.yaml", "run"), ("nfcorpus_pile.yaml", "run"),
+           ("study_pile.yaml", "study"), ("study_margin_mse.yaml", "study"),
            ("study_uniform.yaml", "study"), ("train_pile.yaml", "train"), ("train_margin_mse.yaml", "train"),
            ("train_hard_labels.yaml", "train")]
 
@@ -233,8 +234,53 @@ def test_limited_splits_missing_or_empty_split_names_splits_json():
         C.limited_splits({}, Coll({"train": ["a"], "dev": ["c"], "test": []}))
 
 
+# issue 22: every option value checked with the config (before any work), the key named
+@pytest.mark.parametrize("name, job, override, key, fragment", [
+    ("cranfield_pile.yaml", "run", "students.options.doc_layers=10", "students.options.doc_layers",
+     "exceeds the 6 layers"),
+    ("cranfield_pile.yaml", "run", "students.options.doc_layers=0", "students.options.doc_layers", ">= 1"),
+    ("cranfield_pile.yaml", "run", "students.options.pooling=max", "students.options.pooling", "cls, mean"),
+    ("cranfield_pile.yaml", "run", "students.options.doc_pooling=max", "students.options.doc_pooling", "cls, mean"),
+    ("cranfield_pile.yaml", "run", "students.options.doc_normalize=maybe", "students.options.doc_normalize",
+     "true or false"),
+    ("cranfield_pile.yaml", "run", "students.options.doc_encoder=/no/such/model", "students.options.doc_encoder",
+     "cannot read"),
+    ("cranfield_pile.yaml", "run", "students.num_layers=7", "students.num_layers", "exceeds the 6 layers"),
+    ("cranfield_pile.yaml", "run", "students.select_on_dev=yes please", "students.select_on_dev", "true or false"),
+    ("cranfield_pile.yaml", "run", "transfer.seed=-1", "transfer.seed", ">= 0"),
+    ("cranfield_pile.yaml", "run", "transfer.group_size=8", "transfer.group_size", "differs from the train groups"),
+    ("cranfield_pile.yaml", "run", "students.seeds=[0, -2]", "students.seeds.1", ">= 0"),
+    ("cranfield_pile.yaml", "run", "students={kind: bert_dot, options: {compress_dim: 0}, runs: {a: {label_losses: "
+     "{ranknet: 1}}}}", "students.options.compress_dim", ">= 1"),
+    ("cranfield_pile.yaml", "run", "students={kind: prett, num_layers: 2, options: {split_layer: 3}, runs: {a: "
+     "{label_losses: {ranknet: 1}}}}", "students.options.split_layer", "exceeds the student's 2 layers"),
+    ("cranfield_pile.yaml", "run", "students={kind: tk, options: {dropout: 1.5}, runs: {a: {label_losses: "
+     "{ranknet: 1}}}}", "students.options.dropout", "must be < 1"),
+    ("train_pile.yaml", "train", "student.num_layers=12", "student.num_layers", "exceeds the 6 layers"),
+    ("train_pile.yaml", "train", "train.seed=-1", "train.seed", ">= 0"),
+    ("study_margin_mse.yaml", "study", "study.students.bert_dot.pooling=max", "study.students.bert_dot.pooling",
+     "cls, mean"),
+])
+def test_validate_checks_every_option_value(name, job, override, key, fragment):
+    test_validate_names_the_key(name, job, override, key, fragment)
+
+
+def test_checkpoint_depth_is_read_from_config_json():
+    """The layer limit comes from the checkpoint's own config.json (read here independently)."""
+    import json
+
+    from pile_jax.models import resolve_model_path
+
+    hf = json.loads((resolve_model_path("all-MiniLM-L6-v2") / "config.json").read_text())
+    from pile_jax.models.hub import checkpoint_depth
+
+    assert checkpoint_depth("all-MiniLM-L6-v2")[0] == hf["num_hidden_layers"] == 6
+
+
 # ------------------------------------------------------------------- device counts (issue 19)
 from pile_jax.train.loop import check_device_counts  # noqa: E402
+
+
 @pytest.mark.parametrize("name, job", SHIPPED)
 def test_shipped_configs_and_presets_run_on_1_2_4_8_devices(name, job):
     """Every shipped config and preset trains on 1, 2, 4 or 8 devices of one host, and on two

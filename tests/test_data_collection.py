@@ -37,6 +37,20 @@ def test_scifact_graded_qrels_file():
     assert len(c.docs) == 5183 and len(c.queries) == 1109
 
 
+def test_nfcorpus_published_counts():
+    """BEIR's published NFCorpus sizes (train 2,590 / 110,575 qrels, dev 324 / 11,385, test 323 / 12,334)
+    and the original 2-1-0 grades of /work/shared/data/README.md."""
+    c = load_collection("nfcorpus")
+    assert len(c.docs) == 3633 and len(c.queries) == 3237
+    split_sizes = {s: (len(q), sum(len(c.qrels[x]) for x in q)) for s, q in c.splits.items()}
+    assert split_sizes == {"train": (2590, 110575), "dev": (324, 11385), "test": (323, 12334)}
+    grades = collections.Counter(g for j in c.qrels.values() for g in j.values())
+    assert grades == {1: 128918, 2: 5376}
+    g = load_collection("nfcorpus", qrels_file="qrels_graded.tsv")
+    train = collections.Counter(v for q in g.splits["train"] for v in g.qrels.get(q, {}).values())
+    assert train == {1: 28697, 2: 106296, 3: 4279}
+
+
 def _folder(tmp_path, docs=None, queries=None, qrels=None, splits=None):
     docs = docs if docs is not None else (
         '{"doc_id": "d1", "title": "T1", "text": "one"}\n'

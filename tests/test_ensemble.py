@@ -518,6 +518,8 @@ def ref_sequential_list(s, y, m, lm=None, merge="pair_accuracy", tau=1.0):
     d = sum(s[k, i] < s[k, j] for i, j in P)
     t = sum(s[k, i] == s[k, j] for i, j in P)
     pnr.append((c + t / 2) / max(d + t / 2, 1))
+  if not P:  # nothing to order the teachers by: the mean (docs/pile.md: every variant)
+    return np.array([float(np.mean(s[:, i])) if m[i] else 0.0 for i in range(n)])
   order = sorted(range(M_), key=lambda k: (-pnr[k], k))
   z = {i: float(s[order[0], i]) for i in idx}
   for k in order[1:]:
@@ -649,8 +651,12 @@ def test_sequential_properties(merge):
   # each merge is a convex combination: inside every item's teacher range
   lo, hi = np.where(valid, s, np.inf).min(0), np.where(valid, s, -np.inf).max(0)
   assert np.all(((z >= lo - 1e-5) & (z <= hi + 1e-5)) | ~m)
-  # the list without labelled pairs (3) keeps the first teacher (every PNR ties, every w = 0)
-  np.testing.assert_allclose(z[3], np.where(m[3], s[0, 3], 0.0), rtol=1e-6)
+  # lists without labelled pairs get the teachers' float64 mean (docs/pile.md), not the first
+  # teacher: list 3 (one label value), list 2 (one valid item); the tied case's last teacher is
+  # 2 s_0 + 1, so the mean differs from every single teacher
+  for b in (2, 3):
+    np.testing.assert_allclose(z[b], np.where(m[b], s[:, b].astype(np.float64).mean(0), 0.0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(z[b][m[b]], s[0, b][m[b]])
   # permuting items permutes the output (no tie among w-candidates depends on item order)
   perm = np.random.default_rng(1).permutation(s.shape[-1])
   zp = np.asarray(E.pile(s[..., perm], y[:, perm], where=m[:, perm], label_where=lm[:, perm],
@@ -734,3 +740,19 @@ def test_sequential_is_a_student_target_and_a_report_row():
   assert "pile_sequential" in E.teacher_report(s, y, where=m)["ensembles"]  # a default row
   with pytest.raises(ValueError, match="^merge: "):
     E.pile(s, y, where=m, variant="sequential", merge="median")
+
+
+@pytest.mark.parametrize("variant", E.PILE_VARIANTS)
+def test_every_variant_gives_the_hand_computed_mean_without_a_labelled_pair(variant):
+  """docs/pile.md: a list without a labelled pair gets the mean, whatever the variant. Hand-computed:
+  teachers (1, 2, 6) and (3, 0, 0) -> (2, 1, 3). Three ways to have no pair: equal labels, every
+  item outside ``label_where`` (a transfer-set list, label_mask all False), and one valid item."""
+  s = np.array([[[1.0, 2.0, 6.0]], [[3.0, 0.0, 0.0]]])
+  want = np.array([[2.0, 1.0, 3.0]])
+  np.testing.assert_allclose(E.pile(s, np.array([[1.0, 1.0, 1.0]]), variant=variant), want, rtol=1e-6)
+  np.testing.assert_allclose(E.pile(s, np.array([[2.0, 0.0, 1.0]]), label_where=np.zeros((1, 3), bool),
+                                    variant=variant), want, rtol=1e-6)
+  np.testing.assert_allclose(E.pile(s, np.array([[2.0, 0.0, 1.0]]), where=np.array([[False, True, False]]),
+                                    variant=variant), [[0.0, 1.0, 0.0]], rtol=1e-6)
+  # the teacher order does not matter there (sequential would otherwise start from teacher 0)
+  np.testing.assert_allclose(E.pile(s[::-1], np.array([[1.0, 1.0, 1.0]]), variant=variant), want, rtol=1e-6)

@@ -154,3 +154,151 @@ def test_not_an_export_is_a_clear_error(tmp_path):
     (tmp_path / "pile_jax_student.json").write_text('{"format": "pile_jax_student", "format_version": 1, "kind": "x"}')
     with pytest.raises(ValueError, match="unknown student kind"):
         rankers.load_student(tmp_path)
+
+
+# ----------------------------------------------------------------------------- issue 22: exports that cannot lie
+@pytest.fixture(scope="module")
+def tk_export(tmp_path_factory):
+    """A small exported student (TK: no tokenizer-independent shortcut; pile_jax's own format)."""
+    ranker = rankers.student("tk", "all-MiniLM-L6-v2", seed=0, **LENGTHS, tk_layers=1)
+    params = _perturbed(ranker.params, 5)
+    folder = tmp_path_factory.mktemp("tk") / "export"
+    rankers.export_ranker(ranker, params, folder)
+    return ranker, params, folder
+
+
+def _copy(folder, tmp_path):
+    import shutil
+
+    dst = tmp_path / "copy"
+    shutil.copytree(folder, dst)
+    return dst
+
+
+def test_export_manifest_lists_every_file_with_size_and_sha256(tk_export):
+    import hashlib
+
+    _, _, folder = tk_export
+    manifest = json.loads((folder / "pile_jax_manifest.json").read_text())
+    on_disk = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    assert sorted(manifest["files"]) == [f for f in on_disk if f != "pile_jax_manifest.json"]
+    assert any(f.startswith("tokenizer") for f in manifest["files"])
+    for rel, meta in manifest["files"].items():
+        data = (folder / rel).read_bytes()
+        assert meta == {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    assert manifest["kind"] == "tk" and manifest["dtype"] == "float32" and manifest["max_doc_length"] == 24
+    assert manifest["pile_jax_version"]
+
+
+@pytest.mark.parametrize("damage", ["delete_tokenizer", "truncate_weights", "overwrite_bytes", "no_manifest"])
+def test_a_damaged_export_is_refused_naming_the_file(tmp_path, tk_export, damage):
+    from pile_jax.data import DataError
+
+    _, _, folder = tk_export
+    folder = _copy(folder, tmp_path)
+    weights = folder / "model.safetensors"
+    if damage == "delete_tokenizer":   # issue 22: loaded silently, every word one id
+        for f in folder.glob("tokenizer*.json"):
+            f.unlink()
+        fragment = "tokenizer"
+    elif damage == "truncate_weights":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        fragment = "model.safetensors"
+    elif damage == "overwrite_bytes":   # same size, one float changed: only the hash sees it
+        data = bytearray(weights.read_bytes())
+        data[-8:-4] = np.float32(123.0).tobytes()
+        weights.write_bytes(bytes(data))
+        fragment = "model.safetensors: contents differ"
+    else:
+        (folder / "pile_jax_manifest.json").unlink()
+        fragment = "pile_jax_manifest.json: missing"
+    with pytest.raises(DataError, match=fragment):
+        rankers.load_student(folder)
+
+
+def test_export_replaces_an_earlier_export_of_another_kind_whole(tmp_path, tk_export):
+    """bert_dot writes 1_Pooling/, modules.json, config.json: none may survive a TK export."""
+    ranker, params, _ = tk_export
+    out = tmp_path / "out"
+    dot = rankers.student("bert_dot", "all-MiniLM-L6-v2", num_layers=1, seed=0, **LENGTHS)
+    rankers.export_ranker(dot, dot.params, out)
+    assert (out / "modules.json").exists()
+    rankers.export_ranker(ranker, params, out)
+    manifest = json.loads((out / "pile_jax_manifest.json").read_text())
+    left = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert left == sorted(list(manifest["files"]) + ["pile_jax_manifest.json"])
+    assert not (out / "modules.json").exists() and not (out / "1_Pooling").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]   # no staging or old folder left
+    rankers.load_student(out)
+
+
+def test_export_refuses_a_folder_of_other_files_and_a_diverged_model(tmp_path, tk_export):
+    from pile_jax.data import DataError
+
+    ranker, params, _ = tk_export
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    with pytest.raises(DataError, match="not a pile_jax export"):
+        rankers.export_ranker(ranker, params, keep)
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
+    nan = jax.tree_util.tree_map(lambda x: np.full_like(np.asarray(x), np.nan), params)
+    with pytest.raises(DataError, match="not finite"):
+        rankers.export_ranker(ranker, nan, tmp_path / "nan")
+    assert not (tmp_path / "nan").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_a_damaged_best_params_file_names_the_file_in_export(tmp_path, capsys, damage):
+    from pile_jax.cli import main
+    from pile_jax.params import save_params
+
+    ranker = rankers.student("tk", "all-MiniLM-L6-v2", seed=0, **LENGTHS, tk_layers=1)
+    work = tmp_path / "work"
+    work.mkdir()
+    save_params(work / "best_params.npz", ranker.params)
+    data = (work / "best_params.npz").read_bytes()
+    (work / "best_params.npz").write_bytes(data[: len(data) // 2] if damage == "truncate" else b"x" * 100)
+    (work / "model.json").write_text(json.dumps({"student": {
+        "kind": "tk", "base": "all-MiniLM-L6-v2", **LENGTHS, "options": {"tk_layers": 1}}, "seed": 0}))
+    pj, root = logging.getLogger("pile_jax"), logging.getLogger()
+    saved = (list(pj.handlers), pj.level, list(root.handlers))
+    try:
+        assert main(["export", str(work), "--out", str(tmp_path / "out"), "-q"]) == 2
+    finally:
+        pj.handlers[:], root.handlers[:] = saved[0], saved[2]
+        pj.setLevel(saved[1])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{work / 'best_params.npz'}: unreadable parameter file" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_finite_weights_whose_scores_overflow_are_not_exported(tmp_path):
+    """A diverged run's parameters can be finite while its scores are not (a score head near
+    float32's limit): the probe batch refuses it, and nothing is written."""
+    from pile_jax.data import DataError
+
+    ranker = rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=1, max_length=32, max_query_length=8, seed=0,
+                                   new_head=True)
+    params = jax.tree_util.tree_map(np.asarray, ranker.params)
+    params["head"]["classifier"]["kernel"] = np.full_like(params["head"]["classifier"]["kernel"], 3e38)
+    assert all(np.isfinite(x).all() for x in jax.tree_util.tree_leaves(params))
+    assert not np.isfinite(_scores(ranker, params)).all()
+    with pytest.raises(DataError, match="probe batch are not finite"):
+        rankers.export_ranker(ranker, params, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_cross_encoder_export_is_refused_by_the_hugging_face_loader_too(tmp_path):
+    """`pile-jax eval --model` and `Reranker.from_pretrained` read a cross-encoder export as a plain
+    Hugging Face folder: its manifest is checked there as well."""
+    from pile_jax.data import DataError
+    from pile_jax.models import Reranker
+
+    ranker = rankers.cross_encoder("all-MiniLM-L6-v2", num_layers=1, max_length=32, max_query_length=8, seed=0,
+                                   new_head=True)
+    rankers.export_ranker(ranker, ranker.params, tmp_path / "ce")
+    Reranker.from_pretrained(str(tmp_path / "ce"))   # intact: loads
+    (tmp_path / "ce" / "tokenizer.json").unlink()
+    with pytest.raises(DataError, match="tokenizer.json: missing"):
+        Reranker.from_pretrained(str(tmp_path / "ce"))

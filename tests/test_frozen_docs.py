@@ -160,3 +160,36 @@ def test_document_side_options_are_checked():
         rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_pooling="max")
     with pytest.raises(TypeError, match="compress_dim"):   # the query vector must match the index's width
         rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, compress_dim=16)
+
+
+def test_vectors_persist_in_the_disk_cache_and_a_new_process_encodes_nothing(cranfield, tmp_path, monkeypatch):
+    """$PILE_JAX_VECTOR_CACHE: vectors written by one process are read by the next (simulated by
+    emptying the in-memory cache); the scores equal the freshly encoded ones, and no document is
+    sent to the encoder the second time."""
+    from pile_jax.models import frozen_docs as FD
+
+    coll, qids, dids = cranfield
+    monkeypatch.setenv(FD.VECTOR_CACHE_ENV, str(tmp_path))
+    kw = dict(num_layers=1, doc_layers=1, max_query_length=30, max_doc_length=61)   # a key no other test uses
+    cands = {q: dids[i * 3:(i + 1) * 3] for i, q in enumerate(qids)}
+    a = rankers.student("query_encoder", "all-MiniLM-L6-v2", seed=0, **kw)
+    seen, restore = _count_encoded(a.meta["features"])
+    try:
+        first = score_candidates(a, a.params, cands, coll.queries, coll.docs)
+        assert sum(seen) == 18 and len(list(tmp_path.glob("*.pkl"))) == 1
+    finally:
+        restore()
+    key = a.meta["features"].index.key
+    FD.TEXT_VECTORS._data.pop(key)                       # a new process: nothing in memory
+    b = rankers.student("query_encoder", "all-MiniLM-L6-v2", seed=0, **kw)
+    seen_b, restore_b = _count_encoded(b.meta["features"])
+    try:
+        from pile_jax.data import load_collection
+
+        fresh = load_collection("cranfield")   # new texts dicts: new token stores
+        again = score_candidates(b, a.params, cands, fresh.queries, fresh.docs)
+        assert sum(seen_b) == 0 and key in FD.TEXT_VECTORS
+    finally:
+        restore_b()
+    for q in cands:
+        assert again[q] == pytest.approx(first[q], rel=1e-6)

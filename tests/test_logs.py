@@ -155,3 +155,35 @@ def test_cli_output_starts_with_pile_jax_lines_and_follows_the_level(tmp_path):
     p = _cli(base + ["--log-level", "debug"])
     assert p.returncode == 0, p.stderr
     assert "teacher bm: reusing" in p.stderr and "pile-jax score: arguments {" in p.stderr
+
+
+def test_first_screen_has_no_library_chatter_for_data_and_models_pile_jax_makes(clean_logging, tmp_path, capsys):
+    """issue 22: the default run opened with absl's "Using custom data configuration", TFDS's
+    "Downloading and preparing dataset" lines (for ranking groups pile_jax writes itself) and
+    "no score head in the checkpoint" for models used as encoders only. At INFO none of it
+    reaches the screen; at DEBUG the TFDS lines are kept (library chatter lives at DEBUG)."""
+    import numpy as np
+
+    from pile_jax import rankers
+    from pile_jax.data.tfds_builder import build_ranking_groups_dataset
+
+    groups = {"query_id": ["a", "b"], "doc_ids": np.array([["1", "2"], ["3", "4"]]), "teacher_names": ["t"],
+              "labels": np.array([[1.0, 0.0], [0.0, 1.0]], np.float32), "label_mask": np.ones((2, 2), bool),
+              "mask": np.ones((2, 2), bool), "teacher_scores": np.zeros((2, 1, 2), np.float32)}
+    out = io.StringIO()
+    logs.setup_logging("INFO", stream=out, process_index=0)
+    logging.getLogger("absl").setLevel(logging.INFO)   # as absl leaves it once initialised
+    build_ranking_groups_dataset({"train": groups}, tmp_path / "tfds", "tiny_n2")
+    rankers.biencoder_cosine("all-MiniLM-L6-v2", max_length=16)
+    rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, max_length=16, max_query_length=8,
+                    max_doc_length=8)
+    screen = out.getvalue() + "".join(capsys.readouterr())
+    for chatter in ("custom data configuration", "Downloading and preparing", "downloaded and prepared",
+                    "score head", "Generating", "Shuffling"):
+        assert chatter not in screen, screen
+
+    out = io.StringIO()
+    logs.setup_logging("DEBUG", stream=out, process_index=0)
+    build_ranking_groups_dataset({"train": groups}, tmp_path / "tfds", "tiny_n2b")
+    assert "Downloading and preparing" in out.getvalue()
+    assert not [l for l in out.getvalue().splitlines() if "WARNING" in l and "custom data configuration" in l]

@@ -184,3 +184,20 @@ def test_collate_through_the_loader_with_padding_rows(coll, ranker):
     hf_tok = transformers.AutoTokenizer.from_pretrained(str(MINILM))
     empty = [hf_tok.cls_token_id, hf_tok.sep_token_id, hf_tok.sep_token_id]
     assert last["input_ids"][3, 0, :3].tolist() == empty and last["attention_mask"][3].sum() == 4 * 3
+
+
+def test_query_encoder_candidates_scored_as_groups_equal_pairs_scored_one_by_one(coll):
+    """score_candidates encodes each query once for a frozen-document-index ranker (its whole
+    candidate list is one group, ragged lists padded and masked); every score must equal the
+    per-pair path (score_pairs: one query encoding per pair)."""
+    from pile_jax import rankers
+
+    r = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, max_query_length=16, max_doc_length=24,
+                        pooling="mean", doc_layers=1)
+    qids, dids = list(coll.queries)[:5], list(coll.docs)
+    cands = {q: dids[3 * i:3 * i + 2 + (i % 3)] for i, q in enumerate(qids)}      # 2-4 candidates (ragged)
+    got = score_candidates(r, r.params, cands, coll.queries, coll.docs, batch_size=2)
+    keys = [(q, d) for q in qids for d in cands[q]]
+    want = score_pairs(r, r.params, [(coll.queries[q], coll.docs[d]) for q, d in keys], batch_size=3)
+    assert [got[q][d] for q, d in keys] == pytest.approx(want.tolist(), rel=1e-5, abs=1e-5)
+    assert set(got) == set(qids) and all(set(got[q]) == set(cands[q]) for q in qids)

@@ -88,7 +88,7 @@ def test_quick_study_artifacts(quick_study):
         assert name in md
         assert len(c["runs"]) == len(res["seeds"]) == c["metrics"]["ndcg_cut_10"]["n"]
         for fname in c["runs"]:
-            rows = (out / "runs" / fname).read_text().splitlines()
+            rows = (out / fname).read_text().splitlines()
             assert rows and all(len(r.split()) == 6 and r.split()[1] == "Q0" for r in rows)
         assert c["kind"] in res["latency"] or c["student"] in res["latency"]
     for lat in res["latency"].values():
@@ -110,7 +110,7 @@ def test_quick_study_metrics_match_run_files(quick_study):
     for name, c in res["cells"].items():
         per_run = []
         for fname in c["runs"]:
-            run = {q: dict(v) for q, v in read_run(str(out / "runs" / fname)).items()}
+            run = {q: dict(v) for q, v in read_run(str(out / fname)).items()}
             ours = mean_metrics(run_metrics(run, coll.qrels, qids=qids))
             for m in ("ndcg_cut_10", "recip_rank", "map", "pnr"):
                 assert ours[m] == pytest.approx(res["runs"][fname][m], abs=1e-9), (fname, m)
@@ -139,3 +139,57 @@ def test_quick_study_exports_every_cell_and_the_export_scores_as_in_the_run(quic
         docs = [d for d, _ in run[qid]][:4]
         got = np.asarray(ranker.score_fn(ranker.params, ranker.featurize([coll.queries[qid]], [[coll.docs[d] for d in docs]])))
         np.testing.assert_allclose(got[0], [dict(run[qid])[d] for d in docs], atol=1e-4, err_msg=slug)
+
+
+def test_resolve_objective_fitted_targets():
+    names = ["a", "b", "c"]
+    obj, _, used = resolve_objective({"distill_losses": {"margin_mse": 1.0}, "teacher": "weighted_fit"},
+                                     teacher_names=names, best_teacher="a", fitted={"weighted_fit": [0.2, 0.8, 0.0]})
+    assert obj["ensemble"] == {"name": "weighted_mean", "weights": [0.2, 0.8, 0.0]} and used.startswith("weighted_fit")
+    with pytest.raises(C.ConfigError, match="not fitted"):
+        resolve_objective({"distill_losses": {"margin_mse": 1.0}, "teacher": "weighted_fit"},
+                          teacher_names=names, best_teacher="a")
+    obj, _, _ = resolve_objective({"distill_losses": {"margin_mse": 1.0}, "teacher": "pile_carry", "transfer": True,
+                                   "ensemble": {"variant": "consensus"}}, teacher_names=names, best_teacher="a")
+    assert obj["target"] == "teacher" and obj["teacher_index"] == 0 and "ensemble" not in obj and "transfer" not in obj
+
+
+def test_pile_study_grid_differs_only_in_the_target():
+    from pile_jax.schema import validate
+
+    cfg = C.load_config(os.path.join(ROOT, "configs", "study_pile.yaml"))
+    validate(cfg, job="study")
+    cells = expand_cells(cfg["study"])
+    assert len(cells) >= 11
+    for c in cells:   # the same hard-label and distillation terms in every cell
+        assert c["objective"]["label_losses"] == {"pairwise_logistic": 1.0}
+        assert c["objective"]["distill_losses"] == {"margin_mse": 1.0}
+    targets = {c["levels"]["target"] for c in cells}
+    assert {"mean", "zscore_mean", "best_teacher", "weighted_fit", "pile_consensus", "pile_responsibility",
+            "pile_regularised", "pile_sequential", "mean+transfer"} <= targets
+    for preset in ("quick", "capacity"):
+        validate(C.load_config(os.path.join(ROOT, "configs", "study_pile.yaml"), presets=[preset]), job="study")
+
+
+def test_significance_against_scipy_and_holm_by_hand():
+    from pile_jax.study import add_significance
+
+    stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(5)
+    qids = [f"q{i}" for i in range(30)]
+    base = rng.random(30)
+    vals = {"mean": base, "x": base + 0.05 + rng.normal(0, 0.1, 30), "y": base + rng.normal(0, 0.1, 30)}
+    cells = {f"s/target={k}": {"student": "s", "levels": {"target": k}, "per_query": dict(zip(qids, v.tolist()))}
+             for k, v in vals.items()}
+    info = add_significance(cells, {"factors": {"target": {}}, "reference": "mean", "test": "paired_t"})
+    assert info["family"] == ["s/target=x", "s/target=y"]
+    p = {k: float(stats.ttest_rel(vals[k], base).pvalue) for k in ("x", "y")}
+    for k in ("x", "y"):
+        s = cells[f"s/target={k}"]["significance"]
+        assert s["reference"] == "s/target=mean" and s["test"] == "paired_t"
+        assert s["p"] == pytest.approx(p[k], rel=1e-8)
+    lo, hi = sorted(p.values())
+    want = {k: (2 * v if v == lo else max(2 * lo, v)) for k, v in p.items()}
+    for k in ("x", "y"):
+        assert cells[f"s/target={k}"]["significance"]["p_holm"] == pytest.approx(min(1.0, want[k]), rel=1e-8)
+    assert cells["s/target=mean"]["significance"]["p"] is None

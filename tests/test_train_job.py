@@ -24,6 +24,7 @@ def test_fresh_run_refuses_a_folder_with_checkpoints(tmp_path):
 
 def test_resume_refuses_a_changed_run_spec_unless_forced(tmp_path):
     (tmp_path / "model.json").write_text(json.dumps({"run_spec": run_spec(_cfg())}))
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
     check_work_folder(tmp_path, run_spec(_cfg(steps=99, log_every=3)), resume=True)  # length/logging may change
     with pytest.raises(C.ConfigError, match="learning_rate"):
         check_work_folder(tmp_path, run_spec(_cfg(learning_rate=3e-4)), resume=True)
@@ -33,7 +34,34 @@ def test_resume_refuses_a_changed_run_spec_unless_forced(tmp_path):
     other["teachers"] = [{"name": "bm25", "kind": "biencoder_cosine"}]
     with pytest.raises(C.ConfigError, match="teachers"):
         check_work_folder(tmp_path, run_spec(other), resume=True)
-    check_work_folder(tmp_path, run_spec(_cfg(seed=1)), resume=True, force=True)
+    check_work_folder(tmp_path, run_spec(_cfg(learning_rate=3e-4)), resume=True, force=True)
+
+
+@pytest.mark.parametrize("change, key", [
+    (dict(seed=1), "seed"), (dict(batch_size=8), "batch_size"),
+    ({"data": {"collection": "scifact"}}, "data"), ({"train_groups": {"size": 4}}, "train_groups"),
+])
+def test_force_resume_refuses_what_the_loader_position_depends_on(tmp_path, change, key):
+    """issue 22: --force-resume with a changed seed / batch size crashed in the loader; data
+    settings ended in an internal traceback. They are refused up front, naming the key."""
+    (tmp_path / "model.json").write_text(json.dumps({"run_spec": run_spec(_cfg())}))
+    (tmp_path / "checkpoints" / "20").mkdir(parents=True)
+    train = {k: v for k, v in change.items() if k in ("seed", "batch_size")}
+    cfg = _cfg(**train)
+    cfg.update({k: v for k, v in change.items() if k not in train})
+    for force in (False, True):
+        with pytest.raises(C.ConfigError, match=key) as info:
+            check_work_folder(tmp_path, run_spec(cfg), resume=True, force=force)
+        assert ("--force-resume cannot" in str(info.value)) == force
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pile_jax"):
+        check_work_folder(tmp_path, run_spec(_cfg()), resume=True)
+    assert any("no checkpoint to resume from" in r.getMessage() and "starts from step 0" in r.getMessage()
+               for r in caplog.records), caplog.records
 
 
 @pytest.mark.parametrize("kind,options", [("query_encoder", {"doc_layers": 1}), ("bert_dot", {"pooling": "mean"})])

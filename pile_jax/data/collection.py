@@ -7,7 +7,7 @@ Layout of a collection folder::
     qrels.tsv      qid 0 docid grade                                  (grade: integer; < 0 read as 0)
     splits.json    {"train": [qid, ...], "dev": [...], "test": [...]} (optional)
 
-``load_collection("cranfield")`` / ``load_collection("scifact")`` read the copies shipped in
+``load_collection("cranfield")`` / ``"scifact"`` / ``"nfcorpus"`` read the copies shipped in
 ``pile_jax/resources/collections``; any other argument is a folder path, local or a URL
 (``gs://bucket/collection``, read through :mod:`pile_jax.io`).
 """
@@ -28,7 +28,7 @@ from pile_jax.data.trec import read_qrels
 
 __all__ = ["Collection", "load_collection", "SHIPPED_COLLECTIONS", "DataError"]
 
-SHIPPED_COLLECTIONS = ("cranfield", "scifact")
+SHIPPED_COLLECTIONS = ("cranfield", "scifact", "nfcorpus")
 
 
 @dataclasses.dataclass
@@ -178,7 +178,7 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[str, epath.Path]:
 
 
 def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels.tsv") -> Collection:
-    """Load a collection: a shipped name (``"cranfield"``, ``"scifact"``) or a folder in the layout.
+    """Load a collection: a shipped name (``"cranfield"``, ``"scifact"``, ``"nfcorpus"``) or a folder in the layout.
 
     ``qrels_file`` picks another judgments file in the folder (e.g. ``"qrels_graded.tsv"``).
     Raises :class:`DataError` (``"path:line: message"``) for malformed JSON lines, missing fields,

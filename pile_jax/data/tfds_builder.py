@@ -22,8 +22,11 @@ is group ``i``. Teacher names are kept in the dataset's metadata (``metadata.jso
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import inspect
+import io
+import logging
 import os
 from typing import Mapping
 
@@ -33,6 +36,43 @@ from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
 from pile_jax.data.groups import check_groups, iter_group_examples, stack_group_examples
+
+_log = logging.getLogger(__name__)
+
+
+class _DemoteToDebug(logging.Filter):
+    """On the ``absl`` logger: TFDS's records become DEBUG records (so a handler at WARNING skips them)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "tensorflow_datasets" in (record.pathname or "") or "custom data configuration" in str(record.msg):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+@contextlib.contextmanager
+def quiet_tfds():
+    """TFDS writing data pile_jax made itself, without its chatter on screen: the absl warning
+    "Using custom data configuration", the "Downloading and preparing dataset" / "Dataset ...
+    downloaded and prepared" lines it prints to stdout, and its progress bars. Its log records are
+    demoted to DEBUG; what it prints is logged at DEBUG on the ``pile_jax`` logger (shown with
+    ``--log-level DEBUG``)."""
+    from tensorflow_datasets.core.utils import tqdm_utils
+
+    absl = logging.getLogger("absl")
+    demote = _DemoteToDebug()
+    absl.addFilter(demote)
+    bars = getattr(tqdm_utils, "_active", True)
+    tqdm_utils.display_progress_bar(False)
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        tqdm_utils.display_progress_bar(bars)
+        absl.removeFilter(demote)
+        for line in printed.getvalue().splitlines():
+            if line.strip():
+                _log.debug("[tfds] %s", line.strip())
 
 __all__ = [
     "RankingGroupsConfig",
@@ -141,13 +181,16 @@ def build_ranking_groups_dataset(
     config = RankingGroupsConfig(
         name=name, version=RankingGroups.VERSION, group_size=n, num_teachers=T, teacher_names=names
     )
-    builder = RankingGroups(
-        groups_by_split=groups_by_split, config=config, data_dir=os.fspath(data_dir),
-        file_format="array_record",
-    )
     mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
             else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
+    _log.debug("ranking groups %s: %s x %d items, %d teachers -> ArrayRecord under %s", name,
+               {s: len(g["query_id"]) for s, g in groups_by_split.items()}, n, T, os.fspath(data_dir))
+    with quiet_tfds():
+        builder = RankingGroups(
+            groups_by_split=groups_by_split, config=config, data_dir=os.fspath(data_dir),
+            file_format="array_record",
+        )
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     # A reused dataset must hold these groups' shapes and counts (catches stale data under `name`).
     meta = builder.info.metadata or {}
     stored = (meta.get("group_size"), meta.get("num_teachers"), tuple(meta.get("teacher_names", ())))

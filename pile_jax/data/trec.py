@@ -304,25 +304,59 @@ def candidates_from_run(
 # ----------------------------------------------------------------------- teacher scores
 
 
+#: a teacher score is "far outside the rest of its file" when |s - median| > OUTLIER_K x the robust
+#: scale (1.4826 x the median absolute deviation; when that is 0, 1.2533 x the mean absolute
+#: deviation from the median; when that is 0 too, no score is an outlier). 1e5 robust standard
+#: deviations: no real teacher's score distribution comes near it (raw BM25 scores with median 10
+#: and MAD 3 would need a score above ~4.4e5), a stray 1e30 (or 1e10 among logits) always does.
+OUTLIER_K = 1e5
+OUTLIERS = ("error", "accept")
+
+
+def score_outlier(values) -> int | None:
+    """The index of the score farthest outside the rest (see :data:`OUTLIER_K`), or None."""
+    x = np.asarray(values, np.float64)
+    if x.size < 3:
+        return None
+    dev = np.abs(x - np.median(x))
+    scale = 1.4826 * float(np.median(dev))
+    if scale == 0.0:
+        scale = 1.2533 * float(dev.mean())
+    if not scale > 0.0:
+        return None
+    i = int(np.argmax(dev))
+    return i if dev[i] > OUTLIER_K * scale else None
+
+
 def read_teacher_scores(
     path: PathLike,
     *,
     collection=None,
     on_unknown: str = "error",
     return_skipped: bool = False,
+    outliers: str = "error",
 ) -> dict[str, dict[str, float]]:
     """Read a teacher score file: ``qid docid score`` per line (tabs or spaces).
 
     Returns ``{qid: {docid: score}}`` in file order. Scores must be finite numbers; a repeated
-    (qid, docid) pair is an error.
+    (qid, docid) pair is an error. A score far outside the rest of the file
+    (:func:`score_outlier`: more than :data:`OUTLIER_K` robust standard deviations from the
+    median; one such score would flatten the teacher after standardisation) is a
+    :class:`DataError` naming its line, unless ``outliers="accept"``.
     """
+    if outliers not in OUTLIERS:
+        raise ValueError(f"outliers must be one of {OUTLIERS}, got {outliers!r}")
     check = _IdCheck(path, collection, on_unknown)
     scores: dict[str, dict[str, float]] = {}
     first_line: dict[tuple[str, str], int] = {}
+    values: list[float] = []
+    lines: list[int] = []
     for lineno, fields in _lines(path):
         _ncols(path, lineno, fields, 3, "qid docid score")
         qid, docid, score_text = fields
         score = _score(path, lineno, score_text, "score")
+        values.append(score)
+        lines.append(lineno)
         if (qid, docid) in first_line:
             raise DataError(
                 path, lineno,
@@ -333,6 +367,14 @@ def read_teacher_scores(
         if not check.ok(lineno, qid, docid):
             continue
         scores.setdefault(qid, {})[docid] = score
+    if outliers == "error":
+        i = score_outlier(values)
+        if i is not None:
+            med = float(np.median(values))
+            raise DataError(path, lines[i], f"score {values[i]!r} is far outside the rest of the file (median {med:.4g}; "
+                                            f"more than {OUTLIER_K:g} robust standard deviations away); fix the "
+                                            "file, or accept it (teachers[i].outliers: accept, "
+                                            "pile-jax ensemble --accept-outliers)")
     return _ret(scores, check, return_skipped)
 
 

@@ -37,6 +37,15 @@ Folder formats (every export also writes ``pile_jax_student.json``, the tokenize
 ``max_query_length``, ``max_doc_length``, ``base`` (the model it was trained from), ``card``
 (what the model card says) and ``pile_jax_version``.
 
+``pile_jax_manifest.json`` (written last, so an interrupted export has none): ``files`` (every
+other file of the folder, by its ``/``-separated relative path, with ``size`` in bytes and
+``sha256``), ``pile_jax_version``, ``kind``, ``dtype`` (of the stored tensors, ``float32``) and the
+lengths. :func:`verify_export` checks it: a missing, truncated or overwritten file (or a missing
+manifest) is a :class:`~pile_jax.data.errors.DataError` naming that file. An export is built in a
+fresh folder beside ``path`` and moved into place, so no file of an earlier export survives; an
+existing ``path`` is replaced only when it is empty or holds a pile_jax export (anything else is
+refused). Parameters that are not finite are refused before anything is written.
+
 :func:`load_student` reads any of these folders back as ``(module, params, score_fn,
 input_kind)`` with the same parameters, bit for bit; ``pile_jax.rankers.load_student`` wraps it
 in a :class:`~pile_jax.train.loop.Ranker` with the stored lengths.
@@ -48,17 +57,21 @@ import dataclasses
 import json
 import logging
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 
+from ..data.errors import DataError
 from .config import _HF_NAMES, EncoderConfig
+from .manifest import MANIFEST_FILE, verify_export, write_manifest
 
 __all__ = ["export_student", "load_student", "read_student_info", "flatten_params", "unflatten_params",
-           "model_card", "STUDENT_FILE", "FORMAT_VERSION", "INPUT_KIND_OF"]
+           "model_card", "verify_export", "STUDENT_FILE", "MANIFEST_FILE", "FORMAT_VERSION", "INPUT_KIND_OF"]
 
 log = logging.getLogger(__name__)
 
@@ -235,13 +248,85 @@ def model_card(info: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _copy_tree(src: Path, dest) -> None:
-    """Copy every file of the local folder ``src`` to ``dest`` (local or URL) through pile_jax.io."""
+def _copy_tree(src: Path, dest, *, last: str | None = None) -> None:
+    """Copy every file of the local folder ``src`` to ``dest`` (local or URL) through pile_jax.io
+    (the file ``last``, relative to ``src``, after all others)."""
     from pile_jax import io as pio
 
-    for f in sorted(src.rglob("*")):
-        if f.is_file():
-            pio.write_bytes(pio.as_path(dest) / f.relative_to(src).as_posix(), f.read_bytes())
+    files = [f for f in sorted(src.rglob("*")) if f.is_file()]
+    files.sort(key=lambda f: f.relative_to(src).as_posix() == last)
+    for f in files:
+        pio.write_bytes(pio.as_path(dest) / f.relative_to(src).as_posix(), f.read_bytes())
+
+
+# ----------------------------------------------------------------------------- manifest, staging
+def _check_finite_params(params: Mapping, path) -> None:
+    """Refuses parameters holding NaN or Inf (a diverged run) before anything is written."""
+    for key, value in flatten_params(params).items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise DataError(path, None, f"not exported: parameter {key} holds NaN or Inf values (a training run "
+                                        "that diverged?)")
+
+
+def _is_replaceable(folder: Path) -> bool:
+    """An existing export target may be replaced only when empty or a pile_jax export."""
+    return not any(folder.iterdir()) or (folder / STUDENT_FILE).is_file() or (folder / MANIFEST_FILE).is_file()
+
+
+class _staging_folder:
+    """``with _staging_folder(path) as folder:`` build the export in ``folder``; on success it
+    replaces ``path`` whole (locally: a fresh sibling folder renamed into place, the old one
+    removed after; a URL: the old objects deleted, then the new ones copied, manifest last). On
+    an error the staging folder is removed and ``path`` is left as it was."""
+
+    def __init__(self, path):
+        from pile_jax import io as pio
+
+        self.url = pio.is_url(path)
+        self.target = pio.as_path(path) if self.url else Path(path)
+        if not self.url:
+            if self.target.is_file():
+                raise DataError(self.target, None, "is a file; an export is a folder")
+            if self.target.is_dir() and not _is_replaceable(self.target):
+                raise DataError(self.target, None, "exists and holds files that are not a pile_jax export; "
+                                                   "export into a new or empty folder")
+
+    def __enter__(self) -> Path:
+        if self.url:
+            self._tmp = tempfile.mkdtemp(prefix="pile_jax_export_")
+            self.stage = Path(self._tmp)
+        else:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.stage = self.target.parent / f".{self.target.name}.export-{uuid.uuid4().hex[:8]}"
+            self.stage.mkdir()
+        return self.stage
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            shutil.rmtree(self.stage, ignore_errors=True)
+            return False
+        try:
+            if self.url:
+                if self.target.exists():
+                    self.target.rmtree()
+                _copy_tree(self.stage, self.target, last=MANIFEST_FILE)
+            else:
+                old = None
+                if self.target.exists():
+                    old = self.target.parent / f".{self.target.name}.old-{uuid.uuid4().hex[:8]}"
+                    os.replace(self.target, old)
+                try:
+                    os.replace(self.stage, self.target)
+                except BaseException:
+                    if old is not None:
+                        os.replace(old, self.target)
+                    raise
+                if old is not None:
+                    shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if self.stage.exists():
+                shutil.rmtree(self.stage, ignore_errors=True)
+        return False
 
 
 # ----------------------------------------------------------------------------- export
@@ -280,9 +365,9 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
     }
     if config is not None:
         info["encoder_config"] = config.to_dict()
+    _check_finite_params(params, path)
     tok = _resolve_tokenizer(tokenizer)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
+    with _staging_folder(path) as folder:
         if kind == "cross_encoder":
             from .hf_io import export_pretrained
 
@@ -305,7 +390,7 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
         _save_tokenizer(tok, folder, seq_len)
         _write_json(folder / STUDENT_FILE, info)
         (folder / "README.md").write_text(model_card(info))
-        _copy_tree(folder, path)
+        write_manifest(folder, info)
     log.info("exported the %s student to %s", kind, path)
     return str(path)
 
@@ -398,7 +483,8 @@ def load_student(path, *, dtype: str | None = None):
     """``(module, params, score_fn, input_kind)`` of an exported student folder (any kind).
 
     The parameters are the exported float32 tensors, unchanged; ``dtype`` overrides the compute
-    dtype stored with the encoder config (e.g. ``"bfloat16"``)."""
+    dtype stored with the encoder config (e.g. ``"bfloat16"``). The folder is checked against its
+    manifest first (:func:`verify_export`)."""
     from safetensors.numpy import load_file
 
     from .hub import resolve_model_path
@@ -406,6 +492,7 @@ def load_student(path, *, dtype: str | None = None):
 
     folder = Path(resolve_model_path(path))
     info = read_student_info(folder)
+    verify_export(folder)
     kind = info["kind"]
     config = None
     if info.get("encoder_config") is not None:

@@ -66,18 +66,61 @@ def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens
             SCORE_PRECISION_NAME)
 
 
+#: Optional folder (environment variable) where the kept vectors also persist across processes,
+#: one pickle per encoder key: ``{token-id bytes: float32 vector}``. The vector of a text depends
+#: only on the encoder key and its token ids, so a later process reads instead of re-encoding.
+VECTOR_CACHE_ENV = "PILE_JAX_VECTOR_CACHE"
+
+
+def _disk_path(key: tuple):
+    import hashlib
+    import os
+
+    folder = os.environ.get(VECTOR_CACHE_ENV)
+    if not folder:
+        return None
+    return os.path.join(folder, hashlib.sha256(repr(key).encode()).hexdigest()[:24] + ".pkl")
+
+
+def _load_disk(key: tuple) -> None:
+    import os
+    import pickle
+
+    path = _disk_path(key)
+    if path is None or key in TEXT_VECTORS or not os.path.exists(path):
+        return
+    with open(path, "rb") as f:
+        saved_key, table = pickle.load(f)
+    if saved_key == key:
+        TEXT_VECTORS.put(key, table)
+        log.info("vector cache: %d vectors read from %s", len(table), path)
+
+
 def remember_vectors(key: tuple, store: TokenStore, rows, vectors, max_tokens: int) -> None:
     """Keep the vectors of ``rows`` of ``store`` (computed with the encoder ``key``) for every
     later reader of that key: a :class:`DocumentIndex`, or the zero-shot bi-encoder teacher
-    (:func:`pile_jax.rankers.biencoder_cosine`), so no text content is encoded twice."""
+    (:func:`pile_jax.rankers.biencoder_cosine`), so no text content is encoded twice (and, with
+    ``$PILE_JAX_VECTOR_CACHE`` set, no later process either)."""
+    _load_disk(key)
     cache = TEXT_VECTORS.get_or_make(key, dict)
     for r, v in zip(np.asarray(rows, np.int64).tolist(), np.asarray(vectors, np.float32)):
         cache[store.ids(r)[:max_tokens].tobytes()] = v
+    path = _disk_path(key)
+    if path is not None and jax.process_index() == 0:
+        import os
+        import pickle
+
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            pickle.dump((key, cache), f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, path)
 
 
 def cached_vectors(key: tuple, store: TokenStore, rows, max_tokens: int, out: np.ndarray) -> np.ndarray:
     """Fill ``out[i]`` with the kept vector of ``rows[i]`` where there is one (see
     :func:`remember_vectors`); returns which rows were found (bool ``[len(rows)]``)."""
+    _load_disk(key)
     cache = TEXT_VECTORS.get(key) or {}
     rows = np.asarray(rows, np.int64).tolist()
     hit = np.zeros(len(rows), bool)
@@ -108,7 +151,7 @@ class DocumentIndex:
         if pooling not in ("mean", "cls"):
             raise ValueError(f"doc_pooling must be 'mean' or 'cls', got {pooling!r}")
         self.path = str(resolve_model_path(path))
-        config, params = load_pretrained(self.path, num_layers=num_layers, new_head=True)  # encoder only
+        config, params = load_pretrained(self.path, num_layers=num_layers, new_head=True, encoder_only=True)
         if dtype is not None:
             config = config.replace(dtype=dtype)
         self.config, self.params = config, params["encoder"]

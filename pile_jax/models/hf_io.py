@@ -268,16 +268,23 @@ def state_dict_to_params(state: Mapping[str, Any], config: EncoderConfig, *, sou
 
 def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1, dtype: str = "float32",
                     seed: int = 0, strict: bool = False, return_report: bool = False, remat: bool = False,
-                    new_head: bool | None = None, attention_impl: str | None = None):
+                    new_head: bool | None = None, attention_impl: str | None = None, encoder_only: bool = False):
     """Load a local Hugging Face folder as ``(EncoderConfig, params)`` for ``CrossEncoder``.
 
     See the module docstring. ``num_layers`` keeps the first k layers (1 <= k <= checkpoint layers).
     ``new_head`` says what a checkpoint without a score head means: ``True`` = initialise one, an
     expected step (logged at INFO: a teacher or student built from a bi-encoder); ``False`` = a
     ``ValueError`` (scoring needs a trained head); ``None`` (default) = initialise it with a
-    WARNING. ``attention_impl`` goes to ``EncoderConfig.attention_impl``.
+    WARNING. ``encoder_only=True``: the caller uses the encoder alone (a bi-encoder, a frozen
+    document index, a two-tower student), so a missing head is expected and logged at DEBUG only.
+    ``attention_impl`` goes to ``EncoderConfig.attention_impl``. A folder holding a pile_jax export
+    manifest is verified against it first (:func:`pile_jax.models.manifest.verify_export`).
     """
     folder = resolve_model_path(path)
+    if (folder / "pile_jax_manifest.json").is_file():   # a pile_jax export: every file as exported
+        from .manifest import verify_export
+
+        verify_export(folder)
     cfg_file = folder / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{cfg_file} not found: {folder} is not a Hugging Face model folder")
@@ -302,7 +309,9 @@ def load_pretrained(path, *, num_layers: int | None = None, num_labels: int = 1,
         if new_head is False or (strict and not new_head):
             raise ValueError(f"{msg} (missing {list(report.initialized)}); it cannot score as it is. Load a "
                              "cross-encoder checkpoint, or pass new_head=True to initialise a new head to train")
-        if new_head:
+        if encoder_only:
+            log.debug("%s (unused: encoder only)", msg)
+        elif new_head:
             log.info("%s: initialised a new score head %s, as requested (new_head=True)", msg,
                      list(report.initialized))
         else:

@@ -99,6 +99,17 @@ def resolve_model_path(name_or_path) -> Path:
 
 
 # ------------------------------------------------------------------------------ schema fragments
+def checkpoint_depth(base: str) -> tuple[int, str]:
+    """``(number of encoder layers, folder)`` of a Hugging Face checkpoint, read from its config.json."""
+    import json
+
+    from .config import EncoderConfig
+
+    folder = resolve_model_path(str(base))
+    hf = json.loads((folder / "config.json").read_text())
+    return int(EncoderConfig.from_hf(hf, num_labels=1).num_layers), str(folder)
+
+
 def position_limit(base: str) -> tuple[int, str]:
     """``(max tokens, folder)`` of a Hugging Face model: ``max_position_embeddings`` minus the
     RoBERTa padding offset (as ``Reranker.from_pretrained`` checks)."""

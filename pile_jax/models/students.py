@@ -589,8 +589,9 @@ def query_encoder_score_fn(module) -> Any:
 
 
 # ============================================================================ factory
-def _load(pretrained_path_or_config, num_layers, seed):
-    """(config, encoder params or None, folder or None)."""
+def _load(pretrained_path_or_config, num_layers, seed, encoder_only: bool = False):
+    """(config, encoder params or None, folder or None); ``encoder_only``: the student uses no
+    score head (two-tower kinds, TK's embeddings), so a checkpoint without one is not news."""
     if isinstance(pretrained_path_or_config, EncoderConfig):
         cfg = pretrained_path_or_config
         if num_layers is not None:
@@ -602,7 +603,7 @@ def _load(pretrained_path_or_config, num_layers, seed):
     folder = resolve_model_path(pretrained_path_or_config)
     # A student is built to be trained: a checkpoint without a score head (a bi-encoder) gets a
     # new one, an expected step logged at INFO (the two-tower kinds keep only the encoder).
-    cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed, new_head=True)
+    cfg, params = load_pretrained(folder, num_layers=num_layers, seed=seed, new_head=True, encoder_only=encoder_only)
     return cfg, params, folder
 
 
@@ -643,7 +644,7 @@ def build_student(kind: str, pretrained_path_or_config, *, seed: int = 0, num_la
     rng = jax.random.PRNGKey(seed)
     if kind == "tk":
         return _build_tk(pretrained_path_or_config, rng=rng, seed=seed, **opts)
-    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed)
+    cfg, loaded, folder = _load(pretrained_path_or_config, num_layers, seed, encoder_only=kind != "cross_encoder")
     changes = {k: v for k, v in (("dtype", dtype), ("remat", remat)) if v is not None}
     if changes:
         cfg = cfg.replace(**changes)
@@ -724,7 +725,7 @@ def _build_tk(source, *, rng, seed, tk_layers: int = 2, embed_dim: Optional[int]
     elif isinstance(source, (str, Path)):
         from .hub import resolve_model_path
 
-        _, loaded, _ = _load(resolve_model_path(source), 1, seed)
+        _, loaded, _ = _load(resolve_model_path(source), 1, seed, encoder_only=True)
         table = init_tk_embeddings_from(loaded)
         vocab, dim = table.shape
         if embed_dim is not None and int(embed_dim) != dim:

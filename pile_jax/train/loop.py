@@ -102,7 +102,7 @@ class TrainConfig:
 #: train-config ranges: key -> (lowest allowed value, null allowed, integer)
 TRAIN_RANGES = {"batch_size": (1, False, True), "accum_steps": (1, False, True), "checkpoint_every": (1, False, True),
                 "log_every": (1, False, True), "eval_every": (1, True, True), "keep_checkpoints": (1, False, True),
-                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (None, False, True),
+                "max_nonfinite_steps": (1, False, True), "steps": (1, True, True), "seed": (0, False, True),
                 "learning_rate": (0, False, False), "weight_decay": (0, False, False), "clip_norm": (0, True, False),
                 "warmup_steps": (0, False, False)}
 def train_keys() -> tuple[str, ...]:
@@ -143,13 +143,13 @@ def check_train_section(node: Any, path: str, source: str = "config") -> dict:
 
 def _train_sections(cfg: Mapping[str, Any], job: str) -> list[tuple[str, dict]]:
     """``(key path, merged train mapping)`` of every training the job will run: the fine-tuned
-    (``cross_encoder``) teachers (``teacher_train`` + the teacher's own ``train``), then the
+    (``cross_encoder``, ``fine_tuned``) teachers (``teacher_train`` + their own ``train``), then the
     job's students (``train`` | ``students.train`` | ``study.train``). The key path names the
     section that set ``batch_size`` (so the error points at the key to change)."""
     out = []
     base = dict(cfg.get("teacher_train") or {})
     for i, spec in enumerate(cfg.get("teachers") or []):
-        if isinstance(spec, Mapping) and spec.get("kind") == "cross_encoder":
+        if isinstance(spec, Mapping) and spec.get("kind") in ("cross_encoder", "fine_tuned"):
             own = dict(spec.get("train") or {})
             path = f"teachers[{i}] ({spec.get('name')}).train" if "batch_size" in own else "teacher_train"
             out.append((path, {**base, **own}))
