@@ -31,8 +31,10 @@ def cmd_run(args) -> int:
 
     cfg = _load(args, ["quick"] if args.quick else [])
     from pile_jax.schema import validate
+    from pile_jax.train.loop import check_device_counts
 
     validate(cfg, job="run", data=args.data)  # the whole config, before any work
+    check_device_counts(cfg, job="run")       # batch sizes vs the real device count (issue 19)
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     pio.as_path(out).mkdir(parents=True, exist_ok=True)
     with log_to_file(pio.as_path(out) / "log.txt"):
@@ -187,10 +189,13 @@ def cmd_ensemble(args) -> int:
 # ------------------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
     from pile_jax.schema import validate
-    from pile_jax.train_job import train_job
+    from pile_jax.train.loop import check_device_counts
+    from pile_jax.train_job import init_distributed, train_job
 
     cfg = _load(args)
     validate(cfg, job="train")  # the whole config, before any work
+    init_distributed(cfg)       # before any other JAX call: the device counts below are the pod's
+    check_device_counts(cfg, job="train")
     out = args.out or _default_out(args.config)
     train_job(cfg, out=out, resume=args.resume, force_resume=getattr(args, "force_resume", False))
     print("training finished")
@@ -248,6 +253,9 @@ def cmd_study(args) -> int:
         return 0
     cfg = _load(args, ["quick"] if args.quick else [])
     validate(cfg, job="study")  # the whole config, before any work
+    from pile_jax.train.loop import check_device_counts
+
+    check_device_counts(cfg, job="study")
     out = args.out or _default_out(args.config, "_quick" if args.quick else "")
     run_study(cfg, out=out)
     return 0

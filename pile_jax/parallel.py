@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pile_jax.caches import BoundedCache
+from pile_jax.precision import score_precision
 
 __all__ = ["data_parallel", "map_sorted", "split_output", "eval_scores_fn", "cached_scorer",
            "scorer_first_column", "SCORERS"]
@@ -58,7 +59,8 @@ def scorer_first_column(scores):
 def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     """``(run(batch) -> device array, rows multiple)``: ``fn(params, batch)`` with ``params``
     replicated on ``devices`` (default: all local devices) and ``batch`` split on its leading
-    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings."""
+    axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings, at the
+    score precision (:func:`pile_jax.precision.score_precision`: HIGHEST matmuls)."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = list(devices or jax.local_devices())
@@ -67,7 +69,8 @@ def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     split = NamedSharding(mesh, PartitionSpec("data"))
 
     def run(batch):
-        return fn(replicated, jax.device_put(batch, split))
+        with score_precision():   # what is scored, encoded or cached: HIGHEST (pile_jax.precision)
+            return fn(replicated, jax.device_put(batch, split))
 
     return run, len(devices)
 

@@ -24,6 +24,7 @@ from pile_jax.models.tokenize import (
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
 )
 from pile_jax.caches import BoundedCache
+from pile_jax.precision import SCORE_PRECISION
 from pile_jax.scoring import Ranker
 
 
@@ -91,7 +92,7 @@ def biencoder_cosine(base: str, *, max_length: int = DEFAULT_MAX_LENGTH, buckets
         q = index.encode(params, batch["query_ids"], batch["query_mask"])                     # [B, H]
         B, n, L = batch["doc_ids"].shape
         d = index.encode(params, batch["doc_ids"].reshape(B * n, L), batch["doc_mask"].reshape(B * n, L))
-        return jnp.einsum("bh,bnh->bn", q, d.reshape(B, n, -1))
+        return jnp.einsum("bh,bnh->bn", q, d.reshape(B, n, -1), precision=SCORE_PRECISION)
 
     def encode_texts(enc_params, texts: Sequence[str], *, batch_size: int = 64, progress: str | None = None,
                      devices=None, distributed: bool | None = None) -> np.ndarray:

@@ -156,6 +156,17 @@ def check_work_folder(out, spec: Mapping[str, Any], *, resume: bool, force: bool
                             + (", or --force-resume" if not refused else ""))
 
 
+def init_distributed(cfg: Mapping[str, Any]) -> None:
+    """``jax.distributed.initialize`` when ``distributed.enabled`` (idempotent; must run before any
+    other JAX call, so the CLI calls it before :func:`pile_jax.train.loop.check_device_counts`)."""
+    from pile_jax.train.step import maybe_initialize_distributed
+
+    dist = cfg.get("distributed") or {}
+    if dist.get("enabled"):
+        maybe_initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
+                                     dist.get("process_id"), auto=dist.get("coordinator_address") is None)
+
+
 def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_resume: bool = False) -> dict:
     """Runs the job (progress on the ``pile_jax`` logger and in ``<out>/log.txt``, written by
     process 0); returns the test metrics.
@@ -164,17 +175,18 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
     teachers score a slice of the queries each (gathered), and process 0 alone writes the shared
     files (teacher files, the TFDS groups, ``model.json``, the test run and metrics, the export),
     each followed by a barrier. ``out`` may be a URL (``gs://...``) shared by all hosts."""
-    from pile_jax.train.step import maybe_initialize_distributed
+    init_distributed(cfg)
+    from pile_jax.train.loop import check_device_counts
 
-    dist = cfg.get("distributed") or {}
-    if dist.get("enabled"):
-        maybe_initialize_distributed(dist.get("coordinator_address"), dist.get("num_processes"),
-                                     dist.get("process_id"), auto=dist.get("coordinator_address") is None)
+    check_device_counts(cfg, job="train")   # the real process and device counts, before any work
     primary = pio.is_primary()
     out_path = pio.as_path(out)
     check_work_folder(out_path, run_spec(cfg), resume=resume, force=force_resume)
     if primary:
         out_path.mkdir(parents=True, exist_ok=True)
+    from pile_jax.train.loop import check_shared_folder
+
+    check_shared_folder(out_path)   # several hosts: process 0's files must reach the others
     with log_to_file(out_path / "log.txt", enabled=primary):
         return _train_job(cfg, out=out, resume=resume)
 

@@ -45,6 +45,10 @@ def _one_line_error(capsys, *fragments):
      ["teachers[1].name", "simple name"]),
     ("run", "cranfield_pile.yaml", "model.max_length=600", ["model.max_length", "512 position"]),
     ("study", "study_uniform.yaml", "study.train.schedule=cosin", ["study.train.schedule", "'cosine'"]),
+    # device counts (4 CPU devices here): checked before BM25 or any teacher (issue 19)
+    ("train", "train_margin_mse.yaml", "train.batch_size=6", ["train.batch_size: 6 is not divisible", "use 8"]),
+    ("run", "cranfield_pile.yaml", "students.train.batch_size=2", ["students.train.batch_size", "use 4"]),
+    ("study", "study_uniform.yaml", "study.train.batch_size=6", ["study.train.batch_size", "= 4; use 8"]),
 ])
 def test_config_errors_before_any_work(tmp_path, capsys, command, config, override, fragments):
     out = tmp_path / "out"

@@ -275,3 +275,44 @@ def test_checkpoint_depth_is_read_from_config_json():
     from pile_jax.models.hub import checkpoint_depth
 
     assert checkpoint_depth("all-MiniLM-L6-v2")[0] == hf["num_hidden_layers"] == 6
+
+
+# ------------------------------------------------------------------- device counts (issue 19)
+from pile_jax.train.loop import check_device_counts  # noqa: E402
+
+
+@pytest.mark.parametrize("name, job", SHIPPED)
+def test_shipped_configs_and_presets_run_on_1_2_4_8_devices(name, job):
+    """Every shipped config and preset trains on 1, 2, 4 or 8 devices of one host, and on two
+    hosts of 4; the train_* configs also on a v4-32 slice (4 hosts x 4 chips, README)."""
+    presets = [[]] + [[p] for p in (C._read(os.path.join(ROOT, "configs", name)).get("presets") or {})]
+    layouts = [(1, 1), (1, 2), (1, 4), (1, 8), (2, 4)] + ([(4, 4)] if job == "train" else [])
+    for preset in presets:
+        cfg = _shipped(name, presets=preset)
+        for pc, ld in layouts:
+            check_device_counts(cfg, job=job, process_count=pc, local_device_count=ld)
+
+
+def test_device_count_errors_name_the_key_and_a_value_that_works():
+    cfg = {"_source": "x.yaml", "teacher_train": {"batch_size": 2},
+           "teachers": [{"name": "bm", "kind": "bm25"},
+                        {"name": "ce", "kind": "cross_encoder", "train": {"steps": 3}},
+                        {"name": "ce2", "kind": "cross_encoder", "train": {"batch_size": 12, "accum_steps": 2}}],
+           "students": {"train": {"batch_size": 16}}}
+    with pytest.raises(C.ConfigError) as e:
+        check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
+    assert str(e.value) == ("x.yaml: teacher_train.batch_size: 2 is not divisible by processes (2) x local "
+                            "devices (4) x accum_steps (1) = 8; use 8")
+    cfg["teacher_train"]["batch_size"] = 8
+    with pytest.raises(C.ConfigError, match=r"teachers\[2\] \(ce2\)\.train\.batch_size: 12 .* = 16; use 16$"):
+        check_device_counts(cfg, job="run", process_count=2, local_device_count=4)
+    check_device_counts(cfg, job="run", process_count=1, local_device_count=2)   # 12 / (2 x 2)
+    with pytest.raises(C.ConfigError, match=r"students\.train\.batch_size: 16 .* = 32; use 32$"):
+        check_device_counts({"students": {"train": {"batch_size": 16}}}, job="run", process_count=1,
+                              local_device_count=32)
+    none = {"_source": "y.yaml", "train": {"batch_size": 3, "parallel": "none"}}
+    check_device_counts(none, job="train", process_count=1, local_device_count=8)   # one device: any batch
+    with pytest.raises(C.ConfigError, match=r"^y.yaml: train\.parallel: none runs on one device of one process"):
+        check_device_counts(none, job="train", process_count=2, local_device_count=1)
+    with pytest.raises(C.ConfigError, match=r"study\.train\.batch_size: 8 .* = 12; use 12$"):
+        check_device_counts({"study": {}}, job="study", process_count=3, local_device_count=4)

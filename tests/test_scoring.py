@@ -126,10 +126,22 @@ def test_two_processes_each_score_a_slice_and_gather_everything(tmp_path):
     procs = start_workers(worker.__file__, tmp_path)
     r = worker.ranker()
     ref = score_pairs(r, r.params, worker.pairs(), batch_size=16, distributed=False)
-    finish_workers(procs, timeout=240, tail=3000)
+    f = worker.index_features()
+    texts = worker.index_texts()
+    index_ref = f.encode_documents(texts)
+    finish_workers(procs, timeout=300, tail=3000)
     assert len(set(ref.tolist())) > 100      # distinct scores: a misplaced pair would show
     for pid in range(2):
         np.testing.assert_array_equal(np.load(tmp_path / f"p{pid}.npy"), ref)
+    # issue 19: only process 0 tokenised the train token store; process 1 read the same store
+    import json
+
+    tok = [json.loads((tmp_path / f"p{pid}_tokenised.json").read_text()) for pid in range(2)]
+    assert len(tok[0]["calls"]) == 2 and tok[1]["calls"] == [], tok
+    assert tok[0]["docs"] == tok[1]["docs"] > 1000 and tok[0]["doc_tokens"] == tok[1]["doc_tokens"]
+    # the document index, distributed over processes whose caches differed, is the one-process index
+    for pid in range(2):
+        np.testing.assert_allclose(np.load(tmp_path / f"p{pid}_index.npy"), index_ref, atol=1e-5, rtol=0)
 
 
 def test_token_stores_saved_beside_the_data_are_reused_only_for_the_same_texts(tmp_path, monkeypatch):

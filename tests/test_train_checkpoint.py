@@ -108,3 +108,59 @@ def test_sigterm_handler_off_the_main_thread_installs_nothing():
     t.join()
     assert not out[0].requested and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     out[0].uninstall()
+
+
+def test_best_params_live_in_the_checkpoint_resume_agrees_without_the_side_file(tmp_path):
+    """Issue 19: the dev-selected params are saved in the orbax checkpoint, so a resumed run returns
+    the best params of an uninterrupted run even when best_params.npz is missing (a host whose
+    folder is not process 0's) or newer than the checkpoint (a later best written after it)."""
+    from helpers.train_tiny import TINY_OBJECTIVE, PoisonedSource, tiny_collection, tiny_ranker
+    from pile_jax.params import save_params
+    from pile_jax.train.loop import train
+
+    queries, docs, examples = tiny_collection()
+    init = tiny_ranker(dropout=0.0)
+    flat0 = np.concatenate([np.ravel(x) for x in jax.tree_util.tree_leaves(init.params)])
+
+    def evaluate(params):   # distance from the init, negated: the first eval (step 2) is the best
+        flat = np.concatenate([np.ravel(np.asarray(x)) for x in jax.tree_util.tree_leaves(params)])
+        return {"ndcg_cut_10": -float(np.sum((flat - flat0) ** 2))}
+
+    cfg = {"batch_size": 4, "steps": 8, "eval_every": 2, "checkpoint_every": 2, "log_every": 2,
+           "progress": False, "parallel": "none", "learning_rate": 0.05}
+    ref = train(tiny_ranker(dropout=0.0), source=examples, objective=TINY_OBJECTIVE, queries=queries,
+                docs=docs, config=cfg, evaluate=evaluate)
+    assert ref.best_step == 2
+
+    class Crash(RuntimeError):
+        pass
+
+    reads = []
+
+    def crash(i):
+        reads.append(i)
+        if len(reads) > len(examples) + 5 * 4:   # after step 4's checkpoint
+            raise Crash()
+
+    work = tmp_path / "work"
+    try:
+        train(tiny_ranker(dropout=0.0), source=PoisonedSource(examples, on_read=crash), objective=TINY_OBJECTIVE,
+              queries=queries, docs=docs, config=cfg, evaluate=evaluate, workdir=str(work))
+        raise AssertionError("should have crashed")
+    except Crash:
+        pass
+    assert (work / "best_params.npz").exists()
+    (work / "best_params.npz").unlink()           # another host's view of the work folder
+    res = train(tiny_ranker(dropout=0.0), source=examples, objective=TINY_OBJECTIVE, queries=queries,
+                docs=docs, config=cfg, evaluate=evaluate, workdir=str(work), resume=True)
+    assert res.best_step == 2
+    for a, b in zip(jax.tree_util.tree_leaves(ref.params), jax.tree_util.tree_leaves(res.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)
+    # a side file newer than the checkpoint (e.g. the final params) is not what resume returns
+    save_params(work / "best_params.npz", res.final_params)
+    steps = Checkpointer(str(work / "checkpoints")).all_steps()
+    assert steps[-1] == 8
+    res2 = train(tiny_ranker(dropout=0.0), source=examples, objective=TINY_OBJECTIVE, queries=queries,
+                 docs=docs, config=cfg, evaluate=evaluate, workdir=str(work), resume=True)
+    for a, b in zip(jax.tree_util.tree_leaves(ref.params), jax.tree_util.tree_leaves(res2.params)):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=0, atol=1e-6)

@@ -204,3 +204,55 @@ def test_state_rng_accepts_typed_keys_and_distributed_is_noop_unconfigured(monke
         monkeypatch.delenv(var, raising=False)
     assert maybe_initialize_distributed() is False
     assert maybe_initialize_distributed("127.0.0.1:1", 1, 0) is False  # single process: nothing to do
+
+
+@pytest.mark.parametrize("mode", ["pmap", "shard_map"])
+def test_step_receives_batches_already_resident_on_their_devices(monkeypatch, mode):
+    """Device prefetch (issue 19): under pmap too, every array the compiled step receives from
+    train() is a jax.Array already on the local devices (one row block per device, in pmap's
+    device order), holding exactly the rows the loader built (not NumPy that pmap copies at call
+    time)."""
+    from helpers.train_tiny import TINY_OBJECTIVE, tiny_collection, tiny_ranker
+    from pile_jax.caches import BoundedCache
+    from pile_jax.train import loop
+    from pile_jax.train.step import Placement, make_placement
+
+    seen = []
+
+    class Spy(Placement):
+        def make_step(self, **kw):
+            step = super().make_step(**kw)
+
+            def wrapped(state, batch):
+                seen.append({k: v for k, v in batch.items()})
+                return step(state, batch)
+            return wrapped
+
+    real = make_placement(mode)
+    monkeypatch.setattr(loop, "make_placement", lambda parallel: Spy(real.mode, real.devices_per_process, real.mesh))
+    monkeypatch.setattr(loop, "STEPS", BoundedCache("test", "steps", maxsize=4))
+    built = []
+    queries, docs, examples = tiny_collection()
+    ranker = tiny_ranker()
+    orig = loop.make_collate
+
+    def spy_collate(*a, **kw):
+        collate = orig(*a, **kw)
+
+        def c(records, **k):
+            out = collate(records, **k)
+            built.append({key: np.array(v) for key, v in out.items()})
+            return out
+        c.group_lengths = getattr(collate, "group_lengths", None)
+        return c
+    monkeypatch.setattr(loop, "make_collate", spy_collate)
+    loop.train(ranker, source=examples, objective=TINY_OBJECTIVE, queries=queries, docs=docs,
+               config={"batch_size": 8, "steps": 3, "parallel": mode, "progress": False})
+    assert len(seen) == 3
+    for batch, host in zip(seen, built):
+        for k, v in batch.items():
+            assert isinstance(v, jax.Array) and v.is_fully_addressable, (k, type(v))
+            shards = sorted(v.addressable_shards, key=lambda s: jax.local_devices().index(s.device))
+            assert [s.device for s in shards] == jax.local_devices()[:D], k
+            rows = np.concatenate([np.asarray(s.data).reshape((-1,) + host[k].shape[1:]) for s in shards])
+            np.testing.assert_array_equal(rows, host[k])

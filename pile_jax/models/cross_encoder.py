@@ -19,6 +19,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pile_jax.precision import SCORE_PRECISION
+
 from .config import EncoderConfig
 from .encoder import Encoder, EncoderOutput, dense_init
 
@@ -39,7 +41,7 @@ class ScoreHead(nn.Module):
     @nn.compact
     def __call__(self, cls_vector, *, deterministic: bool = True):
         cfg = self.config
-        dense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=jnp.float32,
+        dense = lambda n, name: nn.Dense(n, dtype=jnp.float32, param_dtype=jnp.float32, precision=SCORE_PRECISION,
                                          kernel_init=dense_init(), name=name)
         drop = nn.Dropout(cfg.head_dropout)
         x = jnp.asarray(cls_vector).astype(jnp.float32)

@@ -361,6 +361,7 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
         "max_doc_length": None if max_doc_length is None else int(max_doc_length),
         "base": None if base is None else str(base), "card": json.loads(json.dumps(dict(card or {}), default=str)),
         "pile_jax_version": _pile_jax_version(),
+        "precision": _precision_policy(),   # how the exported scores were computed (pile_jax.precision)
     }
     if config is not None:
         info["encoder_config"] = config.to_dict()
@@ -392,6 +393,12 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
         write_manifest(folder, info)
     log.info("exported the %s student to %s", kind, path)
     return str(path)
+
+
+def _precision_policy() -> dict:
+    from pile_jax.precision import policy
+
+    return policy()
 
 
 def _special_tokens(tokenizer) -> int:
@@ -447,7 +454,8 @@ def _write_document_encoder(folder: Path, index, tok) -> dict:
     spec = index.spec()
     return {"path": DOCUMENT_ENCODER_DIR, "source": spec["doc_encoder"], "num_layers": spec["doc_layers"],
             "pooling": spec["doc_pooling"], "normalize": spec["doc_normalize"],
-            "max_doc_length": spec["max_doc_length"], "encoder_config": index.config.to_dict()}
+            "max_doc_length": spec["max_doc_length"], "encoder_config": index.config.to_dict(),
+            "index_dtype": str(index.config.dtype)}   # float32: the vectors the query tower trained against
 
 
 # ----------------------------------------------------------------------------- reload

@@ -32,6 +32,7 @@ import numpy as np
 
 from pile_jax.caches import BoundedCache
 from pile_jax.parallel import data_parallel, map_sorted
+from pile_jax.precision import INDEX_DTYPE, SCORE_PRECISION_NAME
 
 from .students import query_encoder_score_fn  # noqa: F401 (re-exported: the student's score)
 from .tokenize import (
@@ -59,8 +60,10 @@ TEXT_VECTORS = BoundedCache("pile_jax.models.frozen_docs", "text_vectors", maxsi
 
 def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens: int, dtype: str) -> tuple:
     """What identifies a text vector: checkpoint folder, layers, pooling, normalisation, content
-    token budget (``[CLS] t[:max_tokens] [SEP]``) and compute dtype."""
-    return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype))
+    token budget (``[CLS] t[:max_tokens] [SEP]``), compute dtype and matmul precision (the
+    policy's :data:`~pile_jax.precision.SCORE_PRECISION_NAME`: vectors are encoded under it)."""
+    return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype),
+            SCORE_PRECISION_NAME)
 
 
 #: Optional folder (environment variable) where the kept vectors also persist across processes,
@@ -174,11 +177,14 @@ class DocumentIndex:
         """Compute (once) the vectors of ``rows`` of ``store`` (default: all rows).
 
         ``distributed``: encode data-parallel over processes (every process must call; see
-        :func:`pile_jax.parallel.map_sorted`); otherwise this process encodes what it lacks."""
+        :func:`pile_jax.parallel.map_sorted`); otherwise this process encodes what it lacks.
+        Distributed, the work is decided once for all processes (:meth:`encode_rows`): process 0's
+        list of rows to encode is broadcast, after checking that all processes hold the same store
+        (a ``ValueError`` otherwise), so differing caches never hang the all-gather or mix rows."""
         mat, have = self._table(store)
         rows = np.arange(len(store)) if rows is None else np.unique(np.asarray(rows, np.int64).ravel())
         rows = rows[~have[rows]]
-        if rows.size == 0:
+        if rows.size == 0 and not (distributed and jax.process_count() > 1):   # else: take part in process 0's work
             return
         # distributed: every process encodes its share of the same rows (processes call in the
         # same order on the same stores, so their caches lack the same documents)
@@ -199,8 +205,29 @@ class DocumentIndex:
         out = np.zeros((len(rows), self.dim), np.float32)
         hit = cached_vectors(self.key, store, rows, budget, out) if frozen else np.zeros(len(rows), bool)
         todo = rows[~hit]
+        encode = lambda r, dist: self._encode_list(store, r, params, devices, batch_size, progress, dist)
+        if distributed and jax.process_count() > 1:
+            # the work is decided once, by process 0 (caches may differ between processes): every
+            # process encodes its share of process 0's list; misses only this process has, alone
+            shared = _rows_of_process_0(store, np.unique(todo))
+            table = dict(zip(shared.tolist(), encode(shared, True)))
+            own = np.asarray([r for r in np.unique(todo).tolist() if r not in table], np.int64)
+            table.update(zip(own.tolist(), encode(own, False)))
+            vecs = np.asarray([table[r] for r in todo.tolist()], np.float32).reshape(len(todo), self.dim)
+        else:
+            vecs = encode(todo, distributed)
         if todo.size == 0:
             return out
+        out[~hit] = vecs
+        if frozen:
+            remember_vectors(self.key, store, todo, vecs, budget)
+        log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
+        return out
+
+    def _encode_list(self, store: TokenStore, todo, params, devices, batch_size, progress, distributed) -> np.ndarray:
+        """float32 ``[len(todo), H]``: rows ``todo`` encoded in length-sorted batches (:func:`map_sorted`)."""
+        if len(todo) == 0:
+            return np.zeros((0, self.dim), np.float32)
         run, multiple = data_parallel(self._encode, params, devices)
         size = -(-(batch_size or self.batch_size) // multiple) * multiple
 
@@ -208,13 +235,8 @@ class DocumentIndex:
             ids, mask = self.tokens.encode_document_rows(store, pad_rows(store, todo, idx, n_rows))
             return {"ids": ids, "mask": mask}
 
-        lengths = np.minimum(store.lengths[todo], budget)
-        out[~hit] = map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress,
-                               distributed=distributed)
-        if frozen:
-            remember_vectors(self.key, store, todo, out[~hit], budget)
-        log.debug("document index: encoded %d documents (%s)", todo.size, self.path)
-        return out
+        lengths = np.minimum(store.lengths[todo], self.tokens.max_doc_length)
+        return map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress, distributed=distributed)
 
     def _table(self, store: TokenStore):
         tables = store.__dict__.setdefault("_doc_vectors", {})
@@ -229,6 +251,27 @@ class DocumentIndex:
         if not have[rows].all():
             self.index(store, rows[~have[rows]])
         return mat[rows]
+
+
+def _rows_of_process_0(store: TokenStore, rows: np.ndarray) -> np.ndarray:
+    """Process 0's ``rows`` on every process (every process must call), after checking that all
+    processes hold the same store (sha256 of its offsets and keys, compared across processes)."""
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    h = hashlib.sha256(np.ascontiguousarray(store.offsets, np.int64).tobytes())
+    h.update("\x00".join(map(str, store.keys)).encode("utf-8"))
+    digest = np.frombuffer(h.digest()[:8], np.int32)
+    digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1, 2)
+    if not (digests == digests[0]).all():
+        raise ValueError("document index: the processes hold different token stores (texts or order differ); "
+                         "every process must index the same documents in the same order")
+    n = int(multihost_utils.broadcast_one_to_all(np.asarray(len(rows), np.int32)))
+    buf = np.zeros(max(n, 1), np.int32)
+    if jax.process_index() == 0:
+        buf[:n] = rows
+    return np.asarray(multihost_utils.broadcast_one_to_all(buf), np.int64)[:n]
 
 
 class FrozenDocFeatures:
@@ -254,7 +297,9 @@ class FrozenDocFeatures:
         if doc_encoder is not None:
             _check_same_vocab(self.tokenizer, doc_encoder)
         self.index = DocumentIndex(source, tokens=self.tokens, num_layers=doc_layers, pooling=doc_pooling,
-                                   normalize=doc_normalize, dtype=dtype)
+                                   normalize=doc_normalize, dtype=INDEX_DTYPE)
+        # (the index is float32 whatever the query tower's dtype, pile_jax.precision: a bf16 query
+        # tower trains against the vectors its export's document encoder reproduces)
 
     def tokenize_texts(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> TokenStore:
         return self.tokens.tokenize_texts(texts, keys)

@@ -48,6 +48,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from pile_jax.precision import SCORE_PRECISION
+
 from .config import EncoderConfig
 from .encoder import Encoder, dense_init
 
@@ -92,7 +94,9 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 
 def dot_scores(query_vecs: jax.Array, doc_vecs: jax.Array) -> jax.Array:
-    """``s = q⃗·d⃗``; ``[B, D] x [B, n, D] -> [B, n]`` (or ``[N, D] x [N, D] -> [N]``)."""
+    """``s = q⃗·d⃗``; ``[B, D] x [B, n, D] -> [B, n]`` (or ``[N, D] x [N, D] -> [N]``), in float32
+    (products and sum; :mod:`pile_jax.precision`)."""
+    query_vecs, doc_vecs = jnp.asarray(query_vecs, jnp.float32), jnp.asarray(doc_vecs, jnp.float32)
     if doc_vecs.ndim == query_vecs.ndim + 1:
         query_vecs = query_vecs[..., None, :]
     return jnp.sum(query_vecs * doc_vecs, axis=-1)
@@ -105,7 +109,7 @@ def colbert_maxsim(q: jax.Array, q_mask: jax.Array, d: jax.Array, d_mask: jax.Ar
     against ``[B, n, Ld, D]``) -> ``[...]``. Padded document positions never win the max; padded
     query positions add 0; a document with no valid token scores 0.
     """
-    sim = jnp.matmul(q, jnp.swapaxes(d, -1, -2))                          # [..., Lq, Ld]
+    sim = jnp.matmul(q, jnp.swapaxes(d, -1, -2), precision=SCORE_PRECISION)   # [..., Lq, Ld]
     dm = jnp.asarray(d_mask)[..., None, :] > 0
     best = jnp.max(jnp.where(dm, sim, _NEG), axis=-1)                    # [..., Lq]
     best = jnp.where(jnp.any(dm, axis=-1), best, 0.0)
@@ -116,7 +120,7 @@ def cosine_matrix(q: jax.Array, d: jax.Array, eps: float = 1e-13) -> jax.Array:
     """``M_ij = q_i·d_j / (max(‖q_i‖, eps) max(‖d_j‖, eps))``: ``[..., Lq, E] x [..., Ld, E] -> [..., Lq, Ld]``."""
     qn = l2_normalize(q, eps)
     dn = l2_normalize(d, eps)
-    return jnp.matmul(qn, jnp.swapaxes(dn, -1, -2))
+    return jnp.matmul(qn, jnp.swapaxes(dn, -1, -2), precision=SCORE_PRECISION)
 
 
 def rbf_kernel_pooling(sim: jax.Array, q_mask: jax.Array, d_mask: jax.Array, mu: Sequence[float] = TK_MUS,
@@ -579,7 +583,8 @@ def query_encoder_score_fn(module) -> Any:
         q = module.apply({"params": params}, jnp.asarray(batch["query_ids"]), jnp.asarray(batch["query_mask"]),
                          deterministic=not (train and rng is not None), rngs=_rngs(rng, train),
                          method="encode_queries")
-        return jnp.einsum("bh,bnh->bn", q, jnp.asarray(batch["doc_vecs"], jnp.float32))
+        return jnp.einsum("bh,bnh->bn", q.astype(jnp.float32), jnp.asarray(batch["doc_vecs"], jnp.float32),
+                          precision=SCORE_PRECISION)
     return score_fn
 
 

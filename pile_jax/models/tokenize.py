@@ -224,18 +224,38 @@ def store_fingerprint(backend, keys: Sequence[str], texts: Sequence[str]) -> str
 def load_or_tokenize(featurizer, texts: Mapping[str, str], path=None) -> TokenStore:
     """The token store of ``texts`` (``{id: text}``) under ``featurizer``'s tokenizer: read from
     ``path`` (local or URL) when it holds the same texts and tokenizer, else tokenised once
-    and (with ``path``, on process 0) saved there for the next run."""
+    and (with ``path``, on process 0) saved there for the next run.
+
+    On several processes (with ``path``; every process must call) only process 0 tokenises: it
+    decides whether ``path`` is usable (broadcast), writes it if not, a barrier, and the other
+    processes read what it wrote (``FileNotFoundError`` naming ``path`` if they cannot see it)."""
     keys, values = list(texts), [str(texts[k]) for k in texts]
     if path is None:
         return featurizer.tokenize_texts(values, keys)
-    fp = store_fingerprint(featurizer._backend, keys, values)
-    store = TokenStore.load(path, fingerprint=fp)
-    if store is None:
-        from pile_jax.io import is_primary
+    import jax
 
-        store = featurizer.tokenize_texts(values, keys)
-        if is_primary():
+    from pile_jax.io import barrier, is_primary
+
+    fp = store_fingerprint(featurizer._backend, keys, values)
+    if jax.process_count() == 1:
+        store = TokenStore.load(path, fingerprint=fp)
+        if store is None:
+            store = featurizer.tokenize_texts(values, keys)
             store.save(path, fingerprint=fp)
+        return store
+    from jax.experimental import multihost_utils
+
+    store = TokenStore.load(path, fingerprint=fp) if is_primary() else None
+    usable = bool(multihost_utils.broadcast_one_to_all(np.asarray(int(store is not None), np.int32)))
+    if not usable and is_primary():
+        store = featurizer.tokenize_texts(values, keys)
+        store.save(path, fingerprint=fp)
+    barrier(f"pile_jax.tokens.{fp}")
+    if not is_primary():
+        store = TokenStore.load(path, fingerprint=fp)
+        if store is None:
+            raise FileNotFoundError(f"{path}: process {jax.process_index()} cannot read the token store process 0 "
+                                    "wrote (the work folder must be shared by all processes)")
     return store
 
 

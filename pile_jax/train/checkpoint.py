@@ -1,4 +1,5 @@
-"""Checkpoints: orbax ``CheckpointManager`` holding the train state + a JSON ``extra`` dict.
+"""Checkpoints: orbax ``CheckpointManager`` holding the train state + a JSON ``extra`` dict (+ the
+best params so far, item ``best``).
 
 ``extra`` carries what the loop needs to resume exactly: the sampler's ``state_dict()``, the
 config, counters. Saves are periodic (``save_interval_steps``) with ``force=True`` for final
@@ -71,7 +72,7 @@ class Checkpointer:
             max_to_keep=max_to_keep, save_interval_steps=max(int(save_interval_steps), 1),
             enable_async_checkpointing=async_save, create=True)
         self._manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=("state", "extra"))
+            self.directory, options=options, item_names=("state", "extra", "best"))
 
     # -- queries
     def latest_step(self) -> int | None:
@@ -96,17 +97,32 @@ class Checkpointer:
 
     # -- save / restore
     def save(self, step: int, state: Any, extra: Mapping[str, Any] | None = None, *,
-             force: bool = False) -> bool:
-        """Save unless ``step`` is off-interval (``force=True`` always saves). Returns saved?"""
+             force: bool = False, best: Any = None) -> bool:
+        """Save unless ``step`` is off-interval (``force=True`` always saves). Returns saved?
+
+        ``best``: the best params so far (the dev-selected ones), kept in the same checkpoint, so a
+        resumed run on every host restores the best params of exactly this step (no side file that
+        one host may lack or that may be newer than the checkpoint)."""
         step = int(step)
         if not force and not self._manager.should_save(step):
             return False
         if step in self._manager.all_steps():
             return False
-        args = ocp.args.Composite(
-            state=ocp.args.StandardSave(_to_host(state)),
-            extra=ocp.args.JsonSave(to_jsonable(dict(extra or {}))))
-        return bool(self._manager.save(step, args=args, force=True))
+        items = {"state": ocp.args.StandardSave(_to_host(state)),
+                 "extra": ocp.args.JsonSave(to_jsonable(dict(extra or {})))}
+        if best is not None:
+            items["best"] = ocp.args.StandardSave(_to_host(best))
+        return bool(self._manager.save(step, args=ocp.args.Composite(**items), force=True))
+
+    def restore_best(self, step: int, template_params: Any) -> Any | None:
+        """The best params saved with checkpoint ``step`` (see :meth:`save`), or None when that
+        checkpoint holds none."""
+        self.wait()
+        if not (self.directory / str(int(step)) / "best").exists():
+            return None
+        abstract = jax.tree_util.tree_map(_abstract, template_params)
+        out = self._manager.restore(int(step), args=ocp.args.Composite(best=ocp.args.StandardRestore(abstract)))
+        return out["best"]
 
     def restore(self, step: int, template_state: Any) -> tuple[Any, dict[str, Any]]:
         """Restore ``(state, extra)`` at ``step`` into the structure/dtypes of ``template_state``."""

@@ -9,7 +9,7 @@ Training reads ranking groups (``query_id``, ``doc_ids [n]``, ``labels``, ``labe
 ``mask``, ``teacher_scores [T, n]``) from any random-access source (the TFDS ArrayRecord data
 source, or a list of examples) through the deterministic, resumable, prefetching loader of
 :mod:`pile_jax.data.loader`. Checkpoints hold the train state, the loader position, the history
-and the best dev score, so
+the best dev score and the best params (every host resumes with the same ones), so
 ``resume=True`` continues exactly where a killed run stopped: same batches, same dropout keys,
 same result.
 
@@ -139,6 +139,88 @@ def check_train_section(node: Any, path: str, source: str = "config") -> dict:
     if isinstance(bs, int) and isinstance(acc, int) and bs % acc:
         c.fail(f"{path}.accum_steps", f"{acc} does not divide batch_size {bs}")
     return node
+
+
+def _train_sections(cfg: Mapping[str, Any], job: str) -> list[tuple[str, dict]]:
+    """``(key path, merged train mapping)`` of every training the job will run: the fine-tuned
+    (``cross_encoder``, ``fine_tuned``) teachers (``teacher_train`` + their own ``train``), then the
+    job's students (``train`` | ``students.train`` | ``study.train``). The key path names the
+    section that set ``batch_size`` (so the error points at the key to change)."""
+    out = []
+    base = dict(cfg.get("teacher_train") or {})
+    for i, spec in enumerate(cfg.get("teachers") or []):
+        if isinstance(spec, Mapping) and spec.get("kind") in ("cross_encoder", "fine_tuned"):
+            own = dict(spec.get("train") or {})
+            path = f"teachers[{i}] ({spec.get('name')}).train" if "batch_size" in own else "teacher_train"
+            out.append((path, {**base, **own}))
+    if job == "train":
+        out.append(("train", dict(cfg.get("train") or {})))
+    elif job == "run":
+        out.append(("students.train", dict((cfg.get("students") or {}).get("train") or {})))
+    elif job == "study":
+        out.append(("study.train", dict((cfg.get("study") or {}).get("train") or {})))
+    return out
+
+
+def check_device_counts(cfg: Mapping[str, Any], *, job: str, process_count: int | None = None,
+                        local_device_count: int | None = None) -> None:
+    """Checks every device-count condition of the job's trainings against the real process and
+    local device counts (default: ``jax.process_count()`` / ``jax.local_device_count()``, so on a
+    pod call it after ``jax.distributed.initialize``), before any work:
+
+    * ``parallel: none`` runs on one process (``pmap`` / ``shard_map`` otherwise);
+    * ``batch_size`` divisible by ``processes x local devices x accum_steps`` (``parallel: none``:
+      1 device), the condition :func:`pile_jax.train.loop.train` needs.
+
+    Raises ``ConfigError("<file>: <section>.batch_size: 4 is not divisible by ... ; use 8")``
+    naming the smallest batch size >= the configured one that works."""
+    if process_count is None or local_device_count is None:
+        import jax
+
+        process_count = jax.process_count() if process_count is None else process_count
+        local_device_count = jax.local_device_count() if local_device_count is None else local_device_count
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    c = Checker(str(cfg.get("_source", "config")))
+    for path, node in _train_sections(cfg, job):
+        parallel = node.get("parallel", defaults["parallel"])
+        if parallel == "none" and process_count > 1:
+            c.fail(f"{path}.parallel", f"none runs on one device of one process, but this job has {process_count} "
+                                       "processes; use pmap or shard_map")
+        devices = 1 if parallel == "none" else int(local_device_count)
+        bs, acc = int(node.get("batch_size", defaults["batch_size"])), int(node.get("accum_steps", defaults["accum_steps"]))
+        unit = int(process_count) * devices * acc
+        if bs % unit:
+            c.fail(f"{path}.batch_size", f"{bs} is not divisible by processes ({process_count}) x local devices "
+                                         f"({devices}) x accum_steps ({acc}) = {unit}; use {-(-bs // unit) * unit}")
+
+
+def check_shared_folder(folder: "str | os.PathLike") -> None:
+    """On several processes: ``folder`` must be one folder every process sees (a ``gs://`` path on
+    a pod slice). Process 0 writes a marker named by a token it broadcasts, a barrier, and every
+    process looks for it; if any process cannot see it, every process raises
+    ``ConfigError("<folder>: not shared by all processes ...")`` (all together, so none is left
+    waiting in a collective). No-op on one process. Every process must call."""
+    import secrets
+
+    import jax
+
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    token = int(multihost_utils.broadcast_one_to_all(np.asarray(secrets.randbits(31), np.int32)))
+    marker = as_path(folder) / f".pile_jax_shared_{token}"
+    if is_primary():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("written by process 0; every process must see it\n")
+    barrier(f"pile_jax.shared.{token}.written")
+    seen = np.asarray(multihost_utils.process_allgather(np.asarray(int(marker.exists()), np.int32))).reshape(-1)
+    if is_primary():
+        marker.unlink(missing_ok=True)
+    if not seen.all():
+        blind = [int(i) for i in np.flatnonzero(seen == 0)]
+        raise ConfigError(f"{folder}: not shared by all processes: process(es) {blind} cannot see the file process 0 "
+                          "wrote there; on several hosts the work folder must be one shared folder (a gs:// path)")
 
 
 def _type_name(tp) -> str:
@@ -349,6 +431,7 @@ class _Training:
             return state
         if is_primary():
             wd.mkdir(parents=True, exist_ok=True)
+        check_shared_folder(wd)   # several processes: one folder all of them see, or a ConfigError
         self.ckpt = Checkpointer(wd / "checkpoints", max_to_keep=cfg.keep_checkpoints,
                                  save_interval_steps=cfg.checkpoint_every)
         restored = self.ckpt.restore_latest(state) if resume else None
@@ -357,8 +440,11 @@ class _Training:
             self.loader.load_state_dict(extra["sampler"])
             self.history = list(extra.get("history", []))
             self.best = dict(extra.get("best", self.best))
-            if self.best["step"] is not None and (wd / "best_params.npz").exists():
-                self.best_params = load_params(wd / "best_params.npz", state.params)
+            if self.best["step"] is not None:   # kept in the checkpoint: every host, this very step
+                best = self.ckpt.restore_best(int(state.step), state.params)
+                if best is None and (wd / "best_params.npz").exists():   # checkpoints made before issue 19
+                    best = load_params(wd / "best_params.npz", state.params)
+                self.best_params = None if best is None else _host(best)
             self.log(f"resumed from step {int(state.step)} (epoch {self.loader.state_dict()['epoch']})")
         return state
 
@@ -443,17 +529,17 @@ class _Training:
                 if eval_now:
                     self.run_eval(done)
                 if stop:
-                    ckpt.save(done, placement.host(self.dstate), self.extra(), force=True)
+                    ckpt.save(done, placement.host(self.dstate), self.extra(), force=True, best=self.best_params)
                     ckpt.wait()
                     raise Preempted(f"preempted (SIGTERM): saved a checkpoint at step {done} in "
                                     f"{ckpt.directory}; rerun with --resume to continue")
                 if save_now:
-                    ckpt.save(done, placement.host(self.dstate), self.extra())
+                    ckpt.save(done, placement.host(self.dstate), self.extra(), best=self.best_params)
             self.read_metrics()
             if self.evaluate and not any(h.get("step") == total and "eval" in h for h in self.history):
                 self.run_eval(total)
             if ckpt:
-                ckpt.save(total, placement.host(self.dstate), self.extra(), force=True)
+                ckpt.save(total, placement.host(self.dstate), self.extra(), force=True, best=self.best_params)
                 ckpt.wait()
         finally:
             self.close(flag)

@@ -42,7 +42,7 @@ from pile_jax.train.objective import Objective, as_objective, compute_loss, reso
 __all__ = [
     "TrainState", "create_train_state", "train_step", "make_jit_step", "make_pmap_step",
     "make_shard_map_step", "make_train_step", "make_mesh", "shard_batch", "replicate",
-    "unreplicate", "put_replicated", "put_batch", "process_batch_slice", "eval_scores_fn",
+    "unreplicate", "put_replicated", "put_batch", "put_sharded_batch", "process_batch_slice", "eval_scores_fn",
     "maybe_initialize_distributed", "PARALLEL_MODES", "Placement", "make_placement",
 ]
 
@@ -260,6 +260,17 @@ def shard_batch(batch: Mapping[str, Any], num_devices: int | None = None) -> dic
     return {k: split(v) for k, v in batch.items()}
 
 
+def put_sharded_batch(batch: Mapping[str, Any], devices=None) -> dict[str, jax.Array]:
+    """``[B, ...]`` -> ``[D, B/D, ...]`` ``jax.Array``s already on the local devices, row block ``i``
+    on ``devices[i]`` (default ``jax.local_devices()``, the order ``jax.pmap`` uses), as the
+    pmap step takes them (the layout of :func:`replicate`: a ``NamedSharding`` split on the leading
+    axis over a 1-D mesh of ``devices``): ``jax.device_put`` is asynchronous, so the copy of a
+    prefetched batch overlaps the running step and the step reads device-resident buffers."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    sharding = NamedSharding(Mesh(np.asarray(devices), ("d",)), P("d"))
+    return {k: jax.device_put(v, sharding) for k, v in shard_batch(batch, len(devices)).items()}
+
+
 def replicate(tree: Any, devices=None) -> Any:
     """Stack a copy per local device (leading axis D), placed one copy per device, for pmap."""
     devices = jax.local_devices() if devices is None else list(devices)
@@ -315,7 +326,10 @@ class Placement:
 
     * ``init(state)``: host state -> device state (replicated per local device for ``pmap``,
       a replicated global array for ``shard_map``, a copy for ``none``: the step donates it).
-    * ``put(batch)``: this process's rows ``[B/P, ...]`` -> the step's input.
+    * ``put(batch)``: this process's rows ``[B/P, ...]`` -> the step's input, as ``jax.Array``s
+      already placed on the devices that read them (``pmap``: ``[D, B/(P D), ...]`` split over
+      the local devices, :func:`put_sharded_batch`; ``shard_map``: a global ``NamedSharding``
+      array), so device prefetch overlaps the copies with the running step in both modes.
     * ``make_step(**kw)``: the compiled step (``make_train_step`` for this mode).
     * ``host(tree)``: a device state -> host-local state (one copy; what is checkpointed and
       evaluated). ``scalar(x)``: one metric -> a Python number (metrics are equal everywhere).
@@ -339,8 +353,8 @@ class Placement:
         return jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
 
     def put(self, batch):
-        if self.mode == "pmap":
-            return shard_batch(batch, self.devices_per_process)
+        if self.mode == "pmap":   # on device now (asynchronous copy), not host arrays for pmap to copy
+            return put_sharded_batch(batch, jax.local_devices()[:self.devices_per_process])
         if self.mode == "shard_map":
             return put_batch(batch, self.mesh)
         return batch

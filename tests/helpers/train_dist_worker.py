@@ -7,7 +7,9 @@ is stopped after STOP_AFTER steps (every process raises at the same step, as a c
 resumed to the end. Writes this process's final params to OUT_DIR/p{ID}_{mode}.npz. Then, under
 ``pmap``, process 0 alone gets a SIGTERM during step 3: JAX's preemption service and orbax's sync
 point make both processes save the same step and raise ``Preempted``; the resumed run's params go
-to OUT_DIR/p{ID}_preempted.npz. Last, checks that ``parallel: none`` is refused on two processes.
+to OUT_DIR/p{ID}_preempted.npz. Last, checks that ``parallel: none`` is refused on two processes,
+and that a work folder the processes do not share (each its own local folder) is refused by both
+(issue 19).
 """
 
 import os
@@ -106,6 +108,12 @@ def main():
         raise AssertionError("parallel: none on two processes must be refused")
     except ConfigError as e:
         assert "train.parallel" in str(e), e
+    try:
+        train(tiny_ranker(), source=PoisonedSource(examples), objective=TINY_OBJECTIVE, queries=queries,
+              docs=docs, config=dict(CONFIG, parallel="pmap"), workdir=os.path.join(out, f"local_{pid}"))
+        raise AssertionError("a work folder the processes do not share must be refused")
+    except ConfigError as e:
+        assert "not shared by all processes" in str(e) and "[1]" in str(e), e
     jax.distributed.shutdown()
     print(f"worker {pid} ok", flush=True)
 
