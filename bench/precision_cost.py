@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The cost of the precision policy (pile_jax/precision.py): scoring at HIGHEST matmul precision
+"""The cost of the precision policy (pile_jax/numerics.py): scoring at HIGHEST matmul precision
 against the device's default, on real Cranfield pairs with the real all-MiniLM-L6-v2 weights.
 
 For each compute dtype (float32, bfloat16) and each ``jax.default_matmul_precision`` setting

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from pile_jax.caches import BoundedCache
-from pile_jax.precision import score_precision
+from pile_jax.numerics import score_precision
 
 __all__ = ["data_parallel", "map_sorted", "split_output", "eval_scores_fn", "cached_scorer",
            "scorer_first_column", "SCORERS"]
@@ -60,7 +60,7 @@ def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     """``(run(batch) -> device array, rows multiple)``: ``fn(params, batch)`` with ``params``
     replicated on ``devices`` (default: all local devices) and ``batch`` split on its leading
     axis (whose size must be a multiple of ``len(devices)``) under ``jit`` shardings, at the
-    score precision (:func:`pile_jax.precision.score_precision`: HIGHEST matmuls)."""
+    score precision (:func:`pile_jax.numerics.score_precision`: HIGHEST matmuls)."""
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
     devices = list(devices or jax.local_devices())
@@ -69,7 +69,7 @@ def data_parallel(fn: Callable, params: Any, devices: Sequence | None = None):
     split = NamedSharding(mesh, PartitionSpec("data"))
 
     def run(batch):
-        with score_precision():   # what is scored, encoded or cached: HIGHEST (pile_jax.precision)
+        with score_precision():   # what is scored, encoded or cached: HIGHEST (pile_jax.numerics)
             return fn(replicated, jax.device_put(batch, split))
 
     return run, len(devices)

@@ -247,10 +247,10 @@ def teacher_fingerprint(spec: Mapping[str, Any], *, model: Mapping[str, Any], de
     fp = {"teacher": json.loads(json.dumps(dict(spec), default=str)), "collection": collection,
           "first_stage": first_stage or "bm25", "depth": int(depth)}
     if spec.get("kind") in ("biencoder_cosine", "checkpoint", "cross_encoder"):
-        from pile_jax.precision import policy
+        from pile_jax.numerics import policy
 
         fp["model"] = json.loads(json.dumps(dict(model), default=str))
-        fp["precision"] = policy()   # scores made at HIGHEST matmul precision (pile_jax.precision)
+        fp["precision"] = policy()   # scores made at HIGHEST matmul precision (pile_jax.numerics)
     if fit is not None:
         fp["fit"] = _digest(fit)
     return fp

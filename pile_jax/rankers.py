@@ -24,7 +24,7 @@ from pile_jax.models.tokenize import (
     DEFAULT_TWO_TOWER_MAX_QUERY_LENGTH,
 )
 from pile_jax.caches import BoundedCache
-from pile_jax.precision import SCORE_PRECISION
+from pile_jax.numerics import SCORE_PRECISION
 from pile_jax.scoring import Ranker
 
 

@@ -157,7 +157,7 @@ def module_name_at(root: Path, path: Path) -> str:
 #: the layers of docs/architecture.md, bottom up; a module imports only from its own layer or
 #: below. Package ``__init__`` modules (re-export faces) and modules not listed are not checked.
 LAYERS = (
-    ("leaves", ("config", "caches", "io", "logs", "data.errors", "precision")),
+    ("leaves", ("config", "caches", "io", "logs", "data.errors", "numerics")),
     ("core + data", ("losses", "metrics", "ensemble", "_validate", "params", "data.collection", "data.trec",
                      "data.groups", "data.tfds_builder", "data.sampler", "data.loader")),
     ("shared compute", ("parallel", "bm25")),
@@ -198,3 +198,23 @@ def test_imports_point_down(modules):
             if a in layer and b in layer and layer[b][0] > layer[a][0]:
                 up.append(f"{a} ({layer[a][1]}, line {line}) -> {b} ({layer[b][1]})")
     assert not up, "imports pointing up:\n  " + "\n  ".join(sorted(up))
+
+
+def test_no_submodule_shadows_a_public_function():
+    """Importing a submodule binds it as an attribute of its package: a module named like a public
+    function (``pile_jax/precision.py`` vs the metric ``pile_jax.precision``) silently replaced the
+    function once anything imported the module. Import every submodule, then every public name of
+    the package faces must still be what they export."""
+    import importlib
+    import pkgutil
+    import types
+
+    import pile_jax
+
+    before = {name: getattr(pile_jax, name) for name in dir(pile_jax) if not name.startswith("_")}
+    for info in pkgutil.walk_packages(pile_jax.__path__, "pile_jax."):
+        if ".resources" not in info.name:
+            importlib.import_module(info.name)
+    shadowed = [name for name, obj in before.items()
+                if not isinstance(obj, types.ModuleType) and getattr(pile_jax, name) is not obj]
+    assert not shadowed, f"submodules shadow public names of pile_jax: {shadowed}"

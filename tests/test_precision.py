@@ -1,4 +1,4 @@
-"""The precision policy (issue 19, pile_jax.precision): float32 master weights, HIGHEST matmul
+"""The precision policy (issue 19, pile_jax.numerics): float32 master weights, HIGHEST matmul
 precision wherever a score is reported, compared or cached, and a float32 document index that a
 bf16 query tower trains against and exports. On CPU every float32 matmul is exact at any setting,
 so the checks read what is compiled (the lowered program) and what is recorded."""
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pile_jax import rankers
-from pile_jax.precision import policy
+from pile_jax.numerics import policy
 
 LENGTHS = dict(max_length=32, max_query_length=8, max_doc_length=16)
 QUERIES = ["boundary layer thickness", "heat transfer"]

@@ -19,7 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pile_jax.precision import SCORE_PRECISION
+from pile_jax.numerics import SCORE_PRECISION
 
 from .config import EncoderConfig
 from .encoder import Encoder, EncoderOutput, dense_init

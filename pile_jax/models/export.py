@@ -361,7 +361,7 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
         "max_doc_length": None if max_doc_length is None else int(max_doc_length),
         "base": None if base is None else str(base), "card": json.loads(json.dumps(dict(card or {}), default=str)),
         "pile_jax_version": _pile_jax_version(),
-        "precision": _precision_policy(),   # how the exported scores were computed (pile_jax.precision)
+        "precision": _precision_policy(),   # how the exported scores were computed (pile_jax.numerics)
     }
     if config is not None:
         info["encoder_config"] = config.to_dict()
@@ -396,7 +396,7 @@ def export_student(path, *, kind: str, params: Mapping, tokenizer, module=None, 
 
 
 def _precision_policy() -> dict:
-    from pile_jax.precision import policy
+    from pile_jax.numerics import policy
 
     return policy()
 

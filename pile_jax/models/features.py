@@ -51,7 +51,7 @@ def make_features(input_kind: str, tokenizer_or_path, *, max_query_length: int =
     ``"frozen_docs"``: a :class:`~pile_jax.models.frozen_docs.FrozenDocFeatures` whose frozen
     document encoder is set by ``doc_side`` (``doc_encoder`` default the same checkpoint,
     ``doc_layers`` default all, ``doc_pooling`` default ``mean``, ``doc_normalize`` default true)
-    (float32 whatever ``dtype``: :mod:`pile_jax.precision`)."""
+    (float32 whatever ``dtype``: :mod:`pile_jax.numerics`)."""
     if input_kind == "frozen_docs":
         unknown = sorted(set(doc_side) - set(DOC_ENCODER_OPTIONS))
         if unknown:

@@ -32,7 +32,7 @@ import numpy as np
 
 from pile_jax.caches import BoundedCache
 from pile_jax.parallel import data_parallel, map_sorted
-from pile_jax.precision import INDEX_DTYPE, SCORE_PRECISION_NAME
+from pile_jax.numerics import INDEX_DTYPE, SCORE_PRECISION_NAME
 
 from .students import query_encoder_score_fn  # noqa: F401 (re-exported: the student's score)
 from .tokenize import (
@@ -61,7 +61,7 @@ TEXT_VECTORS = BoundedCache("pile_jax.models.frozen_docs", "text_vectors", maxsi
 def encoder_key(path, num_layers: int, pooling: str, normalize: bool, max_tokens: int, dtype: str) -> tuple:
     """What identifies a text vector: checkpoint folder, layers, pooling, normalisation, content
     token budget (``[CLS] t[:max_tokens] [SEP]``), compute dtype and matmul precision (the
-    policy's :data:`~pile_jax.precision.SCORE_PRECISION_NAME`: vectors are encoded under it)."""
+    policy's :data:`~pile_jax.numerics.SCORE_PRECISION_NAME`: vectors are encoded under it)."""
     return (str(path), int(num_layers), str(pooling), bool(normalize), int(max_tokens), str(dtype),
             SCORE_PRECISION_NAME)
 
@@ -298,7 +298,7 @@ class FrozenDocFeatures:
             _check_same_vocab(self.tokenizer, doc_encoder)
         self.index = DocumentIndex(source, tokens=self.tokens, num_layers=doc_layers, pooling=doc_pooling,
                                    normalize=doc_normalize, dtype=INDEX_DTYPE)
-        # (the index is float32 whatever the query tower's dtype, pile_jax.precision: a bf16 query
+        # (the index is float32 whatever the query tower's dtype, pile_jax.numerics: a bf16 query
         # tower trains against the vectors its export's document encoder reproduces)
 
     def tokenize_texts(self, texts: Sequence[str], keys: Sequence[str] | None = None) -> TokenStore:

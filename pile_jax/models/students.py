@@ -48,7 +48,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from pile_jax.precision import SCORE_PRECISION
+from pile_jax.numerics import SCORE_PRECISION
 
 from .config import EncoderConfig
 from .encoder import Encoder, dense_init
@@ -95,7 +95,7 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 
 def dot_scores(query_vecs: jax.Array, doc_vecs: jax.Array) -> jax.Array:
     """``s = q⃗·d⃗``; ``[B, D] x [B, n, D] -> [B, n]`` (or ``[N, D] x [N, D] -> [N]``), in float32
-    (products and sum; :mod:`pile_jax.precision`)."""
+    (products and sum; :mod:`pile_jax.numerics`)."""
     query_vecs, doc_vecs = jnp.asarray(query_vecs, jnp.float32), jnp.asarray(doc_vecs, jnp.float32)
     if doc_vecs.ndim == query_vecs.ndim + 1:
         query_vecs = query_vecs[..., None, :]
