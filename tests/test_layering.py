@@ -159,7 +159,7 @@ def module_name_at(root: Path, path: Path) -> str:
 LAYERS = (
     ("leaves", ("config", "caches", "io", "logs", "data.errors", "numerics")),
     ("core + data", ("losses", "metrics", "ensemble", "_validate", "params", "data.collection", "data.trec",
-                     "data.groups", "data.tfds_builder", "data.sampler", "data.loader")),
+                     "data.groups", "data.teacher_files", "data.teacher_table", "data.tfds_builder", "data.sampler", "data.loader")),
     ("shared compute", ("parallel", "bm25")),
     ("models", ("models.config", "models.encoder", "models.cross_encoder", "models.hf_io", "models.hub",
                 "models.tokenize", "models.students", "models.frozen_docs", "models.features", "models.export",

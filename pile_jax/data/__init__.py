@@ -18,6 +18,10 @@ from pile_jax.data.groups import (
 )
 from pile_jax.data.loader import DevicePrefetch, TrainLoader, make_train_loader, read_group_lengths
 from pile_jax.data.sampler import PAD_INDEX, epoch_batches, process_slice, stack_records, steps_per_epoch
+from pile_jax.data.teacher_files import FORMATS as TEACHER_FORMATS
+from pile_jax.data.teacher_files import TRANSFORMS as TEACHER_TRANSFORMS
+from pile_jax.data.teacher_files import ScoreTriples, read_teacher_file
+from pile_jax.data.teacher_table import TeacherTable, join_teachers
 from pile_jax.data.trec import (
     candidates_from_run,
     rank_order,
@@ -50,7 +54,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Collection", "DataError", "DevicePrefetch", "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
+    "Collection", "DataError", "ScoreTriples", "TEACHER_FORMATS", "TEACHER_TRANSFORMS", "TeacherTable",
+    "join_teachers", "read_teacher_file", "DevicePrefetch", "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
     "TrainLoader", "build_groups", "candidates_from_run", "check_groups", "epoch_batches",
     "iter_group_examples", "load_collection", "make_train_loader", "num_groups", "process_slice",
     "rank_order", "read_group_lengths", "read_qrels", "read_run", "read_teacher_scores",
