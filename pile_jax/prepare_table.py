@@ -95,7 +95,8 @@ def _read_triples(spec, coll, folder: str, log) -> Any:
         return ScoreTriples(**arrays, source=str(spec["path"]))
     t0 = time.perf_counter()
     triples = read_teacher_file(spec["path"], format=spec.get("format", "tsv"), transform=spec.get("transform", "raw"),
-                                queries=coll.queries, docs=coll.docs)
+                                queries=coll.queries, docs=coll.docs, outliers=spec.get("outliers", "error"),
+                                allow_pickle=bool(spec.get("allow_pickle", False)))
 
     def write(tmp):
         for k in _TRIPLE_FIELDS:

@@ -2,13 +2,13 @@
 qrels, teacher_mask = which teacher scored each item, standardised present scores, determinism per
 (seed, query, epoch), the eligibility rule, and the loader passing the epoch."""
 
-import types
 import zlib
 
 import numpy as np
 import pytest
 
 from pile_jax.data.table_groups import TableGroupSource, table_stats
+from pile_jax.data.teacher_table import TeacherTable
 
 QIDS = ["q0", "q1", "q2", "q3"]
 DOCS = [f"d{i}" for i in range(10)]
@@ -21,9 +21,8 @@ def _table():
                        [0, 7, 0, 6, 5, 8, 0, 2, 0]], np.float32)
     present = np.array([[1, 1, 1, 1, 1, 1, 1, 1, 1],
                         [0, 1, 0, 1, 1, 1, 0, 1, 0]], bool)
-    return types.SimpleNamespace(names=["a", "b"], query_rows=np.array([0, 1, 3], np.int32),
-                                 offsets=np.array([0, 5, 6, 9], np.int64), doc_rows=doc_rows,
-                                 scores=scores, present=present)
+    return TeacherTable(names=["a", "b"], query_rows=np.array([0, 1, 3], np.int32),
+                        offsets=np.array([0, 5, 6, 9], np.int64), doc_rows=doc_rows, scores=scores, present=present)
 
 
 QRELS = {"q0": {"d1": 2, "d3": 0, "d8": 1},   # d8: a positive no teacher scored
