@@ -81,6 +81,9 @@ def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *,
     With a tokenise-once featuriser every query and document text is tokenised here, once (or
     read from ``store_dir/{queries,docs}.tokens.npz`` when those hold the same texts and
     tokenizer; written there otherwise); each batch is then one dict lookup per id and NumPy.
+    ``queries`` / ``docs`` given as on-disk text stores use the corpus' memory-mapped token store
+    (:func:`pile_jax.models.token_store.token_store_for`, built once beside the text store and
+    shared by every run) and look ids up through the store's sorted index.
     ``collate.group_lengths(query_ids [G], doc_ids [G, n]) -> int64 [G]``: the tokens of each
     group's longest pair (cross-encoders) or longest query / document item (two towers).
     A featuriser with a frozen document index (``index_documents``, the ``query_encoder``
@@ -90,12 +93,15 @@ def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *,
     feats = features_of(ranker)
     if feats is None:
         return _text_collate(ranker, queries, docs)
+    from pile_jax.models.token_store import document_budget, is_text_store
     from pile_jax.models.tokenize import load_or_tokenize
 
     path = (lambda name: None) if store_dir is None else (lambda name: _join(store_dir, f"{name}.tokens.npz"))
-    q_store = load_or_tokenize(feats, queries, path("queries"))
-    d_store = load_or_tokenize(feats, docs, path("docs"))
-    if hasattr(feats, "index_documents"):   # frozen document vectors: computed before the first batch
+    q_store = load_or_tokenize(feats, queries, path("queries"))   # a TextStore: its own token store
+    d_store = load_or_tokenize(feats, docs, path("docs"), max_tokens=document_budget(feats))
+    if hasattr(feats, "index_documents") and not (index_doc_ids is None and is_text_store(docs)):
+        # frozen document vectors: computed before the first batch (a corpus in a text store:
+        # only the documents asked for; the others are encoded when a batch first needs them)
         feats.index_documents(d_store, None if index_doc_ids is None else d_store.rows(list(index_doc_ids)),
                               progress="document index")
 
