@@ -684,7 +684,7 @@ SECTION_KEYS = {
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
-                "outliers", "student"),
+                "outliers", "student", "format", "transform", "allow_pickle"),
     "ensembles": ("standardize", "methods"),
     "eval": ("split", "max_queries"),
 }
@@ -839,6 +839,14 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
         c.choice(spec, "outliers", where, ("error", "accept"))
+        if kind == "file":
+            from pile_jax.data.teacher_files import FORMATS, TRANSFORMS
+
+            c.choice(spec, "format", where, FORMATS)
+            c.choice(spec, "transform", where, TRANSFORMS)
+        for key in ("format", "transform", "allow_pickle"):
+            if key in spec and kind != "file":
+                c.fail(f"{where}.{key}", "only a teacher of kind file reads a score file")
         if "outliers" in spec and kind != "file":
             c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
         if kind in FINE_TUNED_KINDS:

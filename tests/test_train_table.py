@@ -59,7 +59,7 @@ def _argv(data, out, *extra):
             "student.max_length=32", "student.max_query_length=8", "train.batch_size=4", "train.steps=4",
             "train.checkpoint_every=2", "train.keep_checkpoints=2", "train.progress=false", "train.log_every=1",
             "train_groups.size=4", *extra]
-    return ["train", os.path.join(ROOT, "configs", "train_msmarco.yaml"), "--out", str(out), "-q"] + \
+    return ["train", os.path.join(ROOT, "configs", "train_msmarco.yaml"), "--out", str(out)] + \
         [a for s in sets for a in ("--set", s)]
 
 
