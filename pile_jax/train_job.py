@@ -327,19 +327,30 @@ def _train_job_table(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
 def rerank_eval_run(ranker, params, candidates: Mapping[str, Any], coll, path, *, chunk: int = 256,
                     log=None) -> tuple[dict, int]:
     """``(mean metrics, pairs)``: re-ranks each query's candidates (``{qid: doc ids}``) with the
-    student, ``chunk`` queries at a time (memory: one chunk's pairs), writes the run to ``path``
+    student, ``chunk`` queries at a time (memory: one chunk's pairs; token ids read from the
+    collection's token stores, :func:`pile_jax.scoring.score_store_pairs`), writes the run to ``path``
     (TREC, :func:`pile_jax.data.trec.write_run`'s format and order, process 0) and averages the
     per-query trec_eval metrics (:func:`pile_jax.train.evaluate.run_metrics`) over the queries."""
     from pile_jax.data.trec import rank_order
     from pile_jax.train.evaluate import mean_metrics, run_metrics
+    from pile_jax.scoring import score_store_pairs
     from pile_jax.train.loop import score_candidates
 
     qids = list(candidates)
     per_query, lines, pairs = {}, [], 0
     for i in range(0, len(qids), chunk):
         part = {q: [str(d) for d in candidates[q]] for q in qids[i:i + chunk]}
-        run = score_candidates(ranker, params, {q: c for q, c in part.items() if c}, coll.queries, coll.docs,
-                               progress=f"eval {i}/{len(qids)} queries")
+        flat_q = [q for q, c in part.items() for _ in c]
+        flat_d = [d for c in part.values() for d in c]
+        scores = score_store_pairs(ranker, params, flat_q, flat_d, coll.queries, coll.docs,
+                                   progress=f"eval {i}/{len(qids)} queries")
+        if scores is None:   # a frozen document index: each query's list as one group
+            run = score_candidates(ranker, params, {q: c for q, c in part.items() if c}, coll.queries, coll.docs,
+                                   progress=f"eval {i}/{len(qids)} queries")
+        else:
+            run = {q: {} for q in part}
+            for q, d, s in zip(flat_q, flat_d, scores.tolist()):
+                run[q][d] = s
         run = {q: run.get(q, {}) for q in part}
         pairs += sum(map(len, part.values()))
         per_query.update(run_metrics(run, coll.qrels, qids=list(part)))
