@@ -587,7 +587,7 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
      [ 2.5   1.75  1.25 -0.5 ]]
   """
   _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge)
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
   _check_label_where(label_where, labels)
   _check_teacher_where(teacher_where, teacher_scores)
   return _pile_impl(teacher_scores, labels, where, label_where, teacher_where, damping, temperature, eps, lam,
@@ -713,7 +713,7 @@ def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 2.5   1.75  1.25 -0.5 ]
      [ 5.    3.5   2.5  -1.  ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
   _check_teacher_where(teacher_where, teacher_scores)
   return _mean(teacher_scores, labels, where, teacher_where)
 
@@ -744,7 +744,7 @@ def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 4.  1.  2. -1.]
      [ 4.  1.  2. -1.]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, teacher_where=teacher_where)
   t = np.shape(teacher_scores)[0]
   if np.shape(weights) != (t,):
     raise ValueError(f"weights: expected shape ({t},) (one per teacher); got {np.shape(weights)}")
@@ -785,7 +785,7 @@ def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 4.   2.5  2.   0. ]
      [-1.  -1.  -0.5  1. ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
   _check_teacher_where(teacher_where, teacher_scores)
   return _max_ensemble(teacher_scores, labels, where, teacher_where)
 
@@ -818,7 +818,7 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     >>> print(np.round(np.asarray(pj.zscore_mean(100.0 * teachers + 3.0), float), 4))  # invariant to each teacher's scale and shift
     [ 0.6934  0.6631 -0.1286 -1.2279]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
   _check_teacher_where(teacher_where, teacher_scores)
   return _zscore_mean(teacher_scores, labels, where, teacher_where)
 
@@ -861,7 +861,7 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[0.8333 0.6667 0.5    0.    ]
      [0.8333 0.6667 0.5    0.    ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
   _check_teacher_where(teacher_where, teacher_scores)
   return _rank_average(teacher_scores, labels, where, teacher_where)
 
@@ -903,7 +903,7 @@ def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
     [[ 4.  1.  2. -1.]
      [ 4.  1.  2. -1.]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
   _check_label_where(label_where, labels)
   _check_teacher_where(teacher_where, teacher_scores)
   return _best_teacher_per_list(teacher_scores, labels, where, label_where, teacher_where)
@@ -1002,7 +1002,7 @@ def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Arra
   ``per_list`` holds NumPy arrays ``[...]`` for every list. ``vs_mean`` counts evaluated lists
   where the ensemble's PNR is above / below / equal to the mean ensemble's.
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
   _check_teacher_where(teacher_where, teacher_scores)
   ts = jnp.asarray(teacher_scores)
   y = jnp.asarray(labels)
