@@ -189,3 +189,42 @@ def test_row_index_of_a_mapping():
     assert idx.rows(["c", "a", "x"], missing="skip").tolist() == [2, 1, -1]
     with pytest.raises(KeyError, match="x"):
         idx.rows(["x"])
+
+
+def _tiny_collection(folder):
+    folder.mkdir()
+    (folder / "docs.jsonl").write_text("".join(json.dumps({"doc_id": f"d{i}", "text": t}) + "\n"
+                                               for i, t in enumerate(["wing flow", "heat shock", "mach jet"])))
+    (folder / "queries.jsonl").write_text("".join(json.dumps({"query_id": f"q{i}", "text": t}) + "\n"
+                                                  for i, t in enumerate(["wing", "heat", "mach"])))
+    (folder / "qrels.tsv").write_text("q0 0 d0 1\nq0 0 d1 0\nq1 0 d1 1\nq1 0 d2 0\nq2 0 d2 1\nq2 0 d0 0\n")
+    (folder / "splits.json").write_text(json.dumps({"train": ["q0"], "dev": ["q1"], "test": ["q2"]}))
+    return str(folder)
+
+
+@pytest.mark.parametrize("teacher, fragments", [
+    ("{name: m, kind: file, format: margin_csv, path: FILE}", ["teachers[0] (m).format", "did you mean 'margin_tsv'"]),
+    ("{name: m, kind: file, transform: sigmoid, path: FILE}", ["teachers[0] (m).transform", "raw, logit, rank"]),
+    ("{name: m, kind: file, format: score_map_pickle, path: FILE}", ["teachers[0] (m).allow_pickle", "runs code"]),
+    ("{name: m, kind: bm25, format: tsv}", ["teachers[0] (m).format", "only a teacher of kind file"]),
+    ("{name: m, kind: file, format: margin_tsv, path: FILE}", ["bad.tsv:2: ", "neg_score 'x' is not a number"]),
+])
+def test_cli_file_teacher_keys_and_a_bad_line_are_one_line_errors(tmp_path, capsys, teacher, fragments):
+    """`pile-jax train` with a kind: file teacher: an unknown format/transform, a pickle without the
+    opt-in, or a malformed line of the file -> exit 2 and one line naming the key / file:line."""
+    import os
+
+    from pile_jax.cli import main
+
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("2.5\t1\tq0\td0\td1\n2.5\tx\tq0\td0\td2\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rc = main(["train", os.path.join(root, "configs", "train_margin_mse.yaml"), "--out", str(tmp_path / "out"),
+               "--set", f"data.collection={_tiny_collection(tmp_path / 'coll')}",
+               "--set", f"teachers=[{teacher.replace('FILE', str(bad))}]", "--set", "objective.teacher=m"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]   # (progress log lines may come before it)
+    assert last.startswith("pile-jax train: error: ") and "pile-jax train: error" not in err[:-len(last) - 1], err
+    for f in fragments:
+        assert f in last, err
