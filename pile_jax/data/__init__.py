@@ -17,6 +17,7 @@ from pile_jax.data.groups import (
     select_candidates,
     stack_group_examples,
     take_groups,
+    teacher_mask_of,
 )
 from pile_jax.data.loader import DevicePrefetch, TrainLoader, make_train_loader, read_group_lengths
 from pile_jax.data.sampler import PAD_INDEX, epoch_batches, process_slice, stack_records, steps_per_epoch
@@ -63,6 +64,6 @@ __all__ = [
     "iter_group_examples", "load_collection", "make_train_loader", "num_groups", "process_slice",
     "rank_order", "read_group_lengths", "read_qrels", "read_run", "read_teacher_scores",
     "read_triples", "select_candidates", "stack_group_examples", "stack_records",
-    "steps_per_epoch", "take_groups", "write_qrels", "write_run", "write_teacher_scores",
+    "steps_per_epoch", "take_groups", "teacher_mask_of", "write_qrels", "write_run", "write_teacher_scores",
     "write_triples", *_TFDS_NAMES,
 ]

@@ -525,7 +525,7 @@ def _check_outliers(path, fmt, allow_pickle, qidx, didx, q, d, raw) -> None:
     qid, docid = qidx.ids_of([q[i]])[0], didx.ids_of([d[i]])[0]
     line = _locate(path, fmt, allow_pickle, lambda qq, dd, _: qq == qid and dd == docid)
     med = float(np.median(raw))
-    raise DataError(path, line, f"score {float(raw[i])!r} is far outside the rest of the file (median {med:.4g}; "
+    raise DataError(path, line, f"score {float(raw[i]):.7g} is far outside the rest of the file (median {med:.4g}; "
                                 f"more than {OUTLIER_K:g} robust standard deviations away); fix the file, or "
                                 "accept it (teachers[i].outliers: accept)")
 
