@@ -108,7 +108,19 @@ def _train_rate(out: str) -> float | None:
     return sorted(rates)[len(rates) // 2] if rates else None
 
 
-def bench_fraction(fraction: float, root: str, eval_queries: int, log=print) -> dict:
+def _record(result: dict, name: str, stage: dict) -> None:
+    """A stage's numbers; a stage that was stopped by SIGTERM (rc 75, its finished chunks kept) and
+    is run again adds its seconds and keeps the larger peak."""
+    old = result["stages"].get(name)
+    if old and old.get("rc") == 75:
+        stage["seconds"] = round(stage["seconds"] + old["seconds"], 1)
+        stage["peak_rss"] = max(stage["peak_rss"], old["peak_rss"])
+        stage["resumed"] = old.get("resumed", 0) + 1
+    result["stages"][name] = stage
+
+
+def bench_fraction(fraction: float, root: str, eval_queries: int, *, stages=None, keep: bool = False,
+                   log=print) -> dict:
     from bench.scale_data import write_collection
 
     data = os.path.join(root, f"f{fraction:g}")
@@ -116,16 +128,26 @@ def bench_fraction(fraction: float, root: str, eval_queries: int, log=print) -> 
         log(f"writing the {fraction:g} collection to {data}")
         shutil.rmtree(data, ignore_errors=True)
         write_collection(data, fraction, log=log)
-    for cold in (os.path.join(data, ".pile_jax"), os.path.join(data, "_bench_out")):
-        shutil.rmtree(cold, ignore_errors=True)
+    results = os.path.join(root, f"results_{fraction:g}.json")
     result = {"fraction": fraction, "eval_queries": eval_queries, "stages": {}}
-    for name in STAGES:
+    if keep and os.path.exists(results):
+        with open(results) as f:
+            result = json.load(f)
+    else:
+        for cold in (os.path.join(data, ".pile_jax"), os.path.join(data, "_bench_out")):
+            shutil.rmtree(cold, ignore_errors=True)
+    stages = list(stages or [*STAGES, "train"])
+    for name in [s for s in STAGES if s in stages]:
         rc, wall, rss = _run([sys.executable, __file__, "--stage", name, "--data", data],
                              os.path.join(root, f"log_{fraction:g}_{name}.txt"))
-        result["stages"][name] = {"rc": rc, "seconds": round(wall, 1), "peak_rss": rss}
+        _record(result, name, {"rc": rc, "seconds": round(wall, 1), "peak_rss": rss})
         log(f"{fraction:g} {name}: rc {rc}, {wall:.1f}s, peak RSS {rss / GiB:.2f} GiB")
+        with open(results, "w") as f:
+            json.dump(result, f, indent=1)
         if rc:
             return result
+    if "train" not in stages:
+        return result
     out = os.path.join(data, "_bench_out", "train")
     cmd = [sys.executable, "-m", "pile_jax.cli", "train", CONFIG, "--out", out]
     for s in overrides(data, eval_queries=eval_queries):
@@ -139,7 +161,7 @@ def bench_fraction(fraction: float, root: str, eval_queries: int, log=print) -> 
         stage.update(job_seconds=m.get("seconds"), eval_pairs=m.get("pairs"), metrics=m.get("metrics"))
     result["stages"]["train"] = stage
     log(f"{fraction:g} train + re-rank: rc {rc}, {wall:.1f}s, peak RSS {rss / GiB:.2f} GiB, {stage}")
-    with open(os.path.join(root, f"results_{fraction:g}.json"), "w") as f:
+    with open(results, "w") as f:
         json.dump(result, f, indent=1)
     return result
 
@@ -198,6 +220,9 @@ def main(argv=None) -> int:
     p.add_argument("--fraction", type=float, nargs="*", default=[0.01, 0.1])
     p.add_argument("--root", default="/work/scale-data")
     p.add_argument("--eval-queries", type=int, default=50, help="re-rank only the first K dev queries")
+    p.add_argument("--stages", nargs="*", choices=[*STAGES, "train"], help="run only these stages (default all)")
+    p.add_argument("--keep", action="store_true", help="keep the prepared stores and add to the results file "
+                                                       "(a stage stopped by SIGTERM, rc 75, continues)")
     p.add_argument("--stage", choices=sorted(STAGES))
     p.add_argument("--data")
     p.add_argument("--table", action="store_true")
@@ -213,7 +238,7 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(args.root, exist_ok=True)
     for f in args.fraction:
-        bench_fraction(f, args.root, args.eval_queries)
+        bench_fraction(f, args.root, args.eval_queries, stages=args.stages, keep=args.keep)
     print(table(args.root))
     return 0
 
