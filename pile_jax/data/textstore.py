@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from typing import Iterable, Sequence
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _FILES = ("ids.npy", "sorted_ids.npy", "sorted_rows.npy", "offsets.npy", "texts.bin", "meta.json")
-_INT64_DIGITS = 19
+_SMALL = 64          # rows() of at most this many str/bytes ids: a Python loop instead of pyarrow
+_CANONICAL = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
 
 
 # ============================================================================ id arrays
@@ -251,6 +253,8 @@ class TextStore(collections.abc.Mapping):
         """``(keys in the sorted array's dtype, valid bool)`` for a flat view of ``ids``."""
         if isinstance(ids, (str, bytes, int, np.integer)):
             ids = [ids]
+        if isinstance(ids, (list, tuple)) and len(ids) <= _SMALL and all(isinstance(i, (str, bytes)) for i in ids):
+            return self._small_keys(ids)
         if self.id_kind == "int64":
             if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
                 return ids.astype(np.int64, copy=False).ravel(), np.ones(ids.size, bool)
@@ -267,6 +271,17 @@ class TextStore(collections.abc.Mapping):
 
             values = pc.if_else(pa.array(valid), values, pa.scalar(b"", values.type))
         return _fixed_bytes(values, width), valid
+
+    def _small_keys(self, ids):
+        """:meth:`_keys` of a few str / bytes ids without pyarrow (a Python loop is cheaper)."""
+        text = [i.decode("utf-8", "replace") if isinstance(i, bytes) else i for i in ids]
+        if self.id_kind == "int64":
+            valid = np.fromiter((bool(_CANONICAL.match(t)) and int(t) < 2 ** 63 for t in text), bool, len(text))
+            return np.fromiter((int(t) if v else 0 for t, v in zip(text, valid)), np.int64, len(text)), valid
+        width = self._sorted.dtype.itemsize
+        raw = [t.encode("utf-8") for t in text]
+        valid = np.fromiter((0 < len(b) <= width for b in raw), bool, len(raw))
+        return np.asarray([b if v else b"" for b, v in zip(raw, valid)], dtype=f"S{width}"), valid
 
     def ids_of(self, rows) -> list[str]:
         """The ids (str) of ``rows``."""
