@@ -276,3 +276,26 @@ def test_collate_and_scoring_on_a_text_store_equal_the_dict_path(tmp_path, pair_
     expected = score_candidates(ranker, ranker.params, cands, queries, docs)
     got = score_candidates(ranker, ranker.params, cands, queries, store)
     assert got == expected and len(got["q1"]) == 3
+
+
+def test_sigterm_while_a_text_store_is_built_exits_75_and_leaves_no_store(tmp_path, capsys, monkeypatch):
+    from pile_jax.data import layouts
+
+    folder = _msmarco(tmp_path / "mm")
+    real = layouts.read_tsv_texts
+
+    def stopping(path, **kw):
+        for k, chunk in enumerate(real(path, **kw)):
+            yield chunk
+            if path.endswith("collection.tsv"):
+                os.kill(os.getpid(), signal.SIGTERM)      # after the first chunk
+
+    monkeypatch.setattr(layouts, "read_tsv_texts", stopping)
+    (tmp_path / "r.run").write_text("")
+    before = signal.getsignal(signal.SIGTERM)
+    rc = main(["eval", "--collection", str(folder), "--run", str(tmp_path / "r.run"), "--split", "train"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert rc == 75 and last.startswith("pile-jax eval: preempted (SIGTERM): stopped building the text store")
+    assert not (folder / ".pile_jax" / "docs").exists() and signal.getsignal(signal.SIGTERM) is before
+    monkeypatch.setattr(layouts, "read_tsv_texts", real)
+    assert dict(load_collection(folder).docs.items()) == PASSAGES
