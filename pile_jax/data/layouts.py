@@ -45,7 +45,7 @@ __all__ = ["LAYOUTS", "detect_layout", "store_root", "open_or_build", "read_tsv_
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("pile_jax", "beir", "msmarco")
-BLOCK_BYTES = 64 << 20     # pyarrow.csv block: ~180k MS MARCO passages
+BLOCK_BYTES = 16 << 20     # bytes per parsed TSV block: ~50k MS MARCO passages
 CHUNK_LINES = 1 << 18      # JSON-lines records per chunk
 STORE_DIR_ENV = "PILE_JAX_STORE_DIR"
 _INT_RE = r"^[+-]?[0-9]+$"
@@ -134,24 +134,48 @@ def _first_bad_line(path: str, ncols: int) -> tuple[int, str] | None:
     return None
 
 
+def _line_blocks(path: str, block_bytes: int):
+    """The file in blocks of about ``block_bytes``, each ending at a line end (memory: two blocks)."""
+    rest = b""
+    with open(path, "rb") as f:
+        while True:
+            data = f.read(block_bytes)
+            if not data:
+                break
+            buf = rest + data if rest else data
+            cut = buf.rfind(b"\n")
+            if cut < 0:
+                rest = buf
+                continue
+            rest = buf[cut + 1:]
+            yield buf[:cut + 1]
+    if rest:
+        yield rest
+
+
 def _tsv_batches(path: str, names: list, *, skip_rows: int = 0, block_bytes: int = BLOCK_BYTES):
-    """``pyarrow.csv`` streaming reader of a TAB-separated file with quoting off, all columns
-    strings; yields ``(first record number (1-based among data lines), RecordBatch)``. A
-    malformed line -> ``DataError`` naming it."""
+    """A TAB-separated file with quoting off, all columns strings, parsed by ``pyarrow.csv``
+    block by block (each block read, parsed on all cores, handed on and dropped: memory is
+    bounded by the block size, whatever the file's); yields ``(first record number (1-based
+    among non-blank data lines), pyarrow Table)``. A malformed line -> ``DataError`` naming it."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    read = pcsv.ReadOptions(column_names=names, block_size=block_bytes, skip_rows=skip_rows)
     parse = pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
                               newlines_in_values=False, ignore_empty_lines=True)
     convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False,
                                   quoted_strings_can_be_null=False)
     record = 1
     try:
-        reader = pcsv.open_csv(path, read_options=read, parse_options=parse, convert_options=convert)
-        for batch in reader:
-            yield record, batch
-            record += batch.num_rows
+        for k, block in enumerate(_line_blocks(path, block_bytes)):
+            read = pcsv.ReadOptions(column_names=names, block_size=max(1 << 20, len(block) // 2 + 1),
+                                    skip_rows=skip_rows if k == 0 else 0)
+            table = pcsv.read_csv(pa.py_buffer(block), read_options=read, parse_options=parse,
+                                  convert_options=convert)
+            del block
+            if table.num_rows:
+                yield record, table
+            record += table.num_rows
     except pa.ArrowInvalid as exc:
         bad = _first_bad_line(path, len(names))
         if bad is not None:
@@ -164,8 +188,9 @@ def read_tsv_texts(path: str, *, block_bytes: int = BLOCK_BYTES) -> Iterator[tup
     records); record numbers are turned into file lines by :func:`_fix_line` on errors."""
     if not os.path.isfile(path):
         raise DataError(path, None, "file not found")
-    for first, batch in _tsv_batches(path, ["id", "text"], block_bytes=block_bytes):
-        yield batch.column(0), batch.column(1), np.arange(first, first + batch.num_rows, dtype=np.int64), path
+    for first, table in _tsv_batches(path, ["id", "text"], block_bytes=block_bytes):
+        yield (table.column(0).combine_chunks(), table.column(1).combine_chunks(),
+               np.arange(first, first + table.num_rows, dtype=np.int64), path)
 
 
 def _fix_line(exc: DataError) -> DataError:
@@ -185,14 +210,15 @@ def read_tsv_qrels(path: str, *, columns: int, skip_rows: int = 0, queries=None,
 
     names = ["qid", "iter", "doc", "grade"] if columns == 4 else ["qid", "doc", "grade"]
     qrels: dict[str, dict[str, int]] = {}
-    for first, batch in _tsv_batches(path, names, skip_rows=skip_rows):
-        grade_text = batch.column(names.index("grade"))
+    for first, table in _tsv_batches(path, names, skip_rows=skip_rows):
+        batch = table.combine_chunks()
+        grade_text = batch.column(names.index("grade")).combine_chunks()
         ok = pc.match_substring_regex(grade_text, _INT_RE).to_numpy(zero_copy_only=False)
         if not ok.all():
             i = int(np.flatnonzero(~ok)[0])
             raise DataError(path, _physical_line(path, first + i + skip_rows),
                             f"grade {grade_text[i].as_py()!r} is not an integer")
-        qids, dids = batch.column(0), batch.column(names.index("doc"))
+        qids, dids = batch.column(0).combine_chunks(), batch.column(names.index("doc")).combine_chunks()
         for store, ids, what in ((queries, qids, "query"), (docs, dids, "doc")):
             if store is None:
                 continue

@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from typing import Iterable, Sequence
@@ -46,7 +47,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 1
 _FILES = ("ids.npy", "sorted_ids.npy", "sorted_rows.npy", "offsets.npy", "texts.bin", "meta.json")
-_INT64_DIGITS = 19
+_SMALL = 64          # rows() of at most this many str/bytes ids: a Python loop instead of pyarrow
+_CANONICAL = re.compile(r"^(0|-?[1-9][0-9]{0,18})$")
 
 
 # ============================================================================ id arrays
@@ -251,6 +253,8 @@ class TextStore(collections.abc.Mapping):
         """``(keys in the sorted array's dtype, valid bool)`` for a flat view of ``ids``."""
         if isinstance(ids, (str, bytes, int, np.integer)):
             ids = [ids]
+        if isinstance(ids, (list, tuple)) and len(ids) <= _SMALL and all(isinstance(i, (str, bytes)) for i in ids):
+            return self._small_keys(ids)
         if self.id_kind == "int64":
             if isinstance(ids, np.ndarray) and ids.dtype.kind in "iu":
                 return ids.astype(np.int64, copy=False).ravel(), np.ones(ids.size, bool)
@@ -268,6 +272,17 @@ class TextStore(collections.abc.Mapping):
             values = pc.if_else(pa.array(valid), values, pa.scalar(b"", values.type))
         return _fixed_bytes(values, width), valid
 
+    def _small_keys(self, ids):
+        """:meth:`_keys` of a few str / bytes ids without pyarrow (a Python loop is cheaper)."""
+        text = [i.decode("utf-8", "replace") if isinstance(i, bytes) else i for i in ids]
+        if self.id_kind == "int64":
+            valid = np.fromiter((bool(_CANONICAL.match(t)) and int(t) < 2 ** 63 for t in text), bool, len(text))
+            return np.fromiter((int(t) if v else 0 for t, v in zip(text, valid)), np.int64, len(text)), valid
+        width = self._sorted.dtype.itemsize
+        raw = [t.encode("utf-8") for t in text]
+        valid = np.fromiter((0 < len(b) <= width for b in raw), bool, len(raw))
+        return np.asarray([b if v else b"" for b, v in zip(raw, valid)], dtype=f"S{width}"), valid
+
     def ids_of(self, rows) -> list[str]:
         """The ids (str) of ``rows``."""
         ids = np.asarray(self._ids[np.asarray(rows, np.int64).ravel()])
@@ -283,6 +298,22 @@ class TextStore(collections.abc.Mapping):
         start, end = self._offsets[rows].tolist(), self._offsets[rows + 1].tolist()
         blob = self._blob
         return [bytes(blob[a:b]).decode("utf-8") for a, b in zip(start, end)]
+
+    def text_range(self, start: int, stop: int) -> list[str]:
+        """The texts of rows ``start .. stop - 1``, read with one ``pread`` (not through the memory
+        map: a sequential pass over the corpus, e.g. tokenising it, then leaves no file pages
+        counted as this process' resident memory)."""
+        start, stop = max(0, int(start)), min(int(stop), self._n)
+        if stop <= start:
+            return []
+        offs = np.asarray(self._offsets[start:stop + 1])
+        fd = os.open(os.path.join(self.path, "texts.bin"), os.O_RDONLY)
+        try:
+            data = os.pread(fd, int(offs[-1] - offs[0]), int(offs[0]))
+        finally:
+            os.close(fd)
+        rel = (offs - offs[0]).tolist()
+        return [data[a:b].decode("utf-8") for a, b in zip(rel[:-1], rel[1:])]
 
     def text_lengths(self) -> np.ndarray:
         """UTF-8 byte length of every text, int64 [N] (memory-mapped diff)."""
@@ -421,13 +452,13 @@ def _write_store(folder: str, records: Iterable, *, source: str, duplicates: str
             text_hash.update(data)
             id_chunks.append(ids_np)
             length_chunks.append(lengths.astype(np.int64))
-            line_chunks.append(lines if lines is not None else np.full(len(ids_np), -1, np.int64))
+            line_chunks.append(_compact_lines(lines, len(ids_np)))
             chunk_sources.append((n, chunk_source))
             n += len(ids_np)
     ids = _merge_id_chunks(id_chunks)
     del id_chunks
     lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
-    lines = np.concatenate(line_chunks) if line_chunks else np.zeros(0, np.int64)
+    lines = _Lines(line_chunks)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
     dup = np.flatnonzero(sorted_ids[1:] == sorted_ids[:-1]) + 1 if n > 1 else np.zeros(0, np.int64)
@@ -443,12 +474,37 @@ def _write_store(folder: str, records: Iterable, *, source: str, duplicates: str
     np.save(os.path.join(folder, "sorted_rows.npy"), order.astype(np.int64))
     np.save(os.path.join(folder, "offsets.npy"), offsets)
     h = hashlib.sha256()
-    for start in range(0, len(ids), 1 << 20):
-        h.update(b"\x00".join(_as_text_bytes(ids[start:start + (1 << 20)]).tolist()) + b"\x01")
+    for start in range(0, len(ids), 1 << 16):
+        h.update(b"\x00".join(_as_text_bytes(ids[start:start + (1 << 16)]).tolist()) + b"\x00")
     h.update(lengths.astype("<i8").tobytes())
     h.update(text_hash.digest())
     return {"format": FORMAT, "count": int(len(ids)), "id_kind": id_kind, "fingerprint": h.hexdigest()[:16],
             "source": str(source), "text_bytes": int(offsets[-1])}
+
+
+def _compact_lines(lines, n: int):
+    """A chunk's line numbers: ``(first, n)`` when consecutive (TSV records), else an int64 array
+    (``(-1, n)``: unknown)."""
+    if lines is None:
+        return (-1, n)
+    if n and int(lines[-1]) - int(lines[0]) == n - 1 and (n < 3 or bool((np.diff(lines) == 1).all())):
+        return (int(lines[0]), n)
+    return np.asarray(lines, np.int64)
+
+
+class _Lines:
+    """``lines[row]`` over the chunks' compact line numbers (-1: unknown); only read for messages."""
+
+    def __init__(self, chunks):
+        self.chunks = chunks
+        self.starts = np.cumsum([0] + [c[1] if isinstance(c, tuple) else len(c) for c in chunks])
+
+    def __getitem__(self, row: int) -> int:
+        k = int(np.searchsorted(self.starts, row, side="right")) - 1
+        c = self.chunks[k]
+        if isinstance(c, tuple):
+            return -1 if c[0] < 0 else c[0] + row - int(self.starts[k])
+        return int(c[row - int(self.starts[k])])
 
 
 def _source_of(chunk_sources, row: int) -> str:

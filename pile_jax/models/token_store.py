@@ -207,10 +207,12 @@ def _build_parts(parts: str, backend, texts, max_tokens, chunk: int, batch: int,
     for k, path in enumerate(paths):
         if os.path.exists(path):
             continue
-        rows = np.arange(k * chunk, min((k + 1) * chunk, n), dtype=np.int64)
-        tokens, lengths = _encode(backend, texts.texts(rows), max_tokens, batch)
+        start, stop = k * chunk, min((k + 1) * chunk, n)
+        chunk_texts = (texts.text_range(start, stop) if hasattr(texts, "text_range")
+                       else texts.texts(np.arange(start, stop, dtype=np.int64)))
+        tokens, lengths = _encode(backend, chunk_texts, max_tokens, batch)
         _save_part(path, tokens, lengths)
-        log.info("token store: chunk %d/%d (%d texts, %d tokens)", k + 1, len(paths), len(rows), len(tokens))
+        log.info("token store: chunk %d/%d (%d texts, %d tokens)", k + 1, len(paths), stop - start, len(tokens))
     return paths
 
 
@@ -220,14 +222,11 @@ def _join_parts(folder: str, paths: list[str], plan: dict) -> None:
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     tmp = os.path.join(folder, f"tokens.npy.tmp-{uuid.uuid4().hex[:8]}")
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.int32, shape=(int(offsets[-1]),))
-    pos = 0
-    for p in paths:
-        t = np.load(p)["tokens"]
-        out[pos:pos + len(t)] = t
-        pos += len(t)
-    out.flush()
-    del out
+    with open(tmp, "wb") as out:   # written as a stream (a memory map's dirty pages would count as RSS)
+        np.lib.format.write_array_header_2_0(out, {"descr": np.dtype(np.int32).str, "fortran_order": False,
+                                                   "shape": (int(offsets[-1]),)})
+        for p in paths:
+            np.ascontiguousarray(np.load(p)["tokens"], np.int32).tofile(out)
     os.replace(tmp, os.path.join(folder, "tokens.npy"))
     np.save(os.path.join(folder, "offsets.npy"), offsets)
     np.save(os.path.join(folder, "lengths.npy"), lengths)
