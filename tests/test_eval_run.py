@@ -72,3 +72,13 @@ def test_schema_accepts_from_teachers_and_the_collections_split_names(tmp_path):
     bad["teachers"] = [{"name": "b", "kind": "bm25"}]
     with pytest.raises(C.ConfigError, match=r"teachers\[0\]\.kind"):
         validate(bad, job="train")
+
+
+def test_set_indexes_a_list():
+    from pile_jax import config as C
+
+    cfg = {"teachers": [{"name": "a", "path": "x"}, {"name": "b", "path": "y"}]}
+    out = C.apply_override(cfg, "teachers.1.path=z.tsv")
+    assert out["teachers"] == [{"name": "a", "path": "x"}, {"name": "b", "path": "z.tsv"}] and cfg["teachers"][1]["path"] == "y"
+    with pytest.raises(C.ConfigError, match=r"'2' is not an index of a list of 2 \(0\.\.1\)"):
+        C.apply_override(cfg, "teachers.2.path=z")
