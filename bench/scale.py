@@ -84,7 +84,31 @@ def stage_teachers(data: str) -> dict:
     return {"entries": int(len(table.doc_rows)), "groups": len(source)}
 
 
+def stage_source(data: str, batches: int = 300, batch: int = 8) -> dict:
+    """Host cost of the training groups alone: ``batches`` random batches of ``batch`` groups read
+    from the group source (what a train step asks of it), after it is opened (not a timed stage)."""
+    import numpy as np
+
+    from pile_jax.data import load_collection
+    from pile_jax.prepare_table import table_group_source, teacher_table_for
+
+    cfg = _config(data)
+    coll = load_collection(data)
+    table, folder = teacher_table_for(cfg, coll, out=os.path.join(data, "_bench_out"))
+    t0 = time.perf_counter()
+    source, _, _ = table_group_source(cfg, coll, table, coll.split_qids("train"), folder=folder)
+    opened = time.perf_counter() - t0
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, len(source), size=(batches, batch))
+    t0 = time.perf_counter()
+    for e, row in enumerate(idx):
+        source.__getitems__(row.tolist(), epoch=e % 3)
+    dt = time.perf_counter() - t0
+    return {"groups": len(source), "open_s": round(opened, 2), "ms_per_batch": round(1000 * dt / batches, 3)}
+
+
 STAGES = {"ingest": stage_ingest, "tokens": stage_tokens, "teachers": stage_teachers}
+EXTRA_STAGES = {"source": stage_source}
 
 
 def _run(cmd: list[str], log_path: str) -> tuple[int, float, int]:
@@ -223,7 +247,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", nargs="*", choices=[*STAGES, "train"], help="run only these stages (default all)")
     p.add_argument("--keep", action="store_true", help="keep the prepared stores and add to the results file "
                                                        "(a stage stopped by SIGTERM, rc 75, continues)")
-    p.add_argument("--stage", choices=sorted(STAGES))
+    p.add_argument("--stage", choices=sorted({**STAGES, **EXTRA_STAGES}))
     p.add_argument("--data")
     p.add_argument("--table", action="store_true")
     args = p.parse_args(argv)
@@ -231,7 +255,7 @@ def main(argv=None) -> int:
         import logging
 
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-        print(json.dumps(STAGES[args.stage](args.data)))
+        print(json.dumps({**STAGES, **EXTRA_STAGES}[args.stage](args.data)))
         return 0
     if args.table:
         print(table(args.root))
