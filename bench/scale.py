@@ -112,13 +112,15 @@ EXTRA_STAGES = {"source": stage_source}
 
 
 def _run(cmd: list[str], log_path: str) -> tuple[int, float, int]:
-    """``(exit code, wall seconds, peak RSS bytes)`` of one child process."""
+    """``(exit code, wall seconds, peak RSS bytes)`` of one child process (its CPU seconds, user +
+    system, in ``_run.cpu``: on a shared machine the wall time is an upper bound, the CPU time not)."""
     t0 = time.perf_counter()
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
                                 env={**os.environ, "PYTHONPATH": ROOT})
         _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    _run.cpu = round(usage.ru_utime + usage.ru_stime, 1)
     return proc.returncode, time.perf_counter() - t0, usage.ru_maxrss * 1024
 
 
@@ -164,7 +166,7 @@ def bench_fraction(fraction: float, root: str, eval_queries: int, *, stages=None
     for name in [s for s in STAGES if s in stages]:
         rc, wall, rss = _run([sys.executable, __file__, "--stage", name, "--data", data],
                              os.path.join(root, f"log_{fraction:g}_{name}.txt"))
-        _record(result, name, {"rc": rc, "seconds": round(wall, 1), "peak_rss": rss})
+        _record(result, name, {"rc": rc, "seconds": round(wall, 1), "cpu_seconds": _run.cpu, "peak_rss": rss})
         log(f"{fraction:g} {name}: rc {rc}, {wall:.1f}s, peak RSS {rss / GiB:.2f} GiB")
         with open(results, "w") as f:
             json.dump(result, f, indent=1)
@@ -177,7 +179,8 @@ def bench_fraction(fraction: float, root: str, eval_queries: int, *, stages=None
     for s in overrides(data, eval_queries=eval_queries):
         cmd += ["--set", s]
     rc, wall, rss = _run(cmd, os.path.join(root, f"log_{fraction:g}_train.txt"))
-    stage = {"rc": rc, "seconds": round(wall, 1), "peak_rss": rss, "pairs_per_s": _train_rate(out)}
+    stage = {"rc": rc, "seconds": round(wall, 1), "cpu_seconds": _run.cpu, "peak_rss": rss,
+             "pairs_per_s": _train_rate(out)}
     metrics = glob.glob(os.path.join(out, "*_metrics.json"))
     if metrics:
         with open(metrics[0]) as f:
