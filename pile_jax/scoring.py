@@ -216,6 +216,7 @@ def score_store_pairs(
     and shared with training), so no text is tokenised again; float32 [N] in input order, the
     same scores as :func:`score_pairs` on the texts. None when the ranker has no tokenise-once
     featuriser or a frozen document index (use :func:`score_candidates` then)."""
+    from pile_jax.models.token_store import document_budget
     from pile_jax.models.tokenize import load_or_tokenize, pad_rows
 
     feats = features_of(ranker)
@@ -223,7 +224,9 @@ def score_store_pairs(
         return None
     if len(qids) == 0:
         return np.zeros(0, np.float32)
-    q_store, d_store = load_or_tokenize(feats, queries), load_or_tokenize(feats, docs)
+    # the same stores as the train collate (make_collate): documents cut to the featuriser's budget
+    q_store = load_or_tokenize(feats, queries)
+    d_store = load_or_tokenize(feats, docs, max_tokens=document_budget(feats))
     q_rows, d_rows = q_store.rows(list(qids)), d_store.rows(list(doc_ids))
     scorer = cached_scorer(ranker.score_fn)
     run, multiple = data_parallel(scorer, params, None)

@@ -96,6 +96,8 @@ def test_contract_config_trains_and_reranks_the_dev_run(trained):
     t = TeacherTable.load(tables[0])
     assert t.names == ["ensemble", "second"] and len(t.query_rows) == 8 and len(t.doc_rows) == 40
     assert t.present[0].all() and t.present[1].sum() == 24
+    # one token store of the corpus, shared by the train collate and the re-ranking
+    assert len(os.listdir(data / ".pile_jax" / "docs" / "tokens")) == 1
 
 
 def test_resume_is_bit_identical_with_the_on_disk_stores(trained, tmp_path):
