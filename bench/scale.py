@@ -175,6 +175,7 @@ def bench_fraction(fraction: float, root: str, eval_queries: int, *, stages=None
     if "train" not in stages:
         return result
     out = os.path.join(data, "_bench_out", "train")
+    shutil.rmtree(out, ignore_errors=True)        # a fresh run (an earlier one's checkpoints would be refused)
     cmd = [sys.executable, "-m", "pile_jax.cli", "train", CONFIG, "--out", out]
     for s in overrides(data, eval_queries=eval_queries):
         cmd += ["--set", s]
