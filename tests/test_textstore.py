@@ -138,6 +138,8 @@ def test_msmarco_bad_qrels_and_the_cli_exits_2(tmp_path, capsys):
     (folder / "qrels.train.tsv").write_text("100\t0\t0\t1\n101\t0\t12\tone\n")
     with pytest.raises(DataError, match=r"qrels\.train\.tsv:2: grade 'one' is not an integer"):
         load_collection(folder)
+    (folder / "qrels.train.tsv").write_text("100 0 0 1\n101 0 12 3\n")            # TREC style: spaces
+    assert load_collection(folder).qrels["101"] == {"12": 3}
     (folder / "qrels.train.tsv").write_text("100\t0\t0\t1\n\n101\t0\t55\t1\n")
     (tmp_path / "r.run").write_text("")
     assert main(["eval", "--collection", str(folder), "--run", str(tmp_path / "r.run"), "--split", "train"]) == 2
