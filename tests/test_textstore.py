@@ -116,10 +116,16 @@ def test_stores_are_reopened_and_rebuilt_when_the_source_changes(tmp_path, monke
     monkeypatch.setattr(TextStore, "build", classmethod(lambda cls, *a, **k: built.append(a[0]) or real(cls, *a, **k)))
     again = load_collection(folder)
     assert built == [] and again.docs.fingerprint == first.docs.fingerprint
+    (folder / ".pile_jax" / "docs" / "tokens" / "x").mkdir(parents=True)   # a derived folder (token stores)
+    os.utime(folder / "collection.tsv", ns=(1, 1))                         # touched, same texts
+    touched = load_collection(folder)
+    assert len(built) == 1 and touched.docs.fingerprint == first.docs.fingerprint
+    assert (folder / ".pile_jax" / "docs" / "tokens" / "x").is_dir()       # kept: same texts
     with open(folder / "collection.tsv", "a") as f:
         f.write("99\tnew passage\n")
     changed = load_collection(folder)
-    assert [os.path.basename(p) for p in built] == ["docs"] and changed.docs["99"] == "new passage"
+    assert [os.path.basename(p) for p in built] == ["docs", "docs"] and changed.docs["99"] == "new passage"
+    assert not (folder / ".pile_jax" / "docs" / "tokens").exists()        # other texts: derived stores dropped
 
 
 @pytest.mark.parametrize("bad, where, what", [
