@@ -5,7 +5,6 @@ in-memory ``tokenize_texts`` (token ids), counts of tokenizer calls (nothing tok
 file:line messages written by hand. Small files in tmp_path only.
 """
 
-import json
 import os
 import signal
 import tracemalloc

@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import uuid
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -473,6 +473,7 @@ def _write_store(folder: str, records: Iterable, *, source: str, duplicates: str
     ids = _merge_id_chunks(id_chunks)
     del id_chunks
     lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+    del length_chunks
     lines = _Lines(line_chunks)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]
