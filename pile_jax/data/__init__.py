@@ -5,7 +5,9 @@
 """
 
 from pile_jax.data.collection import SHIPPED_COLLECTIONS, Collection, load_collection
-from pile_jax.data.errors import DataError
+from pile_jax.data.errors import DataError, Preempted
+from pile_jax.data.layouts import LAYOUTS, detect_layout
+from pile_jax.data.textstore import TextStore
 from pile_jax.data.groups import (
     POLICIES,
     build_groups,
@@ -50,7 +52,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Collection", "DataError", "DevicePrefetch", "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
+    "Collection", "DataError", "DevicePrefetch", "LAYOUTS", "Preempted", "TextStore", "detect_layout", "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
     "TrainLoader", "build_groups", "candidates_from_run", "check_groups", "epoch_batches",
     "iter_group_examples", "load_collection", "make_train_loader", "num_groups", "process_slice",
     "rank_order", "read_group_lengths", "read_qrels", "read_run", "read_teacher_scores",
