@@ -51,6 +51,7 @@ Nothing is kept per pair but NumPy arrays.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import itertools
@@ -128,21 +129,47 @@ def row_index(ids_source) -> Any:
     return ids_source if hasattr(ids_source, "rows") else RowIndex(ids_source)
 
 
-def _lookup(index, ids) -> np.ndarray:
-    """int64 rows of ``ids`` (a pyarrow string array or a list), -1 for unknown; each distinct id
-    is looked up once (dictionary encoding)."""
+@dataclasses.dataclass
+class _Encoded:
+    """A dictionary-encoded id column: ``ids[i] = uniq[indices[i]]``."""
+
+    uniq: Any                 # pyarrow string array of the distinct ids
+    indices: np.ndarray       # int [n]
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> str:
+        return self.uniq[int(self.indices[i])].as_py()
+
+
+def _encode(ids) -> _Encoded:
+    """Dictionary-encode a pyarrow string array (or chunked array, or list of str)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if not len(arr):
+    enc = arr.dictionary_encode()
+    return _Encoded(enc.dictionary, enc.indices.to_numpy(zero_copy_only=False))
+
+
+def _plain(ids) -> _Encoded:
+    """A string column as is (identity indices): for doc ids, mostly distinct within a block,
+    where hashing them first costs more than it saves."""
+    if hasattr(ids, "combine_chunks"):
+        ids = ids.combine_chunks()
+    return _Encoded(ids, np.arange(len(ids)))
+
+
+def _lookup(index, ids) -> np.ndarray:
+    """int64 rows of ``ids`` (an :class:`_Encoded` column, a pyarrow string array or a list), -1
+    for unknown; each distinct id is looked up once."""
+    enc = ids if isinstance(ids, _Encoded) else _encode(ids)
+    if not len(enc):
         return np.zeros((0,), np.int64)
-    enc = pc.dictionary_encode(arr)
-    uniq = enc.dictionary.to_numpy(zero_copy_only=False)
-    rows = np.asarray(index.rows(uniq, missing="skip"), np.int64)
-    return rows[enc.indices.to_numpy(zero_copy_only=False)]
+    rows = np.asarray(index.rows(enc.uniq.to_numpy(zero_copy_only=False), missing="skip"), np.int64)
+    return rows[enc.indices]
 
 
 # ------------------------------------------------------------------------------ transforms
@@ -235,10 +262,10 @@ def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle, 1)
 
 
-def _slow_chunk(path, fmt: str, start: int, lines: list[bytes]):
-    """Line-by-line parse of one chunk: ``(qids, docids, scores)`` lists."""
+def _slow_chunk(path, fmt: str, start: int, block: bytes):
+    """Line-by-line parse of one block of whole lines: ``(qids, docids, scores)`` lists."""
     q, d, s = [], [], []
-    for lineno, raw in enumerate(lines, start):
+    for lineno, raw in enumerate(block.split(b"\n"), start):
         for qid, docid, score in _parse_line(path, fmt, lineno, raw):
             q.append(qid)
             d.append(docid)
@@ -246,15 +273,16 @@ def _slow_chunk(path, fmt: str, start: int, lines: list[bytes]):
     return q, d, np.asarray(s, np.float64)
 
 
-def _fast_chunk(fmt: str, lines: list[bytes]):
-    """pyarrow's CSV parse of one chunk (quoting off), or None when it does not apply or fails."""
+def _fast_chunk(fmt: str, block: bytes):
+    """pyarrow's CSV parse of one block of whole lines (quoting off) into ``(qids, docids,
+    scores)`` with dictionary-encoded ids, or None when it does not apply or fails."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    first = next((ln for ln in lines if ln.strip()), None)
+    first = next((ln for ln in block[:65536].split(b"\n") if ln.strip()), None)
     if first is None:
-        return [], [], np.zeros((0,), np.float64)
+        return None if block.strip() else ([], [], np.zeros((0,), np.float64))
     delim = "\t" if (fmt == "margin_tsv" or b"\t" in first) else " "
     ncols = _LINE_FORMATS[fmt][0]
     names = [f"c{i}" for i in range(ncols)]
@@ -264,45 +292,61 @@ def _fast_chunk(fmt: str, lines: list[bytes]):
         types["c3"] = pa.int64()
     try:
         table = pcsv.read_csv(
-            io.BytesIO(b"".join(lines)),
+            io.BytesIO(block),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=True),
             parse_options=pcsv.ParseOptions(delimiter=delim, quote_char=False, escape_char=False,
                                             newlines_in_values=False, ignore_empty_lines=True),
             convert_options=pcsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
-    for n in names:
-        col = table.column(n)
-        if col.null_count:
-            return None
-        if n not in score_cols and n != "c3" and pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
-            return None
+    if any(table.column(n).null_count for n in names):
+        return None
     score = {n: table.column(n).to_numpy() for n in score_cols}
     if not all(np.isfinite(v).all() for v in score.values()):
         return None
-    if fmt == "tsv":
-        return table.column("c0"), table.column("c1"), score["c2"]
-    if fmt == "trec_run":
-        return table.column("c0"), table.column("c2"), score["c4"]
-    qid = table.column("c2")
-    return (pa.concat_arrays([qid.combine_chunks(), qid.combine_chunks()]),
-            pa.concat_arrays([table.column("c3").combine_chunks(), table.column("c4").combine_chunks()]),
-            np.concatenate([score["c0"], score["c1"]]))
+    qcol, *dcols = {"tsv": ("c0", "c1"), "trec_run": ("c0", "c2"), "margin_tsv": ("c2", "c3", "c4")}[fmt]
+    qid = _encode(table.column(qcol))           # few distinct query ids per block: look each up once
+    docs = _plain(pa.concat_arrays([table.column(c).combine_chunks() for c in dcols]))
+    if any(pc.min(pc.binary_length(a)).as_py() == 0 for a in (qid.uniq, docs.uniq)):
+        return None     # an empty id: the line-by-line parse names it
+    if fmt == "margin_tsv":
+        qid = _Encoded(qid.uniq, np.concatenate([qid.indices, qid.indices]))
+    return qid, docs, (np.concatenate([score["c0"], score["c1"]]) if fmt == "margin_tsv"
+                       else score["c2" if fmt == "tsv" else "c4"])
+
+
+#: bytes read per block: about ``chunk`` lines of a teacher file (~35-60 bytes a line)
+_BYTES_PER_LINE = 48
+
+
+def _blocks(handle, nbytes: int) -> Iterator[tuple[int, bytes]]:
+    """``(first line number, block)``: blocks of about ``nbytes`` bytes cut after a newline (the
+    last may lack one)."""
+    start, rest = 1, b""
+    while True:
+        data = handle.read(nbytes)
+        if not data:
+            if rest:
+                yield start, rest
+            return
+        buf = rest + data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        block, rest = buf[:cut + 1], buf[cut + 1:]
+        yield start, block
+        start += block.count(b"\n")
 
 
 def _line_chunks(path: str, fmt: str, chunk: int):
-    """``(first line number, qids, docids, scores)`` per chunk of ``chunk`` lines."""
+    """``(first line number, qids, docids, scores)`` per block of about ``chunk`` lines."""
     with _open_binary(path) as handle:
-        start = 1
-        while True:
-            lines = list(itertools.islice(handle, chunk))
-            if not lines:
-                return
-            got = _fast_chunk(fmt, lines)
+        for start, block in _blocks(handle, max(chunk * _BYTES_PER_LINE, 1)):
+            got = _fast_chunk(fmt, block)
             if got is None:
-                got = _slow_chunk(path, fmt, start, lines)
+                got = _slow_chunk(path, fmt, start, block)
             yield (start, *got)
-            start += len(lines)
 
 
 # ------------------------------------------------------------------------- other formats
@@ -472,6 +516,8 @@ def _check_unknown(path, fmt, allow_pickle, start, qidx, didx, on_unknown, qids,
     ok = (qrows >= 0) & (drows >= 0)
     if on_unknown == "skip" or ok.all():
         return ok
+    qids = qids if isinstance(qids, _Encoded) else list(qids)
+    docids = docids if isinstance(docids, _Encoded) else list(docids)
 
     def unknown(qid, docid, _):
         return (qidx.rows([qid], missing="skip")[0] < 0) or (didx.rows([docid], missing="skip")[0] < 0)
@@ -489,19 +535,28 @@ def _check_unknown(path, fmt, allow_pickle, start, qidx, didx, on_unknown, qids,
     raise DataError(path, line, what + " (on_unknown: skip drops such entries)")
 
 
-def _dedupe(path, fmt, allow_pickle, qidx, didx, q, d, s):
-    """Entries sorted by (q, d), a pair kept once; DataError when a pair has two scores."""
-    key = (q.astype(np.int64) << 32) | d.astype(np.int64)
+def _sorted_block(qrows: np.ndarray, drows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One block's ``(key int64, score float32)`` sorted by ``key = query_row << 32 | doc_row``
+    (stable: file order among equal keys)."""
+    key = (qrows.astype(np.int64) << 32) | drows.astype(np.int64)
     order = np.argsort(key, kind="stable")
+    return key[order], np.asarray(scores, np.float32)[order]
+
+
+def _dedupe(path, fmt, allow_pickle, qidx, didx, key, s):
+    """``(key, s)`` (blocks of sorted runs, in file order) sorted by key, a pair kept once;
+    DataError when a pair has two different scores. Memory: ~32 bytes per entry at the peak."""
+    order = np.argsort(key, kind="stable")     # a merge of sorted runs
     key = key[order]
+    s = s[order]
+    del order
     keep = np.ones(len(key), bool)
     keep[1:] = key[1:] != key[:-1]
     if not keep.all():
-        s_sorted = s[order]
-        clash = np.flatnonzero(~keep[1:] & (s_sorted[1:] != s_sorted[:-1]))
+        clash = np.flatnonzero(~keep[1:] & (s[1:] != s[:-1]))
         if clash.size:
-            j = int(order[clash[0] + 1])
-            qid, docid = qidx.ids_of([q[j]])[0], didx.ids_of([d[j]])[0]
+            k = int(key[clash[0] + 1])
+            qid, docid = qidx.ids_of([k >> 32])[0], didx.ids_of([k & 0xFFFFFFFF])[0]
             first: list[float] = []
 
             def second(qq, dd, ss):
@@ -514,12 +569,31 @@ def _dedupe(path, fmt, allow_pickle, qidx, didx, q, d, s):
             raise DataError(path, line, f"query {qid!r} doc {docid!r} has two different scores "
                                         f"({first[0]!r} and {first[-1]!r})" if len(first) > 1 else
                                         f"query {qid!r} doc {docid!r} has two different scores")
-    order = order[keep]
-    return q[order], d[order], s[order]
+        key, s = key[keep], s[keep]
+    return key, s
+
+
+def _outlier(x: np.ndarray) -> int | None:
+    """:func:`pile_jax.data.trec.score_outlier`'s rule (the farthest score, if more than
+    ``OUTLIER_K`` robust standard deviations from the median) in the scores' own float32, so a
+    file of 80M scores needs ~8 bytes per score, not 24."""
+    if x.size < 3:
+        return None
+    if x.size < 1_000_000:
+        return score_outlier(x)
+    med = np.median(x)
+    dev = np.abs(x - med)
+    scale = 1.4826 * float(np.median(dev))
+    if scale == 0.0:
+        scale = 1.2533 * float(dev.mean(dtype=np.float64))
+    if not scale > 0.0:
+        return None
+    i = int(np.argmax(dev))
+    return i if float(dev[i]) > OUTLIER_K * scale else None
 
 
 def _check_outliers(path, fmt, allow_pickle, qidx, didx, q, d, raw) -> None:
-    i = score_outlier(raw)
+    i = _outlier(raw)
     if i is None:
         return
     qid, docid = qidx.ids_of([q[i]])[0], didx.ids_of([d[i]])[0]
@@ -551,18 +625,28 @@ def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", quer
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     path = os.fspath(path)
     qidx, didx = row_index(queries), row_index(docs)
-    parts_q, parts_d, parts_s, skipped = [], [], [], 0
+    runs: list[tuple[np.ndarray, np.ndarray]] = []   # sorted, deduplicated runs, in file order
+    skipped = 0
+    dedupe = functools.partial(_dedupe, path, format, allow_pickle, qidx, didx)
     for start, qids, docids, scores in _chunks(path, format, int(chunk), allow_pickle):
         qrows, drows = _lookup(qidx, qids), _lookup(didx, docids)
         ok = _check_unknown(path, format, allow_pickle, start, qidx, didx, on_unknown, qids, docids, qrows, drows)
         skipped += int((~ok).sum())
-        parts_q.append(qrows[ok].astype(np.int32))
-        parts_d.append(drows[ok].astype(np.int32))
-        parts_s.append(np.asarray(scores, np.float64)[ok].astype(np.float32))
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros((0,), dt))
-    q, d, raw = cat(parts_q, np.int32), cat(parts_d, np.int32), cat(parts_s, np.float32)
-    del parts_q, parts_d, parts_s
-    q, d, raw = _dedupe(path, format, allow_pickle, qidx, didx, q, d, raw)
+        runs.append(dedupe(*_sorted_block(qrows[ok], drows[ok], np.asarray(scores)[ok])))
+        del qids, docids, qrows, drows, ok
+        # merge the last two runs while the newer is at least half the older (a binary-counter
+        # merge: O(n log n) work, and repeated pairs, e.g. margin_tsv's positives, dropped early)
+        while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
+            (k1, s1), (k2, s2) = runs.pop(-2), runs.pop()
+            runs.append(dedupe(np.concatenate([k1, k2]), np.concatenate([s1, s2])))
+            del k1, s1, k2, s2
+    while len(runs) > 1:
+        (k1, s1), (k2, s2) = runs.pop(-2), runs.pop()
+        runs.append(dedupe(np.concatenate([k1, k2]), np.concatenate([s1, s2])))
+        del k1, s1, k2, s2
+    key, raw = runs.pop() if runs else (np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+    q, d = (key >> 32).astype(np.int32), (key & 0xFFFFFFFF).astype(np.int32)
+    del key
     if outliers == "error":
         _check_outliers(path, format, allow_pickle, qidx, didx, q, d, raw)
     if skipped:
