@@ -797,13 +797,13 @@ def read_file_teacher(spec: Mapping[str, Any], coll) -> dict[str, dict[str, floa
     fmt, transform = spec.get("format", "tsv"), spec.get("transform", "raw")
     if fmt == "tsv" and transform == "raw":
         return read_teacher_scores(path, collection=coll, outliers=spec.get("outliers", "error"))
-    from pile_jax.data.teacher_files import RowIndex, read_teacher_file
+    from pile_jax.data.teacher_files import read_teacher_file, row_index
 
-    qidx, didx = RowIndex(coll.queries), RowIndex(coll.docs)
+    qidx, didx = row_index(coll.queries), row_index(coll.docs)   # a TextStore's own rows(), or a key index
     tr = read_teacher_file(path, format=fmt, transform=transform, queries=qidx, docs=didx,
                            outliers=spec.get("outliers", "error"), allow_pickle=bool(spec.get("allow_pickle", False)))
     out: dict[str, dict[str, float]] = {}
-    for q, d, v in zip(qidx.keys[tr.query_rows], didx.keys[tr.doc_rows], tr.scores.tolist()):
+    for q, d, v in zip(qidx.ids_of(tr.query_rows), didx.ids_of(tr.doc_rows), tr.scores.tolist()):
         out.setdefault(str(q), {})[str(d)] = v
     return out
 
