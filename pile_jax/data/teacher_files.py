@@ -168,7 +168,9 @@ def _lookup(index, ids) -> np.ndarray:
     enc = ids if isinstance(ids, _Encoded) else _encode(ids)
     if not len(enc):
         return np.zeros((0,), np.int64)
-    rows = np.asarray(index.rows(enc.uniq.to_numpy(zero_copy_only=False), missing="skip"), np.int64)
+    # a TextStore (it has id_array) takes the pyarrow string array as is; others get NumPy str objects
+    uniq = enc.uniq if hasattr(index, "id_array") else enc.uniq.to_numpy(zero_copy_only=False)
+    rows = np.asarray(index.rows(uniq, missing="skip"), np.int64)
     return rows[enc.indices]
 
 
