@@ -138,6 +138,7 @@ def test_unknown_ids_duplicates_and_outliers(tmp_path):
     p.write_text("3\t1\tq1\td1\td2\n3.5\t1\tq1\td1\td3\n")    # d1 of q1 first 3, then 3.5
     with pytest.raises(DataError, match=r"t\.tsv:2: query 'q1' doc 'd1' has two different scores \(3.0 and 3.5\)"):
         _read(p, "margin_tsv")
+    assert _rows(_read(p, "margin_tsv", duplicates="first"))[0] == (0, 0, 3.0)   # the first score kept
     lines = [f"q1 d{i} {v}" for i, v in zip(range(1, 6), (1.0, 1.2, 0.9, 1.1, 1e30))]
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"t\.tsv:5: score 1e\+30 is far outside"):

@@ -35,8 +35,10 @@ Every text file may be gzip-compressed (``.gz``). Blank lines are ignored. Trans
 
 Checks: a malformed line (column count, a non-number, NaN/Inf, an empty id, invalid UTF-8) is a
 :class:`DataError` ``"file:line: ..."`` (for Parquet ``"file:row: ..."``, the 1-based row). A
-(query, doc) pair given twice with the same score is kept once; with a different score it is a
-DataError naming the later line. Unknown ids: ``on_unknown="error"`` (default) raises a
+(query, doc) pair given twice with the same score (as float32) is kept once; with a different score
+it is a DataError naming the later line, unless ``duplicates="first"`` (config ``duplicates:
+first``; e.g. a published file whose repeated pairs were scored in different GPU batches): then
+the first score in file order is kept and the clashes are counted in the log. Unknown ids: ``on_unknown="error"`` (default) raises a
 DataError naming the first line with an unknown id, ``"skip"`` drops those entries (counted in
 ``ScoreTriples.skipped``). The outlier check of :func:`pile_jax.data.trec.score_outlier` runs on
 the raw scores of the file (``outliers="accept"`` turns it off).
@@ -73,6 +75,7 @@ __all__ = ["FORMATS", "TRANSFORMS", "ScoreTriples", "read_teacher_file", "apply_
 _log = logging.getLogger(__name__)
 
 FORMATS = ("tsv", "margin_tsv", "score_map", "score_map_pickle", "listwise_parquet", "trec_run")
+DUPLICATES = ("error", "first")
 TRANSFORMS = ("raw", "logit", "rank")
 #: (number of columns, what they are) of the line formats
 _LINE_FORMATS = {"tsv": (3, "qid docid score"),
@@ -557,9 +560,10 @@ def _sorted_block(qrows: np.ndarray, drows: np.ndarray, scores: np.ndarray) -> t
     return key[order], np.asarray(scores, np.float32)[order]
 
 
-def _dedupe(path, fmt, allow_pickle, qidx, didx, key, s):
-    """``(key, s)`` (blocks of sorted runs, in file order) sorted by key, a pair kept once;
-    DataError when a pair has two different scores. Memory: ~32 bytes per entry at the peak."""
+def _dedupe(path, fmt, allow_pickle, qidx, didx, duplicates, clashes, key, s):
+    """``(key, s)`` (blocks of sorted runs, in file order) sorted by key, a pair kept once (its
+    first score); two different scores: DataError, or (``duplicates="first"``) counted in
+    ``clashes[0]``. Memory: ~32 bytes per entry at the peak."""
     order = np.argsort(key, kind="stable")     # a merge of sorted runs
     key = key[order]
     s = s[order]
@@ -568,7 +572,9 @@ def _dedupe(path, fmt, allow_pickle, qidx, didx, key, s):
     keep[1:] = key[1:] != key[:-1]
     if not keep.all():
         clash = np.flatnonzero(~keep[1:] & (s[1:] != s[:-1]))
-        if clash.size:
+        if clash.size and duplicates == "first":
+            clashes[0] += int(clash.size)
+        elif clash.size:
             k = int(key[clash[0] + 1])
             qid, docid = qidx.ids_of([k >> 32])[0], didx.ids_of([k & 0xFFFFFFFF])[0]
             first: list[float] = []
@@ -620,14 +626,16 @@ def _check_outliers(path, fmt, allow_pickle, qidx, didx, q, d, raw) -> None:
 
 def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", queries, docs,  # noqa: A002
                       chunk: int = 1 << 20, on_unknown: str = "error", outliers: str = "error",
-                      allow_pickle: bool = False) -> ScoreTriples:
+                      allow_pickle: bool = False, duplicates: str = "error") -> ScoreTriples:
     """Read one teacher file (``format``, see the module docstring) into :class:`ScoreTriples`.
 
     ``queries`` / ``docs``: the collection's queries and documents, each a TextStore (anything
     with ``rows(ids, missing=...)``) or a mapping keyed by id. ``chunk``: lines (rows, queries)
     parsed at a time. ``on_unknown``: ``"error"`` | ``"skip"``; ``outliers``: ``"error"`` |
-    ``"accept"``; ``allow_pickle``: required for ``score_map_pickle``. Malformed input raises
-    :class:`DataError` naming the file and line."""
+    ``"accept"``; ``allow_pickle``: required for ``score_map_pickle``; ``duplicates``: ``"error"``
+    | ``"first"``. Malformed input raises :class:`DataError` naming the file and line."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if transform not in TRANSFORMS:
@@ -641,7 +649,8 @@ def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", quer
     qidx, didx = row_index(queries), row_index(docs)
     runs: list[tuple[np.ndarray, np.ndarray]] = []   # sorted, deduplicated runs, in file order
     skipped = 0
-    dedupe = functools.partial(_dedupe, path, format, allow_pickle, qidx, didx)
+    clashes = [0]
+    dedupe = functools.partial(_dedupe, path, format, allow_pickle, qidx, didx, duplicates, clashes)
     for start, qids, docids, scores in _chunks(path, format, int(chunk), allow_pickle):
         qrows, drows = _lookup(qidx, qids), _lookup(didx, docids)
         ok = _check_unknown(path, format, allow_pickle, start, qidx, didx, on_unknown, qids, docids, qrows, drows)
@@ -665,4 +674,7 @@ def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", quer
         _check_outliers(path, format, allow_pickle, qidx, didx, q, d, raw)
     if skipped:
         _log.info("teacher file %s: %d entries with unknown ids skipped", path, skipped)
+    if clashes[0]:
+        _log.warning("teacher file %s: %d repeated (query, doc) pairs with a different score; the first score "
+                     "in file order kept (duplicates: first)", path, clashes[0])
     return ScoreTriples(q, d, apply_transform(transform, q, raw), path, skipped)
