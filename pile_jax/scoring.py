@@ -68,6 +68,11 @@ def lookup_texts(queries: Mapping[str, str], docs: Mapping[str, str], qids: Sequ
 
 def _group_arrays(records) -> dict:
     batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in GROUP_KEYS}
+    if any(r.get("teacher_mask") is not None for r in records):   # absent teacher scores (issue 20)
+        batch["teacher_mask"] = np.stack([
+            np.asarray(r["teacher_mask"], bool) if r.get("teacher_mask") is not None
+            else np.broadcast_to(np.asarray(r["mask"], bool)[None], np.shape(r["teacher_scores"]))
+            for r in records])
     if "target" in records[0]:
         batch["target"] = np.stack([np.asarray(r["target"]) for r in records]).astype(np.float32)
     return batch
@@ -76,7 +81,7 @@ def _group_arrays(records) -> dict:
 def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *, store_dir=None,
                  index_doc_ids: Sequence[str] | None = None):
     """Records -> train batch: the group arrays (``labels``, ``label_mask``, ``mask``,
-    ``teacher_scores``, optional ``target``) plus the ranker's token arrays.
+    ``teacher_scores``, optional ``teacher_mask`` and ``target``) plus the ranker's token arrays.
 
     With a tokenise-once featuriser every query and document text is tokenised here, once (or
     read from ``store_dir/{queries,docs}.tokens.npz`` when those hold the same texts and
