@@ -158,8 +158,11 @@ def _teacher_mean(s: Array, m: Array, p: Array) -> Array:
 
 
 def _present_mean(s: Array, p: Array) -> Array:
-  """Mean over axis 0 of the present entries (``s`` is 0 where absent); all present: ``mean``."""
-  return jnp.sum(s, axis=0) / jnp.maximum(jnp.sum(p, axis=0), 1).astype(s.dtype)
+  """Mean over axis 0 of the present entries (``s`` is 0 where absent); where every teacher is
+  present it is ``jnp.mean`` itself (bit for bit the result without a presence mask)."""
+  cnt = jnp.sum(p, axis=0)
+  partial = jnp.sum(s, axis=0) / jnp.maximum(cnt, 1).astype(s.dtype)
+  return jnp.where(cnt == s.shape[0], jnp.mean(s, axis=0), partial)
 
 
 def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array, p: Array) -> Array:
@@ -827,13 +830,16 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
 def _zscore_mean(teacher_scores, labels, where, teacher_where=None):
   s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
   s = s / _list_scale(s, m)[None]  # scale-invariant; keeps squares of huge logits finite
-  mf = p.astype(s.dtype)
+  mf = m.astype(s.dtype)[None] if teacher_where is None else p.astype(s.dtype)
   cnt = jnp.maximum(jnp.sum(mf, axis=-1, keepdims=True), 1.0)
   mu = jnp.sum(s * mf, axis=-1, keepdims=True) / cnt
   var = jnp.sum(jnp.square(s - mu) * mf, axis=-1, keepdims=True) / cnt
   sd = jnp.sqrt(var)
   sd = jnp.where(sd > 0, sd, 1.0)
-  z = _present_mean(jnp.where(p, (s - mu) / sd, 0.0), p)
+  if teacher_where is None:  # (the expression without a mask, bit for bit)
+    z = jnp.mean((s - mu) / sd, axis=0)
+  else:
+    z = _present_mean(jnp.where(p, (s - mu) / sd, 0.0), p)
   return jnp.where(m, z, 0.0)
 
 
@@ -869,12 +875,15 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
 @jax.jit
 def _rank_average(teacher_scores, labels, where, teacher_where=None):
   s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
-  valid_j = p[..., None, :]
+  valid_j = m[None, ..., None, :] if teacher_where is None else p[..., None, :]
   si = s[..., :, None]
   sj = s[..., None, :]
   higher = jnp.sum((sj > si) & valid_j, axis=-1).astype(s.dtype)
   tied = jnp.sum((sj == si) & valid_j, axis=-1).astype(s.dtype) - 1.0  # minus self
   rank = 1.0 + higher + 0.5 * tied
+  if teacher_where is None:  # (the expression without a mask, bit for bit)
+    n_v = jnp.sum(m, axis=-1, keepdims=True).astype(s.dtype)
+    return jnp.where(m, jnp.mean((n_v - rank) / jnp.maximum(n_v - 1.0, 1.0), axis=0), 0.0)
   n_v = jnp.sum(p, axis=-1, keepdims=True).astype(s.dtype)
   score = (n_v - rank) / jnp.maximum(n_v - 1.0, 1.0)
   return jnp.where(m, _present_mean(jnp.where(p, score, 0.0), p), 0.0)

@@ -698,7 +698,7 @@ SECTION_KEYS = {
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
-                "outliers", "student", "format", "transform", "allow_pickle"),
+                "outliers", "student", "format", "transform", "allow_pickle", "duplicates"),
     "ensembles": ("standardize", "methods"),
     "eval": ("split", "max_queries"),
 }
@@ -818,15 +818,16 @@ def check_model(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
 
 
 def _check_file_teacher_keys(c: C.Checker, spec: Mapping[str, Any], where: str, kind: Any) -> None:
-    """``outliers``, ``format``, ``transform``, ``allow_pickle``: keys of a ``kind: file`` teacher
-    (:mod:`pile_jax.data.teacher_files`)."""
-    from pile_jax.data.teacher_files import FORMATS, TRANSFORMS
+    """``outliers``, ``format``, ``transform``, ``allow_pickle``, ``duplicates``: keys of a ``kind:
+    file`` teacher (:mod:`pile_jax.data.teacher_files`)."""
+    from pile_jax.data.teacher_files import DUPLICATES, FORMATS, TRANSFORMS
 
-    for key in ("outliers", "format", "transform", "allow_pickle"):
+    for key in ("outliers", "format", "transform", "allow_pickle", "duplicates"):
         if key in spec and kind != "file":
             c.fail(f"{where}.{key}", "only a teacher of kind file reads a score file")
     c.choice(spec, "format", where, FORMATS)
     c.choice(spec, "transform", where, TRANSFORMS)
+    c.choice(spec, "duplicates", where, DUPLICATES)
     if "allow_pickle" in spec and not isinstance(spec["allow_pickle"], bool):
         c.fail(f"{where}.allow_pickle", f"must be true or false, got {spec['allow_pickle']!r}")
     if spec.get("format") == "score_map_pickle" and spec.get("allow_pickle") is not True:
@@ -842,15 +843,16 @@ def read_file_teacher(spec: Mapping[str, Any], coll) -> dict[str, dict[str, floa
 
     path = C.require(spec, "path", source=f"teacher {spec.get('name')!r}")
     fmt, transform = spec.get("format", "tsv"), spec.get("transform", "raw")
-    if fmt == "tsv" and transform == "raw":
+    if fmt == "tsv" and transform == "raw" and spec.get("duplicates", "error") == "error":
         return read_teacher_scores(path, collection=coll, outliers=spec.get("outliers", "error"))
-    from pile_jax.data.teacher_files import RowIndex, read_teacher_file
+    from pile_jax.data.teacher_files import read_teacher_file, row_index
 
-    qidx, didx = RowIndex(coll.queries), RowIndex(coll.docs)
+    qidx, didx = row_index(coll.queries), row_index(coll.docs)   # a TextStore's own rows(), or a key index
     tr = read_teacher_file(path, format=fmt, transform=transform, queries=qidx, docs=didx,
-                           outliers=spec.get("outliers", "error"), allow_pickle=bool(spec.get("allow_pickle", False)))
+                           outliers=spec.get("outliers", "error"), allow_pickle=bool(spec.get("allow_pickle", False)),
+                           duplicates=spec.get("duplicates", "error"))
     out: dict[str, dict[str, float]] = {}
-    for q, d, v in zip(qidx.keys[tr.query_rows], didx.keys[tr.doc_rows], tr.scores.tolist()):
+    for q, d, v in zip(qidx.ids_of(tr.query_rows), didx.ids_of(tr.doc_rows), tr.scores.tolist()):
         out.setdefault(str(q), {})[str(d)] = v
     return out
 

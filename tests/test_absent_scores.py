@@ -304,3 +304,21 @@ def test_groups_and_tfds_carry_the_teacher_mask(tmp_path):
     np.testing.assert_array_equal(read["teacher_mask"], groups["teacher_mask"])
     plain = {k: v for k, v in groups.items() if k != "teacher_mask"}
     np.testing.assert_array_equal(teacher_mask_of(plain), np.broadcast_to(groups["mask"][:, None], (2, 2, 3)))
+
+
+def test_global_weight_fits_use_complete_cases_only():
+    """pile_carry / weighted_fit weights: an item a teacher did not score (garbage 1e6 there) is
+    left out; on the rest s0 = [1, 2], s1 = [3, 2] and the target [2, 2] is w = (1/2, 1/2) exactly
+    (mse 0); with labels [0, 1, 2] the only complete labelled pair is (1, 0), which s0 orders
+    (margin +1) and s1 reverses (-1): accuracy 1 needs w0 > 1/2 (the grid's nearest to uniform:
+    0.51). Reading the absent 1e6 would favour s1 instead."""
+    from pile_jax import ensemble_fit as F
+
+    ts = np.array([[[1.0, 2.0, 3.0]], [[3.0, 2.0, 1e6]]])
+    tw = np.array([[[True, True, True]], [[True, True, False]]])
+    w, mse = F.fit_mse_weights(ts, np.array([[2.0, 2.0, 0.0]]), np.ones((1, 3), bool), teacher_where=tw)
+    np.testing.assert_allclose(w, [0.5, 0.5])
+    assert mse == pytest.approx(0.0, abs=1e-12)
+    w, acc = F.fit_pair_accuracy_weights(ts, np.array([[0.0, 1.0, 2.0]]), np.ones((1, 3), bool), teacher_where=tw)
+    assert acc == 1.0
+    np.testing.assert_allclose(w, [0.51, 0.49])

@@ -138,6 +138,7 @@ def test_unknown_ids_duplicates_and_outliers(tmp_path):
     p.write_text("3\t1\tq1\td1\td2\n3.5\t1\tq1\td1\td3\n")    # d1 of q1 first 3, then 3.5
     with pytest.raises(DataError, match=r"t\.tsv:2: query 'q1' doc 'd1' has two different scores \(3.0 and 3.5\)"):
         _read(p, "margin_tsv")
+    assert _rows(_read(p, "margin_tsv", duplicates="first"))[0] == (0, 0, 3.0)   # the first score kept
     lines = [f"q1 d{i} {v}" for i, v in zip(range(1, 6), (1.0, 1.2, 0.9, 1.1, 1e30))]
     p.write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError, match=r"t\.tsv:5: score 1e\+30 is far outside"):
@@ -228,3 +229,20 @@ def test_cli_file_teacher_keys_and_a_bad_line_are_one_line_errors(tmp_path, caps
     assert last.startswith("pile-jax train: error: ") and "pile-jax train: error" not in err[:-len(last) - 1], err
     for f in fragments:
         assert f in last, err
+
+
+def test_prepare_reads_a_file_teacher_in_any_format(tmp_path):
+    """prepare's kind: file teacher on a small in-memory collection: a margin TSV with transform
+    logit becomes {qid: {doc: sigmoid(score)}} (hand-computed)."""
+    from types import SimpleNamespace
+
+    from pile_jax.prepare import read_file_teacher
+
+    (tmp_path / "m.tsv").write_text("2.0\t-1.0\tq1\td1\td2\n2.0\t0.0\tq2\td1\td3\n")
+    coll = SimpleNamespace(queries=QUERIES, docs=DOCS)
+    got = read_file_teacher({"name": "m", "kind": "file", "path": str(tmp_path / "m.tsv"), "format": "margin_tsv",
+                             "transform": "logit"}, coll)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    assert got.keys() == {"q1", "q2"}
+    assert got["q1"] == pytest.approx({"d1": sig(2.0), "d2": sig(-1.0)}, rel=1e-6)
+    assert got["q2"] == pytest.approx({"d1": sig(2.0), "d3": 0.5}, rel=1e-6)

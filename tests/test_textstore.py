@@ -5,7 +5,6 @@ in-memory ``tokenize_texts`` (token ids), counts of tokenizer calls (nothing tok
 file:line messages written by hand. Small files in tmp_path only.
 """
 
-import json
 import os
 import signal
 import tracemalloc
@@ -116,10 +115,16 @@ def test_stores_are_reopened_and_rebuilt_when_the_source_changes(tmp_path, monke
     monkeypatch.setattr(TextStore, "build", classmethod(lambda cls, *a, **k: built.append(a[0]) or real(cls, *a, **k)))
     again = load_collection(folder)
     assert built == [] and again.docs.fingerprint == first.docs.fingerprint
+    (folder / ".pile_jax" / "docs" / "tokens" / "x").mkdir(parents=True)   # a derived folder (token stores)
+    os.utime(folder / "collection.tsv", ns=(1, 1))                         # touched, same texts
+    touched = load_collection(folder)
+    assert len(built) == 1 and touched.docs.fingerprint == first.docs.fingerprint
+    assert (folder / ".pile_jax" / "docs" / "tokens" / "x").is_dir()       # kept: same texts
     with open(folder / "collection.tsv", "a") as f:
         f.write("99\tnew passage\n")
     changed = load_collection(folder)
-    assert [os.path.basename(p) for p in built] == ["docs"] and changed.docs["99"] == "new passage"
+    assert [os.path.basename(p) for p in built] == ["docs", "docs"] and changed.docs["99"] == "new passage"
+    assert not (folder / ".pile_jax" / "docs" / "tokens").exists()        # other texts: derived stores dropped
 
 
 @pytest.mark.parametrize("bad, where, what", [
@@ -138,6 +143,8 @@ def test_msmarco_bad_qrels_and_the_cli_exits_2(tmp_path, capsys):
     (folder / "qrels.train.tsv").write_text("100\t0\t0\t1\n101\t0\t12\tone\n")
     with pytest.raises(DataError, match=r"qrels\.train\.tsv:2: grade 'one' is not an integer"):
         load_collection(folder)
+    (folder / "qrels.train.tsv").write_text("100 0 0 1\n101 0 12 3\n")            # TREC style: spaces
+    assert load_collection(folder).qrels["101"] == {"12": 3}
     (folder / "qrels.train.tsv").write_text("100\t0\t0\t1\n\n101\t0\t55\t1\n")
     (tmp_path / "r.run").write_text("")
     assert main(["eval", "--collection", str(folder), "--run", str(tmp_path / "r.run"), "--split", "train"]) == 2

@@ -57,9 +57,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "Collection", "DataError", "ScoreTriples", "TEACHER_FORMATS", "TEACHER_TRANSFORMS", "TeacherTable",
-    "join_teachers", "read_teacher_file", "DevicePrefetch", "LAYOUTS", "Preempted", "TextStore", "detect_layout",
-    "PAD_INDEX", "POLICIES", "SHIPPED_COLLECTIONS",
+    "Collection", "DataError", "DevicePrefetch", "LAYOUTS", "Preempted", "TextStore", "detect_layout", "ScoreTriples",
+    "TEACHER_FORMATS", "TEACHER_TRANSFORMS", "TeacherTable", "join_teachers", "read_teacher_file", "PAD_INDEX",
+    "POLICIES", "SHIPPED_COLLECTIONS",
     "TrainLoader", "build_groups", "candidates_from_run", "check_groups", "epoch_batches",
     "iter_group_examples", "load_collection", "make_train_loader", "num_groups", "process_slice",
     "rank_order", "read_group_lengths", "read_qrels", "read_run", "read_teacher_scores",

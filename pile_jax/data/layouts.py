@@ -117,8 +117,8 @@ def _physical_line(path: str, record: int) -> int | None:
     return None
 
 
-def _first_bad_line(path: str, ncols: int) -> tuple[int, str] | None:
-    """The first non-blank line that is not valid UTF-8 or has not ``ncols`` TAB-separated fields."""
+def _first_bad_line(path: str, ncols: int, delimiter: str = "\t") -> tuple[int, str] | None:
+    """The first non-blank line that is not valid UTF-8 or has not ``ncols`` ``delimiter``-separated fields."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, 1):
             line = raw.rstrip(b"\r\n")
@@ -128,9 +128,10 @@ def _first_bad_line(path: str, ncols: int) -> tuple[int, str] | None:
                 text = line.decode("utf-8")
             except UnicodeDecodeError as exc:
                 return lineno, f"not valid UTF-8 ({exc.reason})"
-            got = text.count("\t") + 1
+            got = text.count(delimiter) + 1
             if got != ncols:
-                return lineno, f"expected {ncols} TAB-separated columns, found {got}"
+                name = "TAB" if delimiter == "\t" else "space"
+                return lineno, f"expected {ncols} {name}-separated columns, found {got}"
     return None
 
 
@@ -153,7 +154,8 @@ def _line_blocks(path: str, block_bytes: int):
         yield rest
 
 
-def _tsv_batches(path: str, names: list, *, skip_rows: int = 0, block_bytes: int = BLOCK_BYTES):
+def _tsv_batches(path: str, names: list, *, skip_rows: int = 0, block_bytes: int = BLOCK_BYTES,
+                 delimiter: str = "\t"):
     """A TAB-separated file with quoting off, all columns strings, parsed by ``pyarrow.csv``
     block by block (each block read, parsed on all cores, handed on and dropped: memory is
     bounded by the block size, whatever the file's); yields ``(first record number (1-based
@@ -161,7 +163,7 @@ def _tsv_batches(path: str, names: list, *, skip_rows: int = 0, block_bytes: int
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    parse = pcsv.ParseOptions(delimiter="\t", quote_char=False, escape_char=False, double_quote=False,
+    parse = pcsv.ParseOptions(delimiter=delimiter, quote_char=False, escape_char=False, double_quote=False,
                               newlines_in_values=False, ignore_empty_lines=True)
     convert = pcsv.ConvertOptions(column_types={n: pa.string() for n in names}, strings_can_be_null=False,
                                   quoted_strings_can_be_null=False)
@@ -177,7 +179,7 @@ def _tsv_batches(path: str, names: list, *, skip_rows: int = 0, block_bytes: int
                 yield record, table
             record += table.num_rows
     except pa.ArrowInvalid as exc:
-        bad = _first_bad_line(path, len(names))
+        bad = _first_bad_line(path, len(names), delimiter)
         if bad is not None:
             raise DataError(path, bad[0], bad[1]) from None
         raise DataError(path, None, f"cannot read ({exc})") from None
@@ -201,16 +203,26 @@ def _fix_line(exc: DataError) -> DataError:
     return exc
 
 
+def _qrels_delimiter(path: str, skip_rows: int) -> str:
+    """TAB, or a single space when the first data line has no TAB (TREC-style qrels)."""
+    with open(path, "rb") as f:
+        for k, raw in enumerate(f):
+            if k >= skip_rows and raw.strip():
+                return "\t" if b"\t" in raw else " "
+    return "\t"
+
+
 def read_tsv_qrels(path: str, *, columns: int, skip_rows: int = 0, queries=None, docs=None):
-    """``{qid: {doc: grade}}`` of a qrels TSV (``columns`` 4: ``qid 0 doc grade`` (MS MARCO),
-    3: ``qid doc grade`` (BEIR, after its header)), plus the qids in order of first appearance.
+    """``{qid: {doc: grade}}`` (qids in order of first appearance) of a qrels TSV (``columns`` 4:
+    ``qid 0 doc grade`` (MS MARCO; TAB-separated, or single spaces as TREC writes them), 3: ``qid
+    doc grade`` (BEIR, after its header)).
     Grades: integers (negative read as 0); ids checked against ``queries`` / ``docs`` stores
     (vectorised); a repeated (qid, doc) with another grade is an error."""
     import pyarrow.compute as pc
 
     names = ["qid", "iter", "doc", "grade"] if columns == 4 else ["qid", "doc", "grade"]
     qrels: dict[str, dict[str, int]] = {}
-    for first, table in _tsv_batches(path, names, skip_rows=skip_rows):
+    for first, table in _tsv_batches(path, names, skip_rows=skip_rows, delimiter=_qrels_delimiter(path, skip_rows)):
         batch = table.combine_chunks()
         grade_text = batch.column(names.index("grade")).combine_chunks()
         ok = pc.match_substring_regex(grade_text, _INT_RE).to_numpy(zero_copy_only=False)

@@ -35,8 +35,10 @@ Every text file may be gzip-compressed (``.gz``). Blank lines are ignored. Trans
 
 Checks: a malformed line (column count, a non-number, NaN/Inf, an empty id, invalid UTF-8) is a
 :class:`DataError` ``"file:line: ..."`` (for Parquet ``"file:row: ..."``, the 1-based row). A
-(query, doc) pair given twice with the same score is kept once; with a different score it is a
-DataError naming the later line. Unknown ids: ``on_unknown="error"`` (default) raises a
+(query, doc) pair given twice with the same score (as float32) is kept once; with a different score
+it is a DataError naming the later line, unless ``duplicates="first"`` (config ``duplicates:
+first``; e.g. a published file whose repeated pairs were scored in different GPU batches): then
+the first score in file order is kept and the clashes are counted in the log. Unknown ids: ``on_unknown="error"`` (default) raises a
 DataError naming the first line with an unknown id, ``"skip"`` drops those entries (counted in
 ``ScoreTriples.skipped``). The outlier check of :func:`pile_jax.data.trec.score_outlier` runs on
 the raw scores of the file (``outliers="accept"`` turns it off).
@@ -51,6 +53,7 @@ Nothing is kept per pair but NumPy arrays.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import io
 import itertools
@@ -72,6 +75,7 @@ __all__ = ["FORMATS", "TRANSFORMS", "ScoreTriples", "read_teacher_file", "apply_
 _log = logging.getLogger(__name__)
 
 FORMATS = ("tsv", "margin_tsv", "score_map", "score_map_pickle", "listwise_parquet", "trec_run")
+DUPLICATES = ("error", "first")
 TRANSFORMS = ("raw", "logit", "rank")
 #: (number of columns, what they are) of the line formats
 _LINE_FORMATS = {"tsv": (3, "qid docid score"),
@@ -128,55 +132,95 @@ def row_index(ids_source) -> Any:
     return ids_source if hasattr(ids_source, "rows") else RowIndex(ids_source)
 
 
-def _lookup(index, ids) -> np.ndarray:
-    """int64 rows of ``ids`` (a pyarrow string array or a list), -1 for unknown; each distinct id
-    is looked up once (dictionary encoding)."""
+@dataclasses.dataclass
+class _Encoded:
+    """A dictionary-encoded id column: ``ids[i] = uniq[indices[i]]``."""
+
+    uniq: Any                 # pyarrow string array of the distinct ids
+    indices: np.ndarray       # int [n]
+
+    def __len__(self) -> int:
+        return int(self.indices.shape[0])
+
+    def __getitem__(self, i: int) -> str:
+        return self.uniq[int(self.indices[i])].as_py()
+
+
+def _encode(ids) -> _Encoded:
+    """Dictionary-encode a pyarrow string array (or chunked array, or list of str)."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     arr = ids if isinstance(ids, (pa.Array, pa.ChunkedArray)) else pa.array(ids, pa.string())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
-    if not len(arr):
+    enc = arr.dictionary_encode()
+    return _Encoded(enc.dictionary, enc.indices.to_numpy(zero_copy_only=False))
+
+
+def _plain(ids) -> _Encoded:
+    """A string column as is (identity indices): for doc ids, mostly distinct within a block,
+    where hashing them first costs more than it saves."""
+    if hasattr(ids, "combine_chunks"):
+        ids = ids.combine_chunks()
+    return _Encoded(ids, np.arange(len(ids)))
+
+
+def _lookup(index, ids) -> np.ndarray:
+    """int64 rows of ``ids`` (an :class:`_Encoded` column, a pyarrow string array or a list), -1
+    for unknown; each distinct id is looked up once."""
+    enc = ids if isinstance(ids, _Encoded) else _encode(ids)
+    if not len(enc):
         return np.zeros((0,), np.int64)
-    enc = pc.dictionary_encode(arr)
-    uniq = enc.dictionary.to_numpy(zero_copy_only=False)
+    # a TextStore (it has id_array) takes the pyarrow string array as is; others get NumPy str objects
+    uniq = enc.uniq if hasattr(index, "id_array") else enc.uniq.to_numpy(zero_copy_only=False)
     rows = np.asarray(index.rows(uniq, missing="skip"), np.int64)
-    return rows[enc.indices.to_numpy(zero_copy_only=False)]
+    return rows[enc.indices]
 
 
 # ------------------------------------------------------------------------------ transforms
 def apply_transform(transform: str, query_rows: np.ndarray, scores: np.ndarray) -> np.ndarray:
-    """float32 scores after ``transform`` (see the module docstring), computed in float64.
+    """float32 scores after ``transform`` (see the module docstring); ``logit`` is computed in
+    float64 blocks, ``rank`` from the scores' order (~30 bytes per entry at the peak).
 
-    >>> apply_transform("logit", np.array([0, 0]), np.array([0.0, 2.0])).round(4).tolist()
+    >>> [round(float(v), 4) for v in apply_transform("logit", np.array([0, 0]), np.array([0.0, 2.0]))]
     [0.5, 0.8808]
-    >>> apply_transform("rank", np.array([0, 0, 0, 1]), np.array([3.0, 5.0, 3.0, -1.0])).round(4).tolist()
+    >>> [round(float(v), 4) for v in apply_transform("rank", np.array([0, 0, 0, 1]), np.array([3.0, 5.0, 3.0, -1.0]))]
     [-0.6931, 0.0, -0.6931, 0.0]
     """
-    s = np.asarray(scores, np.float64)
+    s = np.asarray(scores)
     if transform == "raw":
-        out = s
-    elif transform == "logit":
-        out = 0.5 * (1.0 + np.tanh(0.5 * s))          # sigmoid, no overflow for large |s|
-    elif transform == "rank":
-        q = np.asarray(query_rows, np.int64)
-        order = np.lexsort((-s, q))                     # by query, then score descending
-        qs, ss = q[order], s[order]
-        n = len(order)
-        pos = np.arange(n)
-        first = np.ones(n, bool)
-        first[1:] = qs[1:] != qs[:-1]
-        start = np.maximum.accumulate(np.where(first, pos, 0))          # the query's first position
-        new = first.copy()
-        new[1:] |= ss[1:] != ss[:-1]
-        tie_start = np.maximum.accumulate(np.where(new, pos, 0))        # first position of equal scores
-        rank = np.empty(n, np.float64)
-        rank[order] = tie_start - start + 1
-        out = 0.0 - np.log(rank)                       # 0.0 (not -0.0) for rank 1
-    else:
-        raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
-    return out.astype(np.float32)
+        return s.astype(np.float32)
+    if transform == "logit":
+        out = np.empty(s.shape, np.float32)
+        for i in range(0, s.size, 1 << 20):
+            x = s[i:i + (1 << 20)].astype(np.float64)
+            out[i:i + (1 << 20)] = 0.5 * (1.0 + np.tanh(0.5 * x))      # sigmoid, no overflow for large |s|
+        return out
+    if transform == "rank":
+        return _rank_scores(np.asarray(query_rows), s)
+    raise ValueError(f"transform must be one of {TRANSFORMS}, got {transform!r}")
+
+
+def _rank_scores(q: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``-ln r`` with ``r = 1 + #{entries of the same query with a strictly higher score}``."""
+    n = len(s)
+    if n == 0:
+        return np.zeros((0,), np.float32)
+    order = np.lexsort((-s, q))                      # by query, then score descending
+    qs = q if (n < 2 or bool(np.all(q[1:] >= q[:-1]))) else q[order]    # q sorted: the same
+    ss = s[order]
+    idx = np.int32 if n < 2**31 else np.int64
+    pos = np.arange(n, dtype=idx)
+    new = np.ones(n, bool)
+    np.not_equal(qs[1:], qs[:-1], out=new[1:])        # first entry of a query
+    start = np.maximum.accumulate(np.where(new, pos, 0))
+    new[1:] |= ss[1:] != ss[:-1]                      # ... or of a run of equal scores
+    del ss
+    tie_start = np.maximum.accumulate(np.where(new, pos, 0))
+    del new, pos
+    rank = np.empty(n, np.float32)
+    rank[order] = (tie_start - start + 1).astype(np.float32)
+    return (0.0 - np.log(rank)).astype(np.float32)    # 0.0 (not -0.0) for rank 1
 
 
 # ---------------------------------------------------------------------------- line parsing
@@ -235,10 +279,10 @@ def _iter_lines(path: str) -> Iterator[tuple[int, bytes]]:
         yield from enumerate(handle, 1)
 
 
-def _slow_chunk(path, fmt: str, start: int, lines: list[bytes]):
-    """Line-by-line parse of one chunk: ``(qids, docids, scores)`` lists."""
+def _slow_chunk(path, fmt: str, start: int, block: bytes):
+    """Line-by-line parse of one block of whole lines: ``(qids, docids, scores)`` lists."""
     q, d, s = [], [], []
-    for lineno, raw in enumerate(lines, start):
+    for lineno, raw in enumerate(block.split(b"\n"), start):
         for qid, docid, score in _parse_line(path, fmt, lineno, raw):
             q.append(qid)
             d.append(docid)
@@ -246,15 +290,16 @@ def _slow_chunk(path, fmt: str, start: int, lines: list[bytes]):
     return q, d, np.asarray(s, np.float64)
 
 
-def _fast_chunk(fmt: str, lines: list[bytes]):
-    """pyarrow's CSV parse of one chunk (quoting off), or None when it does not apply or fails."""
+def _fast_chunk(fmt: str, block: bytes):
+    """pyarrow's CSV parse of one block of whole lines (quoting off) into ``(qids, docids,
+    scores)`` with dictionary-encoded ids, or None when it does not apply or fails."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.csv as pcsv
 
-    first = next((ln for ln in lines if ln.strip()), None)
+    first = next((ln for ln in block[:65536].split(b"\n") if ln.strip()), None)
     if first is None:
-        return [], [], np.zeros((0,), np.float64)
+        return None if block.strip() else ([], [], np.zeros((0,), np.float64))
     delim = "\t" if (fmt == "margin_tsv" or b"\t" in first) else " "
     ncols = _LINE_FORMATS[fmt][0]
     names = [f"c{i}" for i in range(ncols)]
@@ -264,45 +309,61 @@ def _fast_chunk(fmt: str, lines: list[bytes]):
         types["c3"] = pa.int64()
     try:
         table = pcsv.read_csv(
-            io.BytesIO(b"".join(lines)),
+            io.BytesIO(block),
             read_options=pcsv.ReadOptions(column_names=names, use_threads=True),
             parse_options=pcsv.ParseOptions(delimiter=delim, quote_char=False, escape_char=False,
                                             newlines_in_values=False, ignore_empty_lines=True),
             convert_options=pcsv.ConvertOptions(column_types=types, null_values=[], strings_can_be_null=False))
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError, UnicodeDecodeError):
         return None
-    for n in names:
-        col = table.column(n)
-        if col.null_count:
-            return None
-        if n not in score_cols and n != "c3" and pc.any(pc.equal(pc.utf8_length(col), 0)).as_py():
-            return None
+    if any(table.column(n).null_count for n in names):
+        return None
     score = {n: table.column(n).to_numpy() for n in score_cols}
     if not all(np.isfinite(v).all() for v in score.values()):
         return None
-    if fmt == "tsv":
-        return table.column("c0"), table.column("c1"), score["c2"]
-    if fmt == "trec_run":
-        return table.column("c0"), table.column("c2"), score["c4"]
-    qid = table.column("c2")
-    return (pa.concat_arrays([qid.combine_chunks(), qid.combine_chunks()]),
-            pa.concat_arrays([table.column("c3").combine_chunks(), table.column("c4").combine_chunks()]),
-            np.concatenate([score["c0"], score["c1"]]))
+    qcol, *dcols = {"tsv": ("c0", "c1"), "trec_run": ("c0", "c2"), "margin_tsv": ("c2", "c3", "c4")}[fmt]
+    qid = _encode(table.column(qcol))           # few distinct query ids per block: look each up once
+    docs = _plain(pa.concat_arrays([table.column(c).combine_chunks() for c in dcols]))
+    if any(pc.min(pc.binary_length(a)).as_py() == 0 for a in (qid.uniq, docs.uniq)):
+        return None     # an empty id: the line-by-line parse names it
+    if fmt == "margin_tsv":
+        qid = _Encoded(qid.uniq, np.concatenate([qid.indices, qid.indices]))
+    return qid, docs, (np.concatenate([score["c0"], score["c1"]]) if fmt == "margin_tsv"
+                       else score["c2" if fmt == "tsv" else "c4"])
+
+
+#: bytes read per block: about ``chunk`` lines of a teacher file (~35-60 bytes a line)
+_BYTES_PER_LINE = 48
+
+
+def _blocks(handle, nbytes: int) -> Iterator[tuple[int, bytes]]:
+    """``(first line number, block)``: blocks of about ``nbytes`` bytes cut after a newline (the
+    last may lack one)."""
+    start, rest = 1, b""
+    while True:
+        data = handle.read(nbytes)
+        if not data:
+            if rest:
+                yield start, rest
+            return
+        buf = rest + data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        block, rest = buf[:cut + 1], buf[cut + 1:]
+        yield start, block
+        start += block.count(b"\n")
 
 
 def _line_chunks(path: str, fmt: str, chunk: int):
-    """``(first line number, qids, docids, scores)`` per chunk of ``chunk`` lines."""
+    """``(first line number, qids, docids, scores)`` per block of about ``chunk`` lines."""
     with _open_binary(path) as handle:
-        start = 1
-        while True:
-            lines = list(itertools.islice(handle, chunk))
-            if not lines:
-                return
-            got = _fast_chunk(fmt, lines)
+        for start, block in _blocks(handle, max(chunk * _BYTES_PER_LINE, 1)):
+            got = _fast_chunk(fmt, block)
             if got is None:
-                got = _slow_chunk(path, fmt, start, lines)
+                got = _slow_chunk(path, fmt, start, block)
             yield (start, *got)
-            start += len(lines)
 
 
 # ------------------------------------------------------------------------- other formats
@@ -472,6 +533,8 @@ def _check_unknown(path, fmt, allow_pickle, start, qidx, didx, on_unknown, qids,
     ok = (qrows >= 0) & (drows >= 0)
     if on_unknown == "skip" or ok.all():
         return ok
+    qids = qids if isinstance(qids, _Encoded) else list(qids)
+    docids = docids if isinstance(docids, _Encoded) else list(docids)
 
     def unknown(qid, docid, _):
         return (qidx.rows([qid], missing="skip")[0] < 0) or (didx.rows([docid], missing="skip")[0] < 0)
@@ -489,19 +552,31 @@ def _check_unknown(path, fmt, allow_pickle, start, qidx, didx, on_unknown, qids,
     raise DataError(path, line, what + " (on_unknown: skip drops such entries)")
 
 
-def _dedupe(path, fmt, allow_pickle, qidx, didx, q, d, s):
-    """Entries sorted by (q, d), a pair kept once; DataError when a pair has two scores."""
-    key = (q.astype(np.int64) << 32) | d.astype(np.int64)
+def _sorted_block(qrows: np.ndarray, drows: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One block's ``(key int64, score float32)`` sorted by ``key = query_row << 32 | doc_row``
+    (stable: file order among equal keys)."""
+    key = (qrows.astype(np.int64) << 32) | drows.astype(np.int64)
     order = np.argsort(key, kind="stable")
+    return key[order], np.asarray(scores, np.float32)[order]
+
+
+def _dedupe(path, fmt, allow_pickle, qidx, didx, duplicates, clashes, key, s):
+    """``(key, s)`` (blocks of sorted runs, in file order) sorted by key, a pair kept once (its
+    first score); two different scores: DataError, or (``duplicates="first"``) counted in
+    ``clashes[0]``. Memory: ~32 bytes per entry at the peak."""
+    order = np.argsort(key, kind="stable")     # a merge of sorted runs
     key = key[order]
+    s = s[order]
+    del order
     keep = np.ones(len(key), bool)
     keep[1:] = key[1:] != key[:-1]
     if not keep.all():
-        s_sorted = s[order]
-        clash = np.flatnonzero(~keep[1:] & (s_sorted[1:] != s_sorted[:-1]))
-        if clash.size:
-            j = int(order[clash[0] + 1])
-            qid, docid = qidx.ids_of([q[j]])[0], didx.ids_of([d[j]])[0]
+        clash = np.flatnonzero(~keep[1:] & (s[1:] != s[:-1]))
+        if clash.size and duplicates == "first":
+            clashes[0] += int(clash.size)
+        elif clash.size:
+            k = int(key[clash[0] + 1])
+            qid, docid = qidx.ids_of([k >> 32])[0], didx.ids_of([k & 0xFFFFFFFF])[0]
             first: list[float] = []
 
             def second(qq, dd, ss):
@@ -514,12 +589,31 @@ def _dedupe(path, fmt, allow_pickle, qidx, didx, q, d, s):
             raise DataError(path, line, f"query {qid!r} doc {docid!r} has two different scores "
                                         f"({first[0]!r} and {first[-1]!r})" if len(first) > 1 else
                                         f"query {qid!r} doc {docid!r} has two different scores")
-    order = order[keep]
-    return q[order], d[order], s[order]
+        key, s = key[keep], s[keep]
+    return key, s
+
+
+def _outlier(x: np.ndarray) -> int | None:
+    """:func:`pile_jax.data.trec.score_outlier`'s rule (the farthest score, if more than
+    ``OUTLIER_K`` robust standard deviations from the median) in the scores' own float32, so a
+    file of 80M scores needs ~8 bytes per score, not 24."""
+    if x.size < 3:
+        return None
+    if x.size < 1_000_000:
+        return score_outlier(x)
+    med = np.median(x)
+    dev = np.abs(x - med)
+    scale = 1.4826 * float(np.median(dev))
+    if scale == 0.0:
+        scale = 1.2533 * float(dev.mean(dtype=np.float64))
+    if not scale > 0.0:
+        return None
+    i = int(np.argmax(dev))
+    return i if float(dev[i]) > OUTLIER_K * scale else None
 
 
 def _check_outliers(path, fmt, allow_pickle, qidx, didx, q, d, raw) -> None:
-    i = score_outlier(raw)
+    i = _outlier(raw)
     if i is None:
         return
     qid, docid = qidx.ids_of([q[i]])[0], didx.ids_of([d[i]])[0]
@@ -532,14 +626,16 @@ def _check_outliers(path, fmt, allow_pickle, qidx, didx, q, d, raw) -> None:
 
 def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", queries, docs,  # noqa: A002
                       chunk: int = 1 << 20, on_unknown: str = "error", outliers: str = "error",
-                      allow_pickle: bool = False) -> ScoreTriples:
+                      allow_pickle: bool = False, duplicates: str = "error") -> ScoreTriples:
     """Read one teacher file (``format``, see the module docstring) into :class:`ScoreTriples`.
 
     ``queries`` / ``docs``: the collection's queries and documents, each a TextStore (anything
     with ``rows(ids, missing=...)``) or a mapping keyed by id. ``chunk``: lines (rows, queries)
     parsed at a time. ``on_unknown``: ``"error"`` | ``"skip"``; ``outliers``: ``"error"`` |
-    ``"accept"``; ``allow_pickle``: required for ``score_map_pickle``. Malformed input raises
-    :class:`DataError` naming the file and line."""
+    ``"accept"``; ``allow_pickle``: required for ``score_map_pickle``; ``duplicates``: ``"error"``
+    | ``"first"``. Malformed input raises :class:`DataError` naming the file and line."""
+    if duplicates not in DUPLICATES:
+        raise ValueError(f"duplicates must be one of {DUPLICATES}, got {duplicates!r}")
     if format not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     if transform not in TRANSFORMS:
@@ -551,20 +647,34 @@ def read_teacher_file(path, *, format: str = "tsv", transform: str = "raw", quer
         raise ValueError(f"chunk must be >= 1, got {chunk!r}")
     path = os.fspath(path)
     qidx, didx = row_index(queries), row_index(docs)
-    parts_q, parts_d, parts_s, skipped = [], [], [], 0
+    runs: list[tuple[np.ndarray, np.ndarray]] = []   # sorted, deduplicated runs, in file order
+    skipped = 0
+    clashes = [0]
+    dedupe = functools.partial(_dedupe, path, format, allow_pickle, qidx, didx, duplicates, clashes)
     for start, qids, docids, scores in _chunks(path, format, int(chunk), allow_pickle):
         qrows, drows = _lookup(qidx, qids), _lookup(didx, docids)
         ok = _check_unknown(path, format, allow_pickle, start, qidx, didx, on_unknown, qids, docids, qrows, drows)
         skipped += int((~ok).sum())
-        parts_q.append(qrows[ok].astype(np.int32))
-        parts_d.append(drows[ok].astype(np.int32))
-        parts_s.append(np.asarray(scores, np.float64)[ok].astype(np.float32))
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.zeros((0,), dt))
-    q, d, raw = cat(parts_q, np.int32), cat(parts_d, np.int32), cat(parts_s, np.float32)
-    del parts_q, parts_d, parts_s
-    q, d, raw = _dedupe(path, format, allow_pickle, qidx, didx, q, d, raw)
+        runs.append(dedupe(*_sorted_block(qrows[ok], drows[ok], np.asarray(scores)[ok])))
+        del qids, docids, qrows, drows, ok
+        # merge the last two runs while the newer is at least half the older (a binary-counter
+        # merge: O(n log n) work, and repeated pairs, e.g. margin_tsv's positives, dropped early)
+        while len(runs) > 1 and 2 * len(runs[-1][0]) >= len(runs[-2][0]):
+            (k1, s1), (k2, s2) = runs.pop(-2), runs.pop()
+            runs.append(dedupe(np.concatenate([k1, k2]), np.concatenate([s1, s2])))
+            del k1, s1, k2, s2
+    while len(runs) > 1:
+        (k1, s1), (k2, s2) = runs.pop(-2), runs.pop()
+        runs.append(dedupe(np.concatenate([k1, k2]), np.concatenate([s1, s2])))
+        del k1, s1, k2, s2
+    key, raw = runs.pop() if runs else (np.zeros((0,), np.int64), np.zeros((0,), np.float32))
+    q, d = (key >> 32).astype(np.int32), (key & 0xFFFFFFFF).astype(np.int32)
+    del key
     if outliers == "error":
         _check_outliers(path, format, allow_pickle, qidx, didx, q, d, raw)
     if skipped:
         _log.info("teacher file %s: %d entries with unknown ids skipped", path, skipped)
+    if clashes[0]:
+        _log.warning("teacher file %s: %d repeated (query, doc) pairs with a different score; the first score "
+                     "in file order kept (duplicates: first)", path, clashes[0])
     return ScoreTriples(q, d, apply_transform(transform, q, raw), path, skipped)

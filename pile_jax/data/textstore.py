@@ -35,7 +35,7 @@ import os
 import re
 import shutil
 import uuid
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import numpy as np
 
@@ -336,7 +336,8 @@ class TextStore(collections.abc.Mapping):
         ...")``; ``"same"``: a repeated id with the same text is kept once (its first row), with
         another text it is an error. ``extra_meta`` is stored in ``meta.json`` (e.g. the source
         files' sizes and mtimes). The store is written to a temporary folder beside ``path`` and
-        renamed into place; an existing ``path`` is replaced."""
+        renamed into place; an existing ``path`` is replaced (its sub-folders, e.g. the token
+        stores in ``tokens/``, are kept when the new store has the same fingerprint)."""
         if duplicates not in ("error", "same"):
             raise ValueError(f"duplicates must be 'error' or 'same', got {duplicates!r}")
         path = os.fspath(path)
@@ -352,6 +353,7 @@ class TextStore(collections.abc.Mapping):
                 with open(os.path.join(tmp, "meta.json"), "w") as f:
                     json.dump(meta, f, indent=1)
                 if os.path.exists(path):
+                    _keep_derived(path, tmp, meta["fingerprint"])
                     shutil.rmtree(path)
                 os.replace(tmp, path)
         except BaseException:
@@ -359,6 +361,19 @@ class TextStore(collections.abc.Mapping):
             raise
         log.info("text store: %d texts written to %s", meta["count"], path)
         return cls(path)
+
+
+def _keep_derived(old: str, new: str, fingerprint: str) -> None:
+    """Move the folders derived from the texts (``tokens/``: token stores, document vectors) of
+    the store being replaced into the new one when both hold the same ids and texts (e.g. the
+    source files were only touched or copied)."""
+    try:
+        same = _read_meta(old).get("fingerprint") == fingerprint
+    except (DataError, OSError, ValueError):
+        return
+    for name in os.listdir(old) if same else ():
+        if os.path.isdir(os.path.join(old, name)):
+            os.replace(os.path.join(old, name), os.path.join(new, name))
 
 
 def _read_meta(path: str) -> dict:
@@ -458,6 +473,7 @@ def _write_store(folder: str, records: Iterable, *, source: str, duplicates: str
     ids = _merge_id_chunks(id_chunks)
     del id_chunks
     lengths = np.concatenate(length_chunks) if length_chunks else np.zeros(0, np.int64)
+    del length_chunks
     lines = _Lines(line_chunks)
     order = np.argsort(ids, kind="stable")
     sorted_ids = ids[order]

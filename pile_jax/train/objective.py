@@ -334,7 +334,7 @@ def check_ensemble(name: Any, options: Mapping[str, Any], where: str, source: st
         c.fail(name_key or f"{where}.name",
                f"unknown ensemble {name!r}{did_you_mean(str(name), E.ENSEMBLES)} (known: {', '.join(E.ENSEMBLES)})")
     params = inspect.signature(E.ENSEMBLES[name]).parameters
-    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where")]
+    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where", "teacher_where")]
     c.keys(options, where, known)
     if trial and options:
         ts = np.array([[[2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0]]], np.float32)
