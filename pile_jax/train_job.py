@@ -286,9 +286,10 @@ def _train_job_table(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
     seconds, t0 = {}, time.perf_counter()
     coll = load_collection(C.require(cfg, "data.collection"))
     seconds["collection"] = round(time.perf_counter() - t0, 1)
-    if split not in coll.splits or "train" not in coll.splits:
-        raise C.ConfigError(f"{source_name}: eval.split: the collection {coll.path} has splits "
-                            f"{', '.join(coll.splits)}; {split if 'train' in coll.splits else 'train'!r} is not one")
+    for key, name in (("eval.split", split), ("data.collection", "train")):
+        if name not in coll.splits:
+            raise C.ConfigError(f"{source_name}: {key}: the collection {coll.path} has no split {name!r} "
+                                f"(its splits: {', '.join(coll.splits)})")
     train_qids = list(coll.split_qids("train"))
     log(f"collection {coll.name} ({getattr(coll, 'layout', 'pile_jax')} layout): {len(coll.docs)} docs, "
         f"{len(coll.queries)} queries; " + ", ".join(f"{s} {len(q)}" for s, q in coll.splits.items()))
