@@ -129,3 +129,16 @@ def test_run_results_significance_on_seed_averaged_ndcg(tmp_path):
     assert rows["student_mean_margin_mse"].endswith("| ref | ref |") and rows["bm25"].endswith("| | |")
     assert rows["student_init"].endswith(f"| {sig['student_init']['p']:.3f} | {sig['student_init']['p_holm']:.3f} |") \
         or sig["student_init"]["p"] < 0.001
+
+
+def test_paired_test_settings_do_not_change_a_students_run_spec():
+    """students.reference / students.test only choose the report's tests: a rerun that adds them (or
+    another run) resumes the finished students instead of training them again; a training key does not."""
+    from pile_jax.workfolders import student_run_spec
+
+    base = {"students": {"seeds": [0, 1], "train": {"steps": 4}, "runs": {"a": {"label_losses": {"x": 1.0}}}}}
+    more = {"students": dict(base["students"], reference="a", test="permutation",
+                             runs={**base["students"]["runs"], "b": {"label_losses": {"y": 1.0}}})}
+    assert student_run_spec(more, "a", 0) == student_run_spec(base, "a", 0)
+    changed = {"students": dict(base["students"], train={"steps": 5})}
+    assert student_run_spec(changed, "a", 0) != student_run_spec(base, "a", 0)
