@@ -189,10 +189,13 @@ def check_teacher_lists(
     *,
     where: Any = None,
     require_labels: bool = False,
+    teacher_where: Any = None,
 ) -> tuple:
   """Checks multi-teacher logits ``[T, ..., n]`` against ``labels`` ``[..., n]``.
 
-  The teacher axis comes first. ``where`` (boolean) must broadcast to ``[..., n]``.
+  The teacher axis comes first. ``where`` (boolean) must broadcast to ``[..., n]``,
+  ``teacher_where`` (boolean, which teacher scores are present) to ``[T, ..., n]``; only valid,
+  present scores must be finite (an absent score is never read).
 
   Returns:
     The list shape ``[..., n]`` (i.e. ``teacher_scores.shape[1:]``).
@@ -226,7 +229,12 @@ def check_teacher_lists(
   if ts[0] < 1:
     raise ValueError(f"teacher_scores: expected at least one teacher (T >= 1); got shape {_fmt(ts)}")
   check_mask("where", where, list_shape)
-  if where is not None and is_concrete(teacher_scores, where):
+  if teacher_where is not None:
+    check_mask("teacher_where", teacher_where, ts)
+  if teacher_where is not None and is_concrete(teacher_scores, where, teacher_where):
+    w = np.ones(ts, bool) if where is None else np.broadcast_to(np.asarray(where, bool), list_shape)[None]
+    check_finite("teacher_scores", teacher_scores, np.broadcast_to(w & np.asarray(teacher_where, bool), ts))
+  elif where is not None and is_concrete(teacher_scores, where):
     w = np.broadcast_to(np.asarray(where), list_shape)
     w = np.broadcast_to(w[None], ts)
     check_finite("teacher_scores", teacher_scores, w)

@@ -39,6 +39,13 @@ All variants run a ``jax.lax.fori_loop`` (over iterations; over teachers for
 ``jax.vmap`` over ``i`` and ``j``; lists are processed with ``jax.vmap`` over the (flattened)
 leading axes. They give the same result eagerly, under ``jit``, ``vmap`` and ``pmap``.
 
+Absent teacher scores: every ensemble takes an optional boolean ``teacher_where`` ``[T, ..., n]``
+(broadcast to the teacher scores): False means teacher ``k`` did not score item ``i`` -- the
+score is **absent**, never 0, and its value is never read. Each ensemble then uses, per item, only
+the teachers present there (formulas in each function's docstring; ``docs/pile.md``); an item no
+teacher scores is treated like padding (output 0, in no labelled pair) and gets no distillation
+target. ``teacher_where=None`` (all present) gives bit-for-bit the results without it.
+
 Input checks run eagerly (:mod:`pile_jax._validate`); under ``jit`` only shape checks run.
 """
 
@@ -84,10 +91,14 @@ _BISECTION_STEPS = 40
 # helpers
 
 
-def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool = True):
+def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool = True, teacher_where=None):
+  """``(s, y, m, p)``: logits (0 where not present), labels, the valid items ``m`` (``where`` and,
+  with ``teacher_where``, scored by at least one teacher) and the presence ``p`` ``[T, ..., n]``
+  (``teacher_where & m``)."""
   if check:
     _validate.check_teacher_lists(teacher_scores, labels, where=where,
                                   require_labels=require_labels)
+    _check_teacher_where(teacher_where, teacher_scores)
   s = jnp.asarray(teacher_scores)
   # float32 (float64 if given): bf16/fp16/int teacher logits are ensembled in float32.
   dtype = jnp.result_type(s.dtype, jnp.float32)
@@ -97,12 +108,31 @@ def _prepare(teacher_scores, labels, where, *, require_labels: bool, check: bool
     m = jnp.ones(list_shape, dtype=bool)
   else:
     m = jnp.broadcast_to(jnp.asarray(where, dtype=bool), list_shape)
-  s = jnp.where(m[None], s, 0.0)
+  if teacher_where is None:
+    p = jnp.broadcast_to(m[None], s.shape)
+  else:
+    p = jnp.broadcast_to(jnp.asarray(teacher_where, dtype=bool), s.shape) & m[None]
+    m = m & jnp.any(p, axis=0)  # an item no teacher scores is out, like padding
+  s = jnp.where(p, s, 0.0)
   y = None
   if labels is not None:
     y = jnp.asarray(labels).astype(s.dtype)
     y = jnp.where(m, y, 0.0)
-  return s, y, m
+  return s, y, m, p
+
+
+def _check_teacher_where(teacher_where, teacher_scores) -> None:
+  """``teacher_where`` (None or boolean) must broadcast to the teacher scores' ``[T, ..., n]``."""
+  if teacher_where is None:
+    return
+  shape, full = np.shape(teacher_where), np.shape(teacher_scores)
+  try:
+    if np.broadcast_shapes(shape, full) != tuple(full):
+      raise ValueError
+  except ValueError:
+    raise ValueError(f"teacher_where: shape {shape} does not broadcast to the teacher scores' {full}") from None
+  if _validate.is_concrete(teacher_where) and np.asarray(teacher_where).dtype != bool:
+    raise ValueError(f"teacher_where: expected a boolean mask; got dtype {np.asarray(teacher_where).dtype}")
 
 
 #: Lists whose largest valid |logit| exceeds 2^_SCALE_EXP are ensembled in units of a power of two.
@@ -120,15 +150,25 @@ def _list_scale(s: Array, m: Array) -> Array:
   return jnp.ldexp(jnp.ones((), s.dtype), jnp.maximum(e - _SCALE_EXP, 0))[..., None]
 
 
-def _teacher_mean(s: Array, m: Array) -> Array:
-  """``mean_k s[k]`` ``[..., n]`` without overflow for huge finite logits."""
+def _teacher_mean(s: Array, m: Array, p: Array) -> Array:
+  """``Σ_k p_ki s[k, i] / max(Σ_k p_ki, 1)`` (the mean over the teachers present) ``[..., n]``,
+  without overflow for huge finite logits."""
   c = _list_scale(s, m)
-  return jnp.mean(s / c[None], axis=0) * c
+  return _present_mean(s / c[None], p) * c
 
 
-def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array) -> Array:
-  """Applies ``core(s [T, n], y [n], m [n], lm [n], c) -> [n]`` to every list of ``[T, ..., n]``
-  inputs (``lm``: the items that take part in labelled pairs). The core sees the logits in
+def _present_mean(s: Array, p: Array) -> Array:
+  """Mean over axis 0 of the present entries (``s`` is 0 where absent); where every teacher is
+  present it is ``jnp.mean`` itself (bit for bit the result without a presence mask)."""
+  cnt = jnp.sum(p, axis=0)
+  partial = jnp.sum(s, axis=0) / jnp.maximum(cnt, 1).astype(s.dtype)
+  return jnp.where(cnt == s.shape[0], jnp.mean(s, axis=0), partial)
+
+
+def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array, p: Array) -> Array:
+  """Applies ``core(s [T, n], y [n], m [n], lm [n], c, p [T, n]) -> [n]`` to every list of
+  ``[T, ..., n]`` inputs (``lm``: the items that take part in labelled pairs; ``p``: teacher
+  presence). The core sees the logits in
   units of ``c`` (:func:`_list_scale`; ``c = 1`` for ordinary logits) and its output is
   multiplied back by ``c``."""
   t = s.shape[0]
@@ -137,8 +177,9 @@ def _per_list(core: Callable, s: Array, y: Array, m: Array, lm: Array) -> Array:
   b = math.prod(list_shape[:-1])
   s_b = jnp.moveaxis(s, 0, -2).reshape((b, t, n))
   c = _list_scale(s, m).reshape((b, 1))
+  p_b = jnp.moveaxis(p, 0, -2).reshape((b, t, n))
   out = jax.vmap(core)(s_b / c[:, :, None], y.reshape((b, n)), m.reshape((b, n)),
-                       lm.reshape((b, n)), c[:, 0])
+                       lm.reshape((b, n)), c[:, 0], p_b)
   return (out * c).reshape(list_shape)
 
 
@@ -160,22 +201,24 @@ def _labelled_pairs(y: Array, m: Array) -> Array:
   return _pairwise(lambda a, b: a[1] & b[1] & (a[0] > b[0]), (y, m), (y, m))
 
 
-def _pair_stats(s: Array, P: Array):
+def _pair_stats(s: Array, P: Array, p: Array):
   """Per labelled pair: agreeing-teacher count ``n_ij`` and means ``u_ij``, ``l_ij``.
 
-  ``s`` is ``[M, n]``; returns ``[n, n]`` arrays (0 where ``n_ij = 0`` or not labelled).
+  ``s``, ``p`` are ``[M, n]``; a teacher agrees on ``(i, j)`` only if it scores both items.
+  Returns ``[n, n]`` arrays (0 where ``n_ij = 0`` or not labelled).
   """
   cols = s.T  # [n, M]: all teachers' logits of one item
 
-  def stats(si, sj):
-    agree = si > sj  # [M]
+  def stats(a, b):
+    (si, pi), (sj, pj) = a, b
+    agree = (si > sj) & pi & pj  # [M]
     cnt = jnp.sum(agree)
     den = jnp.maximum(cnt, 1).astype(s.dtype)
     u = jnp.sum(jnp.where(agree, si, 0.0)) / den
     l = jnp.sum(jnp.where(agree, sj, 0.0)) / den
     return cnt, u, l
 
-  cnt, u, l = _pairwise(stats, cols, cols)
+  cnt, u, l = _pairwise(stats, (cols, p.T), (cols, p.T))
   cnt = jnp.where(P, cnt, 0)
   return cnt, jnp.where(P, u, 0.0), jnp.where(P, l, 0.0)
 
@@ -188,12 +231,12 @@ def _violated(z: Array, fixable: Array, eps) -> Array:
 # PILE variants (one list)
 
 
-def _consensus_core(s, y, m, lm, c, *, num_iters, damping, eps):
+def _consensus_core(s, y, m, lm, c, p, *, num_iters, damping, eps):
   eps = eps / c  # logits are in units of c (equivariant: exact)
   P = _labelled_pairs(y, lm)
-  cnt, u, l = _pair_stats(s, P)
+  cnt, u, l = _pair_stats(s, P, p)
   fixable = P & (cnt > 0)
-  z0 = jnp.mean(s, axis=0)
+  z0 = _present_mean(s, p)
 
   def sweep(_, z):
     V = _violated(z, fixable, eps)
@@ -218,15 +261,17 @@ def _pair_loss_fn(loss: str) -> Callable[[Array], Array]:
   raise ValueError(f"loss: expected one of {list(RESPONSIBILITY_LOSSES)}; got {loss!r}")
 
 
-def _responsibility_core(s, y, m, lm, c, *, num_iters, damping, temperature, loss):
+def _responsibility_core(s, y, m, lm, c, p, *, num_iters, damping, temperature, loss):
   # logits are in units of c: the losses see the real differences c * d (which may overflow to
   # +-inf; every loss maps that to 0 or +inf, and an infinite L_ki only zeroes rho_ki)
   ell_unit = _pair_loss_fn(loss)
   ell = lambda d: ell_unit(c * d)
   P = _labelled_pairs(y, lm)
   has_partner = jnp.any(P, axis=1) | jnp.any(P, axis=0)
-  z0 = jnp.mean(s, axis=0)
+  z0 = _present_mean(s, p)
   cols = s.T  # [n, M]
+  present = p.T  # [n, M]
+  scored = jnp.any(present, axis=1, keepdims=True)
 
   def step(_, z):
     # term[i, j] (a [M] vector): loss of every teacher's logit of i against z_j, for pairs
@@ -237,6 +282,8 @@ def _responsibility_core(s, y, m, lm, c, *, num_iters, damping, temperature, los
            + jnp.sum(jnp.where(P.T[:, :, None], lower, 0.0), axis=1))  # [n, M]
     logits = -Lki / temperature
     logits = jnp.where(logits == -jnp.inf, jnp.finfo(logits.dtype).min, logits)  # all -inf: uniform
+    logits = jnp.where(present, logits, -jnp.inf)  # an absent teacher takes no responsibility
+    logits = jnp.where(scored, logits, 0.0)        # (items no teacher scores are not valid)
     rho = jax.nn.softmax(logits, axis=-1)
     target = jnp.sum(rho * cols, axis=-1)
     return jnp.where(has_partner, (1.0 - damping) * z + damping * target, z)
@@ -245,12 +292,12 @@ def _responsibility_core(s, y, m, lm, c, *, num_iters, damping, temperature, los
   return jnp.where(m, z, 0.0)
 
 
-def _regularised_core(s, y, m, lm, c, *, num_iters, temperature, lam, gamma):
+def _regularised_core(s, y, m, lm, c, p, *, num_iters, temperature, lam, gamma):
   # logits in units of c: the objective divided by c^2 is the same objective with
   # gamma/c, tau/c, lam/c (exact: the step size depends on lam/tau only)
   temperature, lam, gamma = temperature / c, lam / c, gamma / c
   P = _labelled_pairs(y, lm)
-  z0 = jnp.mean(s, axis=0)
+  z0 = _present_mean(s, p)
   n_valid = jnp.maximum(jnp.sum(m), 1).astype(s.dtype)
   step_size = 1.0 / (2.0 + lam * (n_valid - 1.0) / (2.0 * temperature))
   mf = m.astype(s.dtype)
@@ -339,11 +386,13 @@ def _logistic_merge_weight(dz: Array, ds: Array, p: Array, temperature) -> Array
   return jnp.where(slope(zero) <= 0, zero, jnp.where(slope(one) >= 0, one, 0.5 * (lo + hi)))
 
 
-def _sequential_core(s, y, m, lm, c, *, merge, temperature):
+def _sequential_core(s, y, m, lm, c, pres, *, merge, temperature):
   # pair accuracy is invariant to the unit c; the logistic merge sees the real differences
   temperature = temperature / c
   P = _labelled_pairs(y, lm)
-  order = jnp.argsort(-jax.vmap(_list_pnr, in_axes=(0, None))(s, P), stable=True)  # ties: index
+  # a teacher's PNR counts the labelled pairs it scores both items of
+  pnr = jax.vmap(lambda sk, pk: _list_pnr(sk, P & pk[:, None] & pk[None, :]))(s, pres)
+  order = jnp.argsort(-pnr, stable=True)  # ties: index
   # one slot per unordered pair i < j, oriented so that a labelled pair reads upper - lower
   iu, ju = np.triu_indices(s.shape[-1], 1)
   p = P[iu, ju] | P[ju, iu]
@@ -352,18 +401,22 @@ def _sequential_core(s, y, m, lm, c, *, merge, temperature):
   def pair_diffs(x):
     return sign * _differences(x)[iu, ju]  # multiplying by +-1 is exact
 
-  def step(t, z):
-    sk = s[order[t]]
-    dz, ds = pair_diffs(z), pair_diffs(sk)
+  def step(t, carry):
+    z, have = carry  # have: items with a merged value so far
+    sk, pk = s[order[t]], pres[order[t]]
+    z0, z1 = jnp.where(have, z, sk), jnp.where(pk, sk, z)  # the merged list at w = 0 and w = 1
+    both = have | pk
+    pw = p & both[iu] & both[ju]  # pairs with both items valued after the merge
+    dz, ds = pair_diffs(z0), pair_diffs(z1)
     if merge == "pair_accuracy":
-      w = _accuracy_merge_weight(dz, ds, p)
+      w = _accuracy_merge_weight(dz, ds, pw)
     else:
-      w = _logistic_merge_weight(dz, ds, p, temperature)
-    return (1.0 - w) * z + w * sk
+      w = _logistic_merge_weight(dz, ds, pw, temperature)
+    return jnp.where(have & pk, (1.0 - w) * z + w * sk, z0), both
 
-  z = jax.lax.fori_loop(1, s.shape[0], step, s[order[0]])
+  z, _ = jax.lax.fori_loop(1, s.shape[0], step, (s[order[0]], pres[order[0]]))
   # a list without a labelled pair has nothing to order the teachers by: the mean (as every variant)
-  z = jnp.where(jnp.any(P), z, jnp.mean(s, axis=0))
+  z = jnp.where(jnp.any(P), z, _present_mean(s, pres))
   return jnp.where(m, z, 0.0)
 
 
@@ -397,7 +450,7 @@ def _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss, 
 
 
 def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
-         label_where: Optional[Array] = None, variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
+         label_where: Optional[Array] = None, teacher_where: Optional[Array] = None, variant: str = "consensus", num_iters: int = 10, damping: float = 0.5,
          temperature: float = 1.0, eps: float = 0.0, lam: float = 1.0, gamma: float = 1.0,
          loss: str = "logistic", merge: str = "pair_accuracy") -> Array:
   r"""PILE: Pairwise Iterative Logits Ensemble -- **pile_jax's reconstruction** of Cai et al.,
@@ -493,6 +546,18 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
     loss: pairwise loss of the responsibility variant.
     merge: how the sequential variant picks each weight: ``"pair_accuracy"`` (exact, default) or
       ``"logistic"`` (smooth; uses ``temperature``).
+    teacher_where: optional boolean ``[T, ..., n]``: teacher ``k`` scored item ``i`` (False:
+      **absent**, the score is never read). With ``p_ki`` = present, every variant uses only the
+      present scores: the start is the mean over the present teachers
+      ``z⁰_i = Σ_k p_ki s_ki / Σ_k p_ki``; consensus counts ``A_k(i, j)`` only where ``k`` scores
+      both items (``n_ij``, ``u_ij``, ``l_ij`` over those teachers); responsibility gives absent
+      teachers ``ρ_ki = 0`` (softmax over the present ones); regularised uses the present mean
+      (its data term ``(1/M_i) Σ_k p_ki (z_i − s_ki)²``, ``M_i = Σ_k p_ki``); sequential orders the
+      teachers by their PNR on the labelled pairs they score both items of, and a merge changes
+      only the items the merged teacher scores (``(1 − w) z_i + w s_ki`` where both have a value;
+      ``s_ki`` where ``z`` has none yet; ``z_i`` where the teacher is absent), ``w`` chosen on the
+      labelled pairs valued after the merge. A teacher absent from a whole list is the same as
+      that teacher removed. Items no teacher scores are treated as padding (0, in no pair).
 
   Returns:
     ``[..., n]`` ensemble logits; 0 at padded items.
@@ -525,10 +590,11 @@ def pile(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
      [ 2.5   1.75  1.25 -0.5 ]]
   """
   _check_pile_options(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge)
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
   _check_label_where(label_where, labels)
-  return _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma,
-                    variant=variant, num_iters=int(num_iters), loss=loss, merge=merge)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _pile_impl(teacher_scores, labels, where, label_where, teacher_where, damping, temperature, eps, lam,
+                    gamma, variant=variant, num_iters=int(num_iters), loss=loss, merge=merge)
 
 
 def _check_label_where(label_where, labels) -> None:
@@ -542,13 +608,14 @@ def _check_label_where(label_where, labels) -> None:
 
 
 @functools.partial(jax.jit, static_argnames=("variant", "num_iters", "loss", "merge"))
-def _pile_impl(teacher_scores, labels, where, label_where, damping, temperature, eps, lam, gamma, *,
-               variant, num_iters, loss, merge):
-  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
+def _pile_impl(teacher_scores, labels, where, label_where, teacher_where, damping, temperature, eps, lam, gamma,
+               *, variant, num_iters, loss, merge):
+  s, y, m, p = _prepare(teacher_scores, labels, where, require_labels=True, check=False,
+                        teacher_where=teacher_where)
   # Jitted once per (shapes, variant, num_iters, loss); the numeric options are traced, so
   # eager calls with new values do not recompile. Inside an outer jit this is simply inlined.
   core = _pile_core(variant, num_iters, damping, temperature, eps, lam, gamma, loss, merge)
-  return _per_list(core, s, y, m, _label_mask(m, label_where))
+  return _per_list(core, s, y, m, _label_mask(m, label_where), p)
 
 
 def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
@@ -563,7 +630,8 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
   * ``"violated_before"`` / ``"violated_after"`` ``[...]``: ``|V|`` (fixable labelled pairs with
     ``z_i − z_j <= eps``) for the mean ``z⁰`` and for the output;
   * ``"teacher_pair_accuracy"`` ``[T, ...]``: fraction of ``P`` each teacher orders strictly
-    correctly (``A_k``; ties count as wrong), 0 for lists without labelled pairs;
+    correctly (``A_k``; ties count as wrong; a pair with an absent score counts as not ordered),
+    0 for lists without labelled pairs;
   * ``"mean_pair_accuracy"`` / ``"ensemble_pair_accuracy"`` ``[...]``: same for ``z⁰`` / output.
 
   Examples:
@@ -578,33 +646,36 @@ def pile_diagnostics(teacher_scores: Array, labels: Array, *, where: Optional[Ar
   """
   eps = pile_options.get("eps", 0.0)
   z = pile(teacher_scores, labels, where=where, **pile_options)
-  res = _diagnostics_impl(teacher_scores, labels, where, pile_options.get("label_where"), z, eps)
+  res = _diagnostics_impl(teacher_scores, labels, where, pile_options.get("label_where"),
+                          pile_options.get("teacher_where"), z, eps)
   res["ensemble"] = z
   return res
 
 
 @jax.jit
-def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
-  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
-  z0 = jnp.where(m, _teacher_mean(s, m), 0.0)
+def _diagnostics_impl(teacher_scores, labels, where, label_where, teacher_where, z, eps):
+  s, y, m, p = _prepare(teacher_scores, labels, where, require_labels=True, check=False,
+                        teacher_where=teacher_where)
+  z0 = jnp.where(m, _teacher_mean(s, m, p), 0.0)
   lm = _label_mask(m, label_where)
 
-  def core(s_l, y_l, m_l, z0_l, z_l):
+  def core(s_l, y_l, m_l, z0_l, z_l, p_l):
     P = _labelled_pairs(y_l, m_l)  # m_l: the label mask here
-    cnt, _, _ = _pair_stats(s_l, P)
+    cnt, _, _ = _pair_stats(s_l, P, p_l)
     fixable = P & (cnt > 0)
     n_p = jnp.sum(P)
     den = jnp.maximum(n_p, 1).astype(s_l.dtype)
 
-    def acc(x):
-      return jnp.sum(P & _pairwise(lambda a, b: a > b, x, x)).astype(s_l.dtype) / den
+    def acc(x, px=None):
+      both = P if px is None else P & px[:, None] & px[None, :]  # a teacher orders the pairs it scores
+      return jnp.sum(both & _pairwise(lambda a, b: a > b, x, x)).astype(s_l.dtype) / den
 
     return {
         "labelled_pairs": n_p,
         "unfixable_pairs": jnp.sum(P & (cnt == 0)),
         "violated_before": jnp.sum(_violated(z0_l, fixable, eps)),
         "violated_after": jnp.sum(_violated(z_l, fixable, eps)),
-        "teacher_pair_accuracy": jax.vmap(acc)(s_l),
+        "teacher_pair_accuracy": jax.vmap(acc)(s_l, p_l),
         "mean_pair_accuracy": acc(z0_l),
         "ensemble_pair_accuracy": acc(z_l),
     }
@@ -615,7 +686,8 @@ def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
   lead = list_shape[:-1]
   b = math.prod(lead)
   out = jax.vmap(core)(jnp.moveaxis(s, 0, -2).reshape((b, t, n)), y.reshape((b, n)),
-                       lm.reshape((b, n)), z0.reshape((b, n)), z.reshape((b, n)))
+                       lm.reshape((b, n)), z0.reshape((b, n)), z.reshape((b, n)),
+                       jnp.moveaxis(p, 0, -2).reshape((b, t, n)))
   res = {k: v.reshape(lead) for k, v in out.items() if k != "teacher_pair_accuracy"}
   res["teacher_pair_accuracy"] = jnp.moveaxis(out["teacher_pair_accuracy"], -1, 0).reshape(
       (t,) + lead)
@@ -627,8 +699,11 @@ def _diagnostics_impl(teacher_scores, labels, where, label_where, z, eps):
 
 
 def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
-         where: Optional[Array] = None) -> Array:
+         where: Optional[Array] = None, teacher_where: Optional[Array] = None) -> Array:
   r"""Mean-logit ensemble :math:`z_i = \frac{1}{M}\sum_k s_{ki}` (0 at padded items).
+
+  With ``teacher_where`` (``p_ki``): the mean over the teachers present,
+  :math:`z_i = \sum_k p_{ki} s_{ki} / \sum_k p_{ki}` (an item no teacher scores: 0).
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -641,21 +716,25 @@ def mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 2.5   1.75  1.25 -0.5 ]
      [ 5.    3.5   2.5  -1.  ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
-  return _mean(teacher_scores, labels, where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _mean(teacher_scores, labels, where, teacher_where)
 
 
 @jax.jit
-def _mean(teacher_scores, labels, where):
-  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
-  return jnp.where(m, _teacher_mean(s, m), 0.0)
+def _mean(teacher_scores, labels, where, teacher_where=None):
+  s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
+  return jnp.where(m, _teacher_mean(s, m, p), 0.0)
 
 
 def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
-                  where: Optional[Array] = None, weights: Sequence[float]) -> Array:
+                  where: Optional[Array] = None, weights: Sequence[float],
+                  teacher_where: Optional[Array] = None) -> Array:
   r"""Fixed-weight ensemble :math:`z_i = \sum_k w_k s_{ki} / \sum_k w_k`.
 
-  ``weights`` ``[T]`` must be non-negative with a positive sum (normalised here).
+  ``weights`` ``[T]`` must be non-negative with a positive sum (normalised here). With
+  ``teacher_where`` (``p_ki``) the weights are renormalised over the teachers present,
+  :math:`z_i = \sum_k w_k p_{ki} s_{ki} / \sum_k w_k p_{ki}` (0 where that sum is 0).
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -668,7 +747,7 @@ def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 4.  1.  2. -1.]
      [ 4.  1.  2. -1.]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, teacher_where=teacher_where)
   t = np.shape(teacher_scores)[0]
   if np.shape(weights) != (t,):
     raise ValueError(f"weights: expected shape ({t},) (one per teacher); got {np.shape(weights)}")
@@ -676,22 +755,27 @@ def weighted_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     wn = np.asarray(weights, dtype=np.float64)
     if not np.all(np.isfinite(wn)) or (wn < 0).any() or wn.sum() <= 0:
       raise ValueError(f"weights: expected finite non-negative values with a positive sum; got {wn.tolist()}")
-  return _weighted_mean(teacher_scores, labels, where, weights)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _weighted_mean(teacher_scores, labels, where, weights, teacher_where)
 
 
 @jax.jit
-def _weighted_mean(teacher_scores, labels, where, weights):
-  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+def _weighted_mean(teacher_scores, labels, where, weights, teacher_where=None):
+  s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
   w = jnp.asarray(weights, dtype=s.dtype)
   w = w / jnp.sum(w)
   c = _list_scale(s, m)
-  z = jnp.tensordot(w, s / c[None], axes=(0, 0)) * c
-  return jnp.where(m, z, 0.0)
+  z = jnp.tensordot(w, s / c[None], axes=(0, 0))
+  if teacher_where is not None:  # renormalise over the teachers present
+    den = jnp.tensordot(w, p.astype(s.dtype), axes=(0, 0))
+    z = jnp.where(den > 0, z / jnp.where(den > 0, den, 1.0), 0.0)
+  return jnp.where(m, z * c, 0.0)
 
 
 def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
-                 where: Optional[Array] = None) -> Array:
-  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``).
+                 where: Optional[Array] = None, teacher_where: Optional[Array] = None) -> Array:
+  r"""Max-logit ensemble :math:`z_i = \max_k s_{ki}` (registered as ``"max"``; with
+  ``teacher_where``, the max over the teachers present).
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -704,25 +788,28 @@ def max_ensemble(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[ 4.   2.5  2.   0. ]
      [-1.  -1.  -0.5  1. ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
-  return _max_ensemble(teacher_scores, labels, where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _max_ensemble(teacher_scores, labels, where, teacher_where)
 
 
 @jax.jit
-def _max_ensemble(teacher_scores, labels, where):
-  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
-  return jnp.where(m, jnp.max(s, axis=0), 0.0)
+def _max_ensemble(teacher_scores, labels, where, teacher_where=None):
+  s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
+  return jnp.where(m, jnp.max(jnp.where(p, s, -jnp.inf), axis=0), 0.0)
 
 
 def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
-                where: Optional[Array] = None) -> Array:
+                where: Optional[Array] = None, teacher_where: Optional[Array] = None) -> Array:
   r"""Mean of per-list standardised logits.
 
   .. math:: z_i = \frac{1}{M}\sum_k \frac{s_{ki} - \mu_k}{\sigma_k}
 
   with :math:`\mu_k`, :math:`\sigma_k` the mean and population standard deviation of teacher
   ``k``'s logits over the *valid* items of the list; :math:`\sigma_k = 0` (constant teacher or
-  one valid item) is replaced by 1 (the teacher is only centred).
+  one valid item) is replaced by 1 (the teacher is only centred). With ``teacher_where``
+  (``p_ki``): :math:`\mu_k`, :math:`\sigma_k` over the items teacher ``k`` scores, and the mean
+  over the teachers present at ``i``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -734,26 +821,30 @@ def zscore_mean(teacher_scores: Array, labels: Optional[Array] = None, *,
     >>> print(np.round(np.asarray(pj.zscore_mean(100.0 * teachers + 3.0), float), 4))  # invariant to each teacher's scale and shift
     [ 0.6934  0.6631 -0.1286 -1.2279]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
-  return _zscore_mean(teacher_scores, labels, where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _zscore_mean(teacher_scores, labels, where, teacher_where)
 
 
 @jax.jit
-def _zscore_mean(teacher_scores, labels, where):
-  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
+def _zscore_mean(teacher_scores, labels, where, teacher_where=None):
+  s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
   s = s / _list_scale(s, m)[None]  # scale-invariant; keeps squares of huge logits finite
-  mf = m.astype(s.dtype)[None]
+  mf = m.astype(s.dtype)[None] if teacher_where is None else p.astype(s.dtype)
   cnt = jnp.maximum(jnp.sum(mf, axis=-1, keepdims=True), 1.0)
   mu = jnp.sum(s * mf, axis=-1, keepdims=True) / cnt
   var = jnp.sum(jnp.square(s - mu) * mf, axis=-1, keepdims=True) / cnt
   sd = jnp.sqrt(var)
   sd = jnp.where(sd > 0, sd, 1.0)
-  z = jnp.mean((s - mu) / sd, axis=0)
+  if teacher_where is None:  # (the expression without a mask, bit for bit)
+    z = jnp.mean((s - mu) / sd, axis=0)
+  else:
+    z = _present_mean(jnp.where(p, (s - mu) / sd, 0.0), p)
   return jnp.where(m, z, 0.0)
 
 
 def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
-                 where: Optional[Array] = None) -> Array:
+                 where: Optional[Array] = None, teacher_where: Optional[Array] = None) -> Array:
   r"""Average of per-teacher rank scores (Borda count).
 
   Each teacher ranks the valid items (1 = highest logit; **tied logits share their average
@@ -761,7 +852,9 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
 
   .. math:: z_i = \frac{1}{M}\sum_k \frac{n_v - \mathrm{rank}_k(i)}{\max(n_v - 1, 1)} \in [0, 1]
 
-  (1 for an item every teacher puts first, 0 for one every teacher puts last).
+  (1 for an item every teacher puts first, 0 for one every teacher puts last). With
+  ``teacher_where``, each teacher ranks the items it scores (its own ``n_v``) and the average is
+  over the teachers present at ``i``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -774,31 +867,38 @@ def rank_average(teacher_scores: Array, labels: Optional[Array] = None, *,
     [[0.8333 0.6667 0.5    0.    ]
      [0.8333 0.6667 0.5    0.    ]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False)
-  return _rank_average(teacher_scores, labels, where)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=False, teacher_where=teacher_where)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _rank_average(teacher_scores, labels, where, teacher_where)
 
 
 @jax.jit
-def _rank_average(teacher_scores, labels, where):
-  s, _, m = _prepare(teacher_scores, labels, where, require_labels=False, check=False)
-  valid_j = m[None, ..., None, :]
+def _rank_average(teacher_scores, labels, where, teacher_where=None):
+  s, _, m, p = _prepare(teacher_scores, labels, where, require_labels=False, check=False, teacher_where=teacher_where)
+  valid_j = m[None, ..., None, :] if teacher_where is None else p[..., None, :]
   si = s[..., :, None]
   sj = s[..., None, :]
   higher = jnp.sum((sj > si) & valid_j, axis=-1).astype(s.dtype)
   tied = jnp.sum((sj == si) & valid_j, axis=-1).astype(s.dtype) - 1.0  # minus self
   rank = 1.0 + higher + 0.5 * tied
-  n_v = jnp.sum(m, axis=-1, keepdims=True).astype(s.dtype)
+  if teacher_where is None:  # (the expression without a mask, bit for bit)
+    n_v = jnp.sum(m, axis=-1, keepdims=True).astype(s.dtype)
+    return jnp.where(m, jnp.mean((n_v - rank) / jnp.maximum(n_v - 1.0, 1.0), axis=0), 0.0)
+  n_v = jnp.sum(p, axis=-1, keepdims=True).astype(s.dtype)
   score = (n_v - rank) / jnp.maximum(n_v - 1.0, 1.0)
-  return jnp.where(m, jnp.mean(score, axis=0), 0.0)
+  return jnp.where(m, _present_mean(jnp.where(p, score, 0.0), p), 0.0)
 
 
 def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
-                          where: Optional[Array] = None, label_where: Optional[Array] = None) -> Array:
+                          where: Optional[Array] = None, label_where: Optional[Array] = None,
+                          teacher_where: Optional[Array] = None) -> Array:
   """The logits of the teacher with the highest PNR (:func:`pile_jax.metrics.pnr`) on each list.
 
   Ties (including lists without labelled pairs, where every PNR is 0) go to the lowest teacher
   index. Uses the labels of the list it scores: an oracle/upper-bound baseline. The PNR counts
   only items in ``label_where`` (default: every valid item); the chosen logits cover all of ``where``.
+  With ``teacher_where``, a teacher's PNR counts the labelled pairs it scores both items of, and
+  each item takes the score of the best-PNR teacher among those present there.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, pile_jax as pj
@@ -812,20 +912,22 @@ def best_teacher_per_list(teacher_scores: Array, labels: Array, *,
     [[ 4.  1.  2. -1.]
      [ 4.  1.  2. -1.]]
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
   _check_label_where(label_where, labels)
-  return _best_teacher_per_list(teacher_scores, labels, where, label_where)
+  _check_teacher_where(teacher_where, teacher_scores)
+  return _best_teacher_per_list(teacher_scores, labels, where, label_where, teacher_where)
 
 
 @jax.jit
-def _best_teacher_per_list(teacher_scores, labels, where, label_where):
-  s, y, m = _prepare(teacher_scores, labels, where, require_labels=True, check=False)
+def _best_teacher_per_list(teacher_scores, labels, where, label_where, teacher_where=None):
+  s, y, m, p = _prepare(teacher_scores, labels, where, require_labels=True, check=False, teacher_where=teacher_where)
   lm = _label_mask(m, label_where)
-  p = _metrics.pnr(s, jnp.broadcast_to(y, s.shape), where=jnp.broadcast_to(lm, s.shape))  # [T, ...]
-  best = jnp.argmax(p, axis=0)  # first maximum
+  pnr = _metrics.pnr(s, jnp.broadcast_to(y, s.shape), where=jnp.broadcast_to(lm, s.shape) & p)  # [T, ...]
+  key = jnp.where(p, pnr[..., None], -jnp.inf)  # [T, ..., n]: absent teachers never chosen
+  best = jnp.argmax(key, axis=0)  # first maximum, per item
   t = s.shape[0]
-  sel = jnp.arange(t).reshape((t,) + (1,) * best.ndim) == best[None]  # [T, ...]
-  z = jnp.sum(jnp.where(sel[..., None], s, 0.0), axis=0)
+  sel = jnp.arange(t).reshape((t,) + (1,) * best.ndim) == best[None]  # [T, ..., n]
+  z = jnp.sum(jnp.where(sel, s, 0.0), axis=0)
   return jnp.where(m, z, 0.0)
 
 
@@ -888,8 +990,11 @@ def _entry(scores, labels, where, evaluated, topn):
 def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Array] = None,
                    teacher_names: Optional[Sequence[str]] = None,
                    ensembles: Sequence[Union[str, tuple]] = ("mean", "pile", "pile_sequential"),
-                   topn: int = 10) -> dict:
+                   topn: int = 10, teacher_where: Optional[Array] = None) -> dict:
   """PNR, pair accuracy and NDCG@topn of every teacher and of the requested ensembles.
+
+  With ``teacher_where`` ``[T, ..., n]`` each teacher is evaluated on the items it scores (absent
+  scores are left out, never counted as 0) and the ensembles get the mask.
 
   ``ensembles`` items are registry names or ``(display_name, registry_name, options_dict)``.
 
@@ -906,13 +1011,15 @@ def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Arra
   ``per_list`` holds NumPy arrays ``[...]`` for every list. ``vs_mean`` counts evaluated lists
   where the ensemble's PNR is above / below / equal to the mean ensemble's.
   """
-  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True)
+  _validate.check_teacher_lists(teacher_scores, labels, where=where, require_labels=True, teacher_where=teacher_where)
+  _check_teacher_where(teacher_where, teacher_scores)
   ts = jnp.asarray(teacher_scores)
   y = jnp.asarray(labels)
   t = ts.shape[0]
   list_shape = ts.shape[1:]
   m = (jnp.ones(list_shape, bool) if where is None
        else jnp.broadcast_to(jnp.asarray(where, dtype=bool), list_shape))
+  tw = None if teacher_where is None else jnp.broadcast_to(jnp.asarray(teacher_where, bool), ts.shape) & m[None]
   names = list(teacher_names) if teacher_names is not None else [f"teacher_{k}" for k in range(t)]
   if len(names) != t:
     raise ValueError(f"teacher_names: expected {t} names (one per teacher); got {len(names)}")
@@ -925,14 +1032,15 @@ def teacher_report(teacher_scores: Array, labels: Array, *, where: Optional[Arra
       "ensembles": {},
   }
   for k, name in enumerate(names):
-    report["teachers"][name] = _entry(ts[k], y, m, evaluated, topn)
-  mean_pnr = np.asarray(_metrics.pnr(mean(ts, where=m), y, where=m))
+    report["teachers"][name] = _entry(ts[k], y, m if tw is None else tw[k], evaluated, topn)
+  extra = {} if tw is None else {"teacher_where": tw}
+  mean_pnr = np.asarray(_metrics.pnr(mean(ts, where=m, **extra), y, where=m))
   for item in ensembles:
     if isinstance(item, str):
       display, reg, opts = item, item, {}
     else:
       display, reg, opts = item
-    z = ensemble(reg, ts, y, where=m, **dict(opts))
+    z = ensemble(reg, ts, y, where=m, **extra, **dict(opts))
     entry = _entry(z, y, m, evaluated, topn)
     p = entry["per_list"]["pnr"]
     entry["vs_mean"] = {

@@ -12,6 +12,10 @@ Teachers ``s[k, b, i]`` (k = 1..T, lists b, items i), graded labels ``y[b, i]``,
 * :func:`fit_mse_weights`: ``w* = argmin_{w ∈ Δ} Σ_{b,i: v_bi} (Σ_k w_k s[k,b,i] − z[b,i])²``
   over the same grid: the convex combination of the teachers closest to a target ``z`` (e.g. the
   PILE ensemble on labelled lists), i.e. the per-teacher trust the target implies.
+
+Absent teacher scores (``teacher_where [T, B, n]`` False): a global weight vector mixes every
+teacher, so both fits use only the complete cases -- pairs whose two items, items whose score,
+every teacher has (an absent score is never read as 0).
 """
 
 from __future__ import annotations
@@ -67,10 +71,17 @@ def _pick(values: np.ndarray, grid: np.ndarray, *, maximise: bool) -> int:
     return int(ties[np.argmin(dist)])
 
 
+def _complete(where: np.ndarray, teacher_where) -> np.ndarray:
+    """``where`` restricted to the items every teacher scores."""
+    m = np.asarray(where, bool)
+    return m if teacher_where is None else m & np.all(np.asarray(teacher_where, bool), axis=0)
+
+
 def fit_pair_accuracy_weights(teacher_scores: np.ndarray, labels: np.ndarray, where: np.ndarray,
-                              *, max_points: int = 5000) -> tuple[np.ndarray, float]:
-    """``(w [T], acc)``: the simplex-grid weights of the best pooled label pair accuracy."""
-    d = labelled_pair_margins(teacher_scores, labels, where)
+                              *, max_points: int = 5000, teacher_where=None) -> tuple[np.ndarray, float]:
+    """``(w [T], acc)``: the simplex-grid weights of the best pooled label pair accuracy (on the
+    items every teacher scores, when ``teacher_where`` is given)."""
+    d = labelled_pair_margins(teacher_scores, labels, _complete(where, teacher_where))
     if d.shape[0] == 0:
         raise ValueError("fit_pair_accuracy_weights: no labelled pair to fit on")
     grid = simplex_grid(d.shape[1], max_points)
@@ -83,11 +94,11 @@ def fit_pair_accuracy_weights(teacher_scores: np.ndarray, labels: np.ndarray, wh
 
 
 def fit_mse_weights(teacher_scores: np.ndarray, target: np.ndarray, where: np.ndarray,
-                    *, max_points: int = 5000) -> tuple[np.ndarray, float]:
+                    *, max_points: int = 5000, teacher_where=None) -> tuple[np.ndarray, float]:
     """``(w [T], mse)``: the simplex-grid weights whose ``Σ_k w_k s_k`` is nearest ``target`` in
-    mean squared error over the items in ``where``."""
+    mean squared error over the items in ``where`` (that every teacher scores, with ``teacher_where``)."""
     s = np.asarray(teacher_scores, np.float64)
-    m = np.asarray(where, bool)
+    m = _complete(where, teacher_where)
     x = s[:, m].T                                   # [N, T]
     z = np.asarray(target, np.float64)[m]
     if z.size == 0:

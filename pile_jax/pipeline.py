@@ -267,16 +267,18 @@ def _ensembles(cfg, job, book: _RunBook, log) -> dict:
         # (their quality against labels is in the teacher report, marked as such).
         if fn_name in E.LABEL_ENSEMBLES:
             continue
-        z = np.asarray(E.ensemble(fn_name, ts_eval, None, where=ev["mask"], **opts))
+        absent = {} if ev.get("teacher_mask") is None else {"teacher_where": np.transpose(ev["teacher_mask"], (1, 0, 2))}
+        z = np.asarray(E.ensemble(fn_name, ts_eval, None, where=ev["mask"], **absent, **opts))
         book.add(f"ensemble_{mname}", None, groups_to_run(ev, z))
     report = {}
     for uj in ("zero", "ignore"):
         for s in ("train", job.eval_split):
             g = job.groups[s] if uj == job.unjudged else _regroup(cfg, job, s, uj)
             ts = np.transpose(g["teacher_scores"], (1, 0, 2))
+            tw = None if g.get("teacher_mask") is None else np.transpose(g["teacher_mask"], (1, 0, 2))
             report[f"{s} (unjudged={uj})"] = E.teacher_report(
                 ts, g["labels"], where=g["mask"] & g["label_mask"], teacher_names=job.teacher_names,
-                ensembles=ensemble_specs(methods))
+                ensembles=ensemble_specs(methods), teacher_where=tw)
     for key, rep in report.items():
         note = (" [diagnostic: label-supervised ensembles here read this split's labels]"
                 if key.startswith(job.eval_split) else "")

@@ -169,6 +169,10 @@ def concat_groups(*parts: Mapping[str, Any]) -> dict:
     out = {"query_id": [q for p in parts for q in p["query_id"]], "teacher_names": list(parts[0].get("teacher_names", []))}
     for k in ("doc_ids", "labels", "label_mask", "mask", "teacher_scores"):
         out[k] = np.concatenate([np.asarray(p[k]) for p in parts], axis=0)
+    if any(p.get("teacher_mask") is not None for p in parts):   # absent scores stay absent
+        from pile_jax.data.groups import teacher_mask_of
+
+        out["teacher_mask"] = np.concatenate([teacher_mask_of(p) for p in parts], axis=0)
     return out
 
 
@@ -177,24 +181,37 @@ def teacher_stats(groups: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """Per-teacher mean and std (float64) of the scores over the valid items of ``groups``.
 
     ``mu_t = mean(s_t)``, ``sd_t = max(std(s_t), 1e-6)``, both accumulated in float64 so one huge
-    but finite score (float32 squares overflow above ~1.8e19) cannot turn the std into inf."""
+    but finite score (float32 squares overflow above ~1.8e19) cannot turn the std into inf. With a
+    ``teacher_mask`` each teacher's statistics use only the items it scored (an absent score is
+    not a 0)."""
+    from pile_jax.data.groups import teacher_mask_of
+
     ts = np.asarray(groups["teacher_scores"], np.float64)
     mask = np.asarray(groups["mask"], bool)
     T = ts.shape[1]
     if T and not mask.any():
         raise ValueError("teacher standardisation: no valid train items (no train groups?)")
-    mu = np.array([ts[:, t][mask].mean() for t in range(T)], np.float64)
-    sd = np.array([max(ts[:, t][mask].std(), 1e-6) for t in range(T)], np.float64)
+    present = teacher_mask_of(groups)
+    names = list(groups.get("teacher_names") or [f"#{t}" for t in range(T)])
+    for t in range(T):
+        if not present[:, t].any():
+            raise ValueError(f"teacher standardisation: teacher {names[t]!r} scores no train item")
+    mu = np.array([ts[:, t][present[:, t]].mean() for t in range(T)], np.float64)
+    sd = np.array([max(ts[:, t][present[:, t]].std(), 1e-6) for t in range(T)], np.float64)
     return mu, sd
 
 
 def standardise(groups: dict, mu: np.ndarray, sd: np.ndarray) -> dict:
     """Teacher scores ``(s - mu_t) / sd_t`` computed in float64, stored float32 (padding stays 0):
     one global scale per teacher, so logits of different magnitudes (BM25 ~10, cosine ~0.5) mix
-    without changing any teacher's order or its within-list margins' relative size."""
+    without changing any teacher's order or its within-list margins' relative size. Absent scores
+    (``teacher_mask`` False) stay 0."""
+    from pile_jax.data.groups import teacher_mask_of
+
     mu, sd = np.asarray(mu, np.float64), np.asarray(sd, np.float64)
     ts = (np.asarray(groups["teacher_scores"], np.float64) - mu[None, :, None]) / sd[None, :, None]
-    return dict(groups, teacher_scores=(ts * groups["mask"][:, None, :]).astype(np.float32))
+    keep = groups["mask"][:, None, :] if groups.get("teacher_mask") is None else teacher_mask_of(groups)
+    return dict(groups, teacher_scores=(ts * keep).astype(np.float32))
 
 
 # ------------------------------------------------------------------------ processes
@@ -307,12 +324,9 @@ def score_teacher(spec: Mapping[str, Any], *, coll, candidates: Mapping[str, lis
     calls and the scorers share the batches out across processes (data-parallel scoring).
     """
     log = log or _log.info
-    from pile_jax.data import read_teacher_scores
-
     kind = spec.get("kind")
     if kind == "file":
-        return read_teacher_scores(C.require(spec, "path", source=f"teacher {spec.get('name')!r}"), collection=coll,
-                                   outliers=spec.get("outliers", "error"))
+        return read_file_teacher(spec, coll)
     done = dict(done or {})
     todo = {q: c for q, c in candidates.items() if not (q in done and set(c) <= set(done[q]))}
     if kind == "bm25":
@@ -684,7 +698,7 @@ SECTION_KEYS = {
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
-                "outliers", "student"),
+                "outliers", "student", "format", "transform", "allow_pickle", "duplicates"),
     "ensembles": ("standardize", "methods"),
     "eval": ("split",),
 }
@@ -756,6 +770,46 @@ def check_model(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     context["model"] = model
 
 
+def _check_file_teacher_keys(c: C.Checker, spec: Mapping[str, Any], where: str, kind: Any) -> None:
+    """``outliers``, ``format``, ``transform``, ``allow_pickle``, ``duplicates``: keys of a ``kind:
+    file`` teacher (:mod:`pile_jax.data.teacher_files`)."""
+    from pile_jax.data.teacher_files import DUPLICATES, FORMATS, TRANSFORMS
+
+    for key in ("outliers", "format", "transform", "allow_pickle", "duplicates"):
+        if key in spec and kind != "file":
+            c.fail(f"{where}.{key}", "only a teacher of kind file reads a score file")
+    c.choice(spec, "format", where, FORMATS)
+    c.choice(spec, "transform", where, TRANSFORMS)
+    c.choice(spec, "duplicates", where, DUPLICATES)
+    if "allow_pickle" in spec and not isinstance(spec["allow_pickle"], bool):
+        c.fail(f"{where}.allow_pickle", f"must be true or false, got {spec['allow_pickle']!r}")
+    if spec.get("format") == "score_map_pickle" and spec.get("allow_pickle") is not True:
+        c.fail(f"{where}.allow_pickle", "format score_map_pickle loads a pickle, which runs code from the file: "
+                                        "set allow_pickle: true only if you trust the file")
+
+
+def read_file_teacher(spec: Mapping[str, Any], coll) -> dict[str, dict[str, float]]:
+    """A ``kind: file`` teacher's scores ``{qid: {doc: score}}`` for a small in-memory collection:
+    today's TSV through :func:`pile_jax.data.trec.read_teacher_scores`; any other ``format`` /
+    ``transform`` through :func:`pile_jax.data.teacher_files.read_teacher_file`."""
+    from pile_jax.data import read_teacher_scores
+
+    path = C.require(spec, "path", source=f"teacher {spec.get('name')!r}")
+    fmt, transform = spec.get("format", "tsv"), spec.get("transform", "raw")
+    if fmt == "tsv" and transform == "raw" and spec.get("duplicates", "error") == "error":
+        return read_teacher_scores(path, collection=coll, outliers=spec.get("outliers", "error"))
+    from pile_jax.data.teacher_files import read_teacher_file, row_index
+
+    qidx, didx = row_index(coll.queries), row_index(coll.docs)   # a TextStore's own rows(), or a key index
+    tr = read_teacher_file(path, format=fmt, transform=transform, queries=qidx, docs=didx,
+                           outliers=spec.get("outliers", "error"), allow_pickle=bool(spec.get("allow_pickle", False)),
+                           duplicates=spec.get("duplicates", "error"))
+    out: dict[str, dict[str, float]] = {}
+    for q, d, v in zip(qidx.ids_of(tr.query_rows), didx.ids_of(tr.doc_rows), tr.scores.tolist()):
+        out.setdefault(str(q), {})[str(d)] = v
+    return out
+
+
 def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
     """Fragment: the ``teachers:`` list (required but for ``train``): unique file-safe names,
     kinds, paths, folds, a cross-encoder teacher's objective and train section, each model's
@@ -792,8 +846,7 @@ def check_teachers(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         c.number(spec, "num_layers", where, integer=True, low=1)
         c.choice(spec, "eval_scored_by", where, ("all", "first"))
         c.choice(spec, "outliers", where, ("error", "accept"))
-        if "outliers" in spec and kind != "file":
-            c.fail(f"{where}.outliers", "only a teacher of kind file reads a score file")
+        _check_file_teacher_keys(c, spec, where, kind)
         if kind in FINE_TUNED_KINDS:
             check_objective(spec.get("objective"), f"{where}.objective", c.source)
         elif "objective" in spec:

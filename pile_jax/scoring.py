@@ -68,6 +68,11 @@ def lookup_texts(queries: Mapping[str, str], docs: Mapping[str, str], qids: Sequ
 
 def _group_arrays(records) -> dict:
     batch = {k: np.stack([np.asarray(r[k]) for r in records]) for k in GROUP_KEYS}
+    if any(r.get("teacher_mask") is not None for r in records):   # absent teacher scores (issue 20)
+        batch["teacher_mask"] = np.stack([
+            np.asarray(r["teacher_mask"], bool) if r.get("teacher_mask") is not None
+            else np.broadcast_to(np.asarray(r["mask"], bool)[None], np.shape(r["teacher_scores"]))
+            for r in records])
     if "target" in records[0]:
         batch["target"] = np.stack([np.asarray(r["target"]) for r in records]).astype(np.float32)
     return batch
@@ -76,11 +81,14 @@ def _group_arrays(records) -> dict:
 def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *, store_dir=None,
                  index_doc_ids: Sequence[str] | None = None):
     """Records -> train batch: the group arrays (``labels``, ``label_mask``, ``mask``,
-    ``teacher_scores``, optional ``target``) plus the ranker's token arrays.
+    ``teacher_scores``, optional ``teacher_mask`` and ``target``) plus the ranker's token arrays.
 
     With a tokenise-once featuriser every query and document text is tokenised here, once (or
     read from ``store_dir/{queries,docs}.tokens.npz`` when those hold the same texts and
     tokenizer; written there otherwise); each batch is then one dict lookup per id and NumPy.
+    ``queries`` / ``docs`` given as on-disk text stores use the corpus' memory-mapped token store
+    (:func:`pile_jax.models.token_store.token_store_for`, built once beside the text store and
+    shared by every run) and look ids up through the store's sorted index.
     ``collate.group_lengths(query_ids [G], doc_ids [G, n]) -> int64 [G]``: the tokens of each
     group's longest pair (cross-encoders) or longest query / document item (two towers).
     A featuriser with a frozen document index (``index_documents``, the ``query_encoder``
@@ -90,12 +98,15 @@ def make_collate(ranker, queries: Mapping[str, str], docs: Mapping[str, str], *,
     feats = features_of(ranker)
     if feats is None:
         return _text_collate(ranker, queries, docs)
+    from pile_jax.models.token_store import document_budget, is_text_store
     from pile_jax.models.tokenize import load_or_tokenize
 
     path = (lambda name: None) if store_dir is None else (lambda name: _join(store_dir, f"{name}.tokens.npz"))
-    q_store = load_or_tokenize(feats, queries, path("queries"))
-    d_store = load_or_tokenize(feats, docs, path("docs"))
-    if hasattr(feats, "index_documents"):   # frozen document vectors: computed before the first batch
+    q_store = load_or_tokenize(feats, queries, path("queries"))   # a TextStore: its own token store
+    d_store = load_or_tokenize(feats, docs, path("docs"), max_tokens=document_budget(feats))
+    if hasattr(feats, "index_documents") and not (index_doc_ids is None and is_text_store(docs)):
+        # frozen document vectors: computed before the first batch (a corpus in a text store:
+        # only the documents asked for; the others are encoded when a batch first needs them)
         feats.index_documents(d_store, None if index_doc_ids is None else d_store.rows(list(index_doc_ids)),
                               progress="document index")
 
@@ -221,12 +232,71 @@ def score_candidates(
     if feats is not None and hasattr(feats, "index_documents") and candidates:
         return score_candidate_groups(ranker, params, candidates, queries, docs, batch_size=batch_size,
                                       scorer=scorer, progress=progress, devices=devices, distributed=distributed)
+    if feats is not None and _is_text_store(docs):
+        return _score_stored_candidates(ranker, params, candidates, queries, docs, batch_size=batch_size,
+                                        scorer=scorer, progress=progress, devices=devices, distributed=distributed)
     keys = [(q, d) for q, ds in candidates.items() for d in ds]
     scores = score_pairs(ranker, params, [(queries[q], docs[d]) for q, d in keys], batch_size=batch_size,
                          scorer=scorer, progress=progress, devices=devices, distributed=distributed)
     out: dict[str, dict[str, float]] = {q: {} for q in candidates}
     for (q, d), s in zip(keys, scores.tolist()):
         out[q][d] = s
+    return out
+
+
+def _is_text_store(docs) -> bool:
+    from pile_jax.models.token_store import is_text_store
+
+    return is_text_store(docs)
+
+
+def _stored_rows(feats, candidates, queries, docs):
+    """A corpus in a text store: ``(q_store, q_rows [Q], d_store, d_rows [P], counts [Q])`` --
+    the queries of ``candidates`` tokenised here (texts keyed by id), the documents' rows in the
+    corpus' disk token store (built once, :func:`pile_jax.models.token_store.token_store_for`);
+    no document text is read."""
+    import itertools
+
+    from pile_jax.models.token_store import document_budget, token_store_for
+
+    qids = list(candidates)
+    q_store = feats.tokenize_texts([str(queries[q]) for q in qids], qids)
+    d_store = token_store_for(feats, docs, max_tokens=document_budget(feats))
+    counts = np.fromiter((len(candidates[q]) for q in qids), np.int64, len(qids))
+    flat = list(itertools.chain.from_iterable(candidates[q] for q in qids))
+    d_rows = d_store.rows(flat) if flat else np.zeros(0, np.int64)
+    return q_store, q_store.rows(qids), d_store, d_rows, counts
+
+
+def _score_stored_candidates(ranker, params, candidates, queries, docs, *, batch_size, scorer, progress, devices,
+                             distributed):
+    """:func:`score_candidates` for documents in a text store: pairs assembled from the corpus'
+    disk token store, scored as :func:`score_pairs` does (length-sorted, data-parallel)."""
+    from pile_jax.models.tokenize import pad_rows
+
+    feats = features_of(ranker)
+    scorer = scorer or cached_scorer(ranker.score_fn)
+    q_store, q_rows, d_store, d_rows, counts = _stored_rows(feats, candidates, queries, docs)
+    pair_q = np.repeat(q_rows, counts)
+    if len(pair_q) == 0:
+        return {q: {} for q in candidates}
+    run, multiple = data_parallel(scorer, params, devices)
+    rows = -(-batch_size // multiple) * multiple
+
+    def make_batch(idx, size):
+        q, d = pad_rows(q_store, pair_q, idx, size), pad_rows(d_store, d_rows, idx, size)
+        batch = feats.assemble(q_store, q, d_store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+
+    lengths = feats.item_lengths(q_store, pair_q, d_store, d_rows)
+    scores = map_sorted(lengths, rows, make_batch, lambda b: scorer_first_column(run(b)), progress=progress,
+                        distributed=distributed)
+    out, pos = {}, 0
+    values = scores.tolist()
+    for q, k in zip(candidates, counts.tolist()):
+        out[q] = dict(zip(candidates[q], values[pos:pos + k]))
+        pos += k
     return out
 
 
@@ -248,38 +318,51 @@ def score_candidate_groups(
     the empty document, masked), ``batch_size`` groups per batch sorted by query length, each
     query encoded once; the unique documents are indexed first. The score of a (query, document)
     pair is that of :func:`score_pairs` (the query tower's output dotted with the document vector)."""
-    from pile_jax.models.tokenize import tokenize_texts
-
     features = features_of(ranker)
     scorer = scorer or cached_scorer(ranker.score_fn)
     run, multiple = data_parallel(scorer, params, devices)
     rows = -(-batch_size // multiple) * multiple
     qids = list(candidates)
     n = max(len(candidates[q]) for q in qids)
+    if _is_text_store(docs):   # documents from the corpus' disk token store (and its vector file)
+        q_store, q_rows, d_store, flat, counts = _stored_rows(features, candidates, queries, docs)
+        mask = np.arange(n)[None, :] < counts[:, None]
+        d_rows = np.full((len(qids), n), d_store.index[""], np.int64)
+        d_rows[mask] = flat
+    else:
+        q_store, q_rows, d_store, d_rows, mask = _text_group_rows(features, candidates, queries, docs, n)
+    q_empty, d_empty = q_store.index[""], d_store.index[""]
+    features.index_documents(d_store, np.unique(np.append(d_rows.ravel(), d_empty)), distributed=distributed)
+
+    def make_batch(idx, size):
+        q = np.full(size, q_empty, np.int64)
+        d = np.full((size, n), d_empty, np.int64)
+        m = np.zeros((size, n), bool)
+        q[:len(idx)], d[:len(idx)], m[:len(idx)] = q_rows[idx], d_rows[idx], mask[idx]
+        batch = features.assemble(q_store, q, d_store, d)
+        batch["mask"] = m
+        return batch
+
+    lengths = features.item_lengths(q_store, q_rows, q_store, q_rows)
+    scores = map_sorted(lengths, rows, make_batch, run, tail=(n,), progress=progress, distributed=distributed)
+    return {q: {d: float(scores[i, j]) for j, d in enumerate(candidates[q])} for i, q in enumerate(qids)}
+
+
+def _text_group_rows(features, candidates, queries, docs, n):
+    """In-memory collections: every query and candidate text in one store keyed by text."""
+    from pile_jax.models.tokenize import tokenize_texts
+
+    qids = list(candidates)
     qtexts = [str(queries[q]) for q in qids]
     dtexts = [str(docs[d]) for q in qids for d in candidates[q]]
     texts = list(dict.fromkeys(qtexts + dtexts + [""]))
     store = tokenize_texts(features._backend, texts, texts)
-    empty = store.index[""]
     q_rows = store.rows(np.asarray(qtexts, dtype=object))
-    d_rows = np.full((len(qids), n), empty, np.int64)
+    d_rows = np.full((len(qids), n), store.index[""], np.int64)
     mask = np.zeros((len(qids), n), bool)
     for i, q in enumerate(qids):
         c = candidates[q]
         if c:
             d_rows[i, :len(c)] = store.rows(np.asarray([str(docs[d]) for d in c], dtype=object))
             mask[i, :len(c)] = True
-    features.index_documents(store, np.unique(np.append(d_rows.ravel(), empty)), distributed=distributed)
-
-    def make_batch(idx, size):
-        q = np.full(size, empty, np.int64)
-        d = np.full((size, n), empty, np.int64)
-        m = np.zeros((size, n), bool)
-        q[:len(idx)], d[:len(idx)], m[:len(idx)] = q_rows[idx], d_rows[idx], mask[idx]
-        batch = features.assemble(store, q, store, d)
-        batch["mask"] = m
-        return batch
-
-    lengths = features.item_lengths(store, q_rows, store, q_rows)
-    scores = map_sorted(lengths, rows, make_batch, run, tail=(n,), progress=progress, distributed=distributed)
-    return {q: {d: float(scores[i, j]) for j, d in enumerate(candidates[q])} for i, q in enumerate(qids)}
+    return store, q_rows, store, d_rows, mask

@@ -340,8 +340,10 @@ def fit_targets(cells: list[dict], train: Mapping[str, Any], transfer: Mapping[s
     mask = np.asarray(train["mask"], bool)
     lm = mask & np.asarray(train["label_mask"], bool)
     labels = np.where(lm, np.asarray(train["labels"], np.float64), 0.0)
+    tw = None if train.get("teacher_mask") is None else np.transpose(np.asarray(train["teacher_mask"], bool), (1, 0, 2))
+    absent = {} if tw is None else {"teacher_where": tw}   # absent scores: ignored, never 0
     if "weighted_fit" in wanted:
-        w, acc = F.fit_pair_accuracy_weights(ts, labels, lm)
+        w, acc = F.fit_pair_accuracy_weights(ts, labels, lm, **absent)
         fitted["weighted_fit"] = w
         info["weighted_fit"] = {"weights": w.tolist(), "train_pair_accuracy": acc,
                                 "fit": "simplex grid, max pooled label pair accuracy on the training lists"}
@@ -351,11 +353,11 @@ def fit_targets(cells: list[dict], train: Mapping[str, Any], transfer: Mapping[s
             continue
         opts = dict(c["objective"].get("ensemble") or {})
         opts.pop("name", None)
-        z = np.asarray(E.pile(ts.astype(np.float32), labels.astype(np.float32), where=mask, label_where=lm, **opts),
-                           np.float64)
+        z = np.asarray(E.pile(ts.astype(np.float32), labels.astype(np.float32), where=mask, label_where=lm,
+                              **absent, **opts), np.float64)
         has_pair = np.any(lm[:, :, None] & lm[:, None, :] & (labels[:, :, None] > labels[:, None, :]), axis=(1, 2))
         fit_where = mask & has_pair[:, None]
-        w, mse = F.fit_mse_weights(ts, z, fit_where)
+        w, mse = F.fit_mse_weights(ts, z, fit_where, **absent)
         carry_t = None
         if transfer is not None:
             tts = np.transpose(np.asarray(transfer["teacher_scores"], np.float64), (1, 0, 2))
@@ -372,6 +374,7 @@ def single_column(groups: Mapping[str, Any], column: np.ndarray) -> dict:
     """``groups`` whose teacher axis holds one precomputed target column ``[B, n]``."""
     g = dict(groups)
     g["teacher_scores"] = np.asarray(column, np.float32)[:, None, :]
+    g.pop("teacher_mask", None)   # the column has a value on every real item
     return g
 
 
@@ -384,7 +387,8 @@ def target_agreement(obj: Mapping[str, Any], groups: Mapping[str, Any], mean_acc
     from pile_jax import metrics as M
     from pile_jax.train.objective import resolve_target
 
-    batch = {k: np.asarray(groups[k]) for k in ("teacher_scores", "labels", "label_mask", "mask")}
+    batch = {k: np.asarray(groups[k]) for k in ("teacher_scores", "labels", "label_mask", "mask", "teacher_mask")
+             if groups.get(k) is not None}
     z = np.asarray(resolve_target(batch, obj), np.float64)
     lm = batch["mask"] & batch["label_mask"]
     labels = np.where(lm, batch["labels"], 0.0)
@@ -624,7 +628,8 @@ def _grid(cfg, st, job, out_path, log) -> SimpleNamespace:
 
     def column(g, o):
         return np.asarray(resolve_target({k: np.asarray(g[k]) for k in
-                                          ("teacher_scores", "labels", "label_mask", "mask")}, o))
+                                          ("teacher_scores", "labels", "label_mask", "mask", "teacher_mask")
+                                          if g.get(k) is not None}, o))
 
     mean_acc = None
     if any(c["objective"].get("distill_losses") for c in st.cells):

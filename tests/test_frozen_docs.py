@@ -193,3 +193,38 @@ def test_vectors_persist_in_the_disk_cache_and_a_new_process_encodes_nothing(cra
         restore_b()
     for q in cands:
         assert again[q] == pytest.approx(first[q], rel=1e-6)
+
+
+def test_a_corpus_in_a_text_store_keeps_its_vectors_in_a_file_beside_its_tokens(cranfield, tmp_path):
+    """Issue 20: documents in an on-disk TextStore -> the frozen vectors live in a memory-mapped
+    file per encoder beside the corpus' token store, only the candidates are encoded, and a new
+    index (another run) of the same encoder reads them back instead of encoding."""
+    from pile_jax.data.textstore import TextStore
+
+    coll, qids, dids = cranfield
+    store = TextStore.build(tmp_path / "docs", [(dids, [coll.docs[d] for d in dids])], source="cranfield")
+    cands = {q: dids[i * 5:(i + 1) * 5] for i, q in enumerate(qids)}   # 30 of the 40 documents
+    a = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, seed=0, **LENGTHS)
+    ref = score_candidates(a, a.params, cands, coll.queries, {d: coll.docs[d] for d in dids})
+    seen, restore = _count_encoded(a.meta["features"])
+    try:
+        got = score_candidates(a, a.params, cands, coll.queries, store)
+    finally:
+        restore()
+    assert sum(seen) == 30
+    for q in cands:
+        np.testing.assert_allclose([got[q][d] for d in cands[q]], [ref[q][d] for d in cands[q]], atol=1e-5, rtol=0)
+    (vec_file,) = (tmp_path / "docs" / "tokens").rglob("vectors/*.f32.npy")
+    have = np.load(str(vec_file).replace(".f32.npy", ".have.npy"))
+    assert have.shape == (41,) and have.sum() == 31                     # 30 candidates + the empty padding text
+    from pile_jax.models.token_store import document_budget, token_store_for
+
+    b = rankers.student("query_encoder", "all-MiniLM-L6-v2", num_layers=1, doc_layers=1, seed=1, **LENGTHS)
+    feats = b.meta["features"]
+    tokens = token_store_for(feats, TextStore.open(tmp_path / "docs"), max_tokens=document_budget(feats))
+    seen, restore = _count_encoded(feats)
+    try:
+        vecs = feats.index.vectors(tokens, tokens.rows(dids[:5]))
+    finally:
+        restore()
+    assert sum(seen) == 0 and vecs.shape == (5, 384) and np.abs(vecs).sum(-1).min() > 0

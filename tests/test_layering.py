@@ -159,10 +159,11 @@ def module_name_at(root: Path, path: Path) -> str:
 LAYERS = (
     ("leaves", ("config", "caches", "io", "logs", "data.errors", "numerics")),
     ("core + data", ("losses", "metrics", "ensemble", "_validate", "params", "data.collection", "data.trec",
-                     "data.groups", "data.tfds_builder", "data.sampler", "data.loader")),
+                     "data.groups", "data.teacher_files", "data.teacher_table", "data.tfds_builder", "data.sampler",
+                     "data.loader", "data.textstore", "data.layouts")),
     ("shared compute", ("parallel", "bm25")),
     ("models", ("models.config", "models.encoder", "models.cross_encoder", "models.hf_io", "models.hub",
-                "models.tokenize", "models.students", "models.frozen_docs", "models.features", "models.export",
+                "models.tokenize", "models.token_store", "models.students", "models.frozen_docs", "models.features", "models.export",
                 "models.reranker")),
     ("training", ("scoring", "train.optim", "train.objective", "train.step", "train.checkpoint", "train.evaluate",
                   "train.loop")),

@@ -10,6 +10,11 @@ Layout of a collection folder::
 ``load_collection("cranfield")`` / ``"scifact"`` / ``"nfcorpus"`` read the copies shipped in
 ``pile_jax/resources/collections``; any other argument is a folder path, local or a URL
 (``gs://bucket/collection``, read through :mod:`pile_jax.io`).
+
+Large collections: a folder in BEIR's or MS MARCO passage's layout (:mod:`pile_jax.data.layouts`)
+is read streaming into on-disk :class:`~pile_jax.data.textstore.TextStore` s (``docs`` and
+``queries`` are then stores, not dicts; ``layout`` says which); so is a pile_jax-layout folder
+with ``store=True`` or a ``docs.jsonl`` over :data:`STORE_THRESHOLD_BYTES`.
 """
 
 from __future__ import annotations
@@ -26,26 +31,31 @@ from pile_jax import io as pio
 from pile_jax.data.errors import DataError
 from pile_jax.data.trec import read_qrels
 
-__all__ = ["Collection", "load_collection", "SHIPPED_COLLECTIONS", "DataError"]
+__all__ = ["Collection", "load_collection", "SHIPPED_COLLECTIONS", "DataError", "STORE_THRESHOLD_BYTES"]
 
 SHIPPED_COLLECTIONS = ("cranfield", "scifact", "nfcorpus")
+#: a pile_jax-layout ``docs.jsonl`` larger than this is read into a TextStore (``store=None``)
+STORE_THRESHOLD_BYTES = 512 << 20
 
 
 @dataclasses.dataclass
 class Collection:
-    """An in-memory collection.
+    """A collection.
 
-    docs: ``{doc_id: (title + " " + text).strip()}``; queries: ``{query_id: text}``;
-    qrels: ``{query_id: {doc_id: grade}}``; splits: ``{split_name: [query_id, ...]}``.
-    All ids are strings; dicts keep file order.
+    docs: ``{doc_id: (title + " " + text).strip()}``; queries: ``{query_id: text}`` -- dicts in
+    file order, or :class:`~pile_jax.data.textstore.TextStore` s (on-disk ``Mapping[str, str]``,
+    row order = file order) for the large layouts; qrels: ``{query_id: {doc_id: grade}}``;
+    splits: ``{split_name: [query_id, ...]}``. All ids are strings. ``layout``: ``"pile_jax"``,
+    ``"beir"`` or ``"msmarco"``.
     """
 
     name: str
     path: str
-    docs: dict[str, str]
-    queries: dict[str, str]
+    docs: Mapping[str, str]
+    queries: Mapping[str, str]
     qrels: dict[str, dict[str, int]]
     splits: dict[str, list[str]]
+    layout: str = "pile_jax"
 
     def split_qids(self, split: str) -> list[str]:
         """Query ids of ``split`` (file order). ``"all"`` (unless the file defines it) = every query."""
@@ -177,18 +187,62 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[str, epath.Path]:
     return name or text, path
 
 
-def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels.tsv") -> Collection:
-    """Load a collection: a shipped name (``"cranfield"``, ``"scifact"``, ``"nfcorpus"``) or a folder in the layout.
+def load_collection(name_or_path: str | os.PathLike, *, qrels_file: str = "qrels.tsv",
+                    store: bool | None = None) -> Collection:
+    """Load a collection: a shipped name (``"cranfield"``, ``"scifact"``, ``"nfcorpus"``) or a
+    folder in one of the layouts (:func:`pile_jax.data.layouts.detect_layout`: pile_jax, BEIR,
+    MS MARCO passage).
 
-    ``qrels_file`` picks another judgments file in the folder (e.g. ``"qrels_graded.tsv"``).
+    ``qrels_file`` picks another judgments file in a pile_jax-layout folder (e.g.
+    ``"qrels_graded.tsv"``). ``store``: read a pile_jax-layout folder into on-disk text stores
+    (``None``: when ``docs.jsonl`` is larger than :data:`STORE_THRESHOLD_BYTES`); BEIR and MS
+    MARCO folders always are (stores kept beside the data, :func:`pile_jax.data.layouts.store_root`).
     Raises :class:`DataError` (``"path:line: message"``) for malformed JSON lines, missing fields,
     duplicate ids, an empty docs/queries file or one whose texts are all empty, malformed qrels
     (column count, non-integer grade, duplicates; negative grades are read as 0),
     qrels naming unknown queries/docs, and splits naming unknown or repeated queries.
     """
     name, folder = _resolve(name_or_path)
+    layout = "pile_jax" if pio.is_url(str(folder)) else _layout(folder)
+    if layout != "pile_jax":
+        from pile_jax.data import layouts
+
+        load = layouts.load_msmarco if layout == "msmarco" else layouts.load_beir
+        docs, queries, qrels, splits = load(str(folder), name)
+        return Collection(name=name, path=str(folder), docs=docs, queries=queries, qrels=qrels, splits=splits,
+                          layout=layout)
+    if store or (store is None and not pio.is_url(str(folder)) and (folder / "docs.jsonl").is_file()
+                 and os.path.getsize(str(folder / "docs.jsonl")) > STORE_THRESHOLD_BYTES):
+        return _load_stored(name, folder, qrels_file)
     docs = _read_jsonl(folder / "docs.jsonl", "doc_id", ("title", "text"), optional=("title",))
     queries = _read_jsonl(folder / "queries.jsonl", "query_id", ("text",), optional=())
+    collection = Collection(name=name, path=str(folder), docs=docs, queries=queries, qrels={}, splits={})
+    collection.qrels = read_qrels(folder / qrels_file, collection=collection, on_unknown="error")
+    collection.splits = _read_splits(folder / "splits.json", queries)
+    return collection
+
+
+def _layout(folder: epath.Path) -> str:
+    from pile_jax.data.layouts import detect_layout
+
+    try:
+        return detect_layout(str(folder))
+    except DataError:   # no layout's files: read as pile_jax's, whose reader names the missing file
+        return "pile_jax"
+
+
+def _load_stored(name: str, folder: epath.Path, qrels_file: str) -> Collection:
+    """A pile_jax-layout folder with docs and queries in on-disk text stores."""
+    from pile_jax.data import layouts
+
+    root = layouts.store_root(str(folder), name)
+    files = {k: str(folder / f"{k}.jsonl") for k in ("docs", "queries")}
+    docs = layouts._build(os.path.join(root, "docs"), [files["docs"]],
+                          lambda: layouts.read_jsonl_texts(files["docs"], "doc_id", ("title", "text"), ("title",)),
+                          source=files["docs"])
+    queries = layouts._build(os.path.join(root, "queries"), [files["queries"]],
+                             lambda: layouts.read_jsonl_texts(files["queries"], "query_id", ("text",)),
+                             source=files["queries"])
     collection = Collection(name=name, path=str(folder), docs=docs, queries=queries, qrels={}, splits={})
     collection.qrels = read_qrels(folder / qrels_file, collection=collection, on_unknown="error")
     collection.splits = _read_splits(folder / "splits.json", queries)

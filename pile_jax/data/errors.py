@@ -33,3 +33,51 @@ def check_on_unknown(on_unknown: str) -> None:
     """Raise ValueError unless ``on_unknown`` is ``"error"`` or ``"skip"``."""
     if on_unknown not in ON_UNKNOWN:
         raise ValueError(f"on_unknown must be 'error' or 'skip', got {on_unknown!r}")
+
+
+PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry"; the CLI exits with it
+
+
+class Preempted(RuntimeError):
+    """Raised after a SIGTERM stop (a train checkpoint saved, or a store build stopped with its
+    finished chunks kept); rerun the same command (train: with ``--resume``) to continue.
+
+    The CLI prints the one-line message and exits with :data:`PREEMPTED_EXIT_CODE`
+    (``Preempted.exit_code``), which a supervisor reads as "work kept, relaunch me"."""
+
+    exit_code = PREEMPTED_EXIT_CODE
+
+
+class sigterm_stops:
+    """``with sigterm_stops(what):`` -- a SIGTERM inside the block raises :class:`Preempted`
+    (``"preempted (SIGTERM): <what>"``) at once, in the main thread, so the work in progress (a
+    chunk being built) is dropped; what the block committed before stays. The previous handler
+    is restored on exit. Off the main thread this does nothing (Python delivers signals to the
+    main thread only); nested guards keep the outermost handler."""
+
+    _active = 0
+
+    def __init__(self, what: str):
+        self.what = what
+        self._previous = None
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and sigterm_stops._active == 0:
+            def handler(signum, frame):
+                raise Preempted(f"preempted (SIGTERM): {self.what}")
+
+            self._previous = signal.signal(signal.SIGTERM, handler)
+        sigterm_stops._active += 1
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        sigterm_stops._active -= 1
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+        return False

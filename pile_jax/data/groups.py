@@ -9,8 +9,13 @@ A *groups* dict (what :func:`build_groups` returns, G groups of size n, T teache
     label_mask      bool     [G, n]     item takes part in label terms (False for padding,
                                         and for unjudged items when unjudged="ignore")
     mask            bool     [G, n]     real (non-padding) item
-    teacher_scores  float32  [G, T, n]  padding 0 (never NaN)
+    teacher_scores  float32  [G, T, n]  padding 0 (never NaN); 0 where absent (never read there)
     teacher_names   list[str]           [T], the order of the T axis
+    teacher_mask    bool     [G, T, n]  optional: teacher t scored item i. False = the score is
+                                        **absent** (not 0): every ensemble, the teacher statistics
+                                        and the distillation loss ignore it. Missing key = every
+                                        real item scored by every teacher (``mask`` broadcast),
+                                        so groups without it keep working (:func:`teacher_mask_of`).
 
 Policies
 --------
@@ -30,7 +35,8 @@ Policies
   (``skipped_no_label_pair``). With ``require_label_pair=False`` such groups are kept
   (distillation-only training).
 * A candidate kept in a group without a score from some teacher raises :class:`DataError`
-  naming the teacher (and its file when ``teacher_sources`` is given), the query and the doc.
+  naming the teacher (and its file when ``teacher_sources`` is given), the query and the doc --
+  unless ``missing_scores="absent"``: then the score is absent (``teacher_mask`` False).
 """
 
 from __future__ import annotations
@@ -52,10 +58,24 @@ __all__ = [
     "take_groups",
     "iter_group_examples",
     "stack_group_examples",
+    "teacher_mask_of",
 ]
 
 POLICIES = ("top", "positives_top", "positives_sampled")
 GROUP_ARRAY_KEYS = ("doc_ids", "labels", "label_mask", "mask", "teacher_scores")
+#: optional group arrays (carried when present)
+OPTIONAL_ARRAY_KEYS = ("teacher_mask",)
+MISSING_SCORES = ("error", "absent")
+
+
+def teacher_mask_of(groups: Mapping) -> np.ndarray:
+    """bool ``[G, T, n]``: which teacher scores are present -- ``teacher_mask & mask`` when the
+    groups (or a batch) have one, else ``mask`` broadcast over the teachers (all present)."""
+    mask = np.asarray(groups["mask"], bool)
+    shape = np.shape(groups["teacher_scores"])
+    if groups.get("teacher_mask") is None:
+        return np.broadcast_to(mask[:, None, :], shape).copy()
+    return np.asarray(groups["teacher_mask"], bool) & mask[:, None, :]
 
 
 def _query_rng(seed: int, qid: str) -> np.random.Generator:
@@ -117,6 +137,7 @@ def build_groups(
     include_unretrieved_positives: bool = False,
     require_label_pair: bool = True,
     teacher_sources: Mapping[str, str] | None = None,
+    missing_scores: str = "error",
 ) -> tuple[dict, dict]:
     """Build fixed-size ranking groups (layout and policies in the module docstring).
 
@@ -132,6 +153,9 @@ def build_groups(
         after the last candidate (best grade first) before selection -- they then need teacher
         scores too.
       teacher_sources: ``{teacher_name: file}``, only used in error messages.
+      missing_scores: ``"error"`` (default): a kept candidate without a score from some teacher is
+        a DataError; ``"absent"``: its score is absent (``teacher_mask`` False, the groups get a
+        ``teacher_mask`` key).
 
     Returns:
       ``(groups, stats)``; stats counts ``queries``, ``groups``, ``skipped_no_candidates``,
@@ -145,6 +169,8 @@ def build_groups(
         raise ValueError(f"group_size must be a positive int, got {group_size!r}")
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
+    if missing_scores not in MISSING_SCORES:
+        raise ValueError(f"missing_scores must be one of {MISSING_SCORES}, got {missing_scores!r}")
     qrels = getattr(qrels, "qrels", qrels)
     teacher_names = [str(t) for t in teachers]
     sources = dict(teacher_sources or {})
@@ -155,7 +181,7 @@ def build_groups(
         queries=len(qids), groups=0, skipped_no_candidates=0, skipped_no_label_pair=0,
         truncated=0, padded=0, unjudged_items=0, positives_outside_group=0,
     )
-    out_qids, out_docs, out_labels, out_lmask, out_mask, out_teach = [], [], [], [], [], []
+    out_qids, out_docs, out_labels, out_lmask, out_mask, out_teach, out_tmask = [], [], [], [], [], [], []
     for qid in qids:
         judged = qrels.get(qid, {})
         cands = [c[0] if isinstance(c, (tuple, list)) else c for c in candidates.get(qid, ())]
@@ -184,17 +210,7 @@ def build_groups(
         if require_label_pair and len(set(labels[lmask].tolist())) < 2:
             stats["skipped_no_label_pair"] += 1
             continue
-        teach = np.zeros((T, n), np.float32)
-        for t, name in enumerate(teacher_names):
-            per_query = teachers[name].get(qid, {})
-            for i, d in enumerate(chosen):
-                score = per_query.get(d)
-                if score is None:
-                    where = f"teacher {name!r}" + (f" ({sources[name]})" if name in sources else "")
-                    raise DataError(None, None, f"{where} has no score for query {qid!r} doc {d!r}")
-                if not math.isfinite(score):
-                    raise DataError(None, None, f"teacher {name!r} score for query {qid!r} doc {d!r} is {score}")
-                teach[t, i] = score
+        teach, tmask = _teacher_rows(teachers, teacher_names, qid, chosen, n, sources, missing_scores)
         stats["truncated"] += len(cands) > n
         stats["padded"] += len(chosen) < n
         stats["unjudged_items"] += sum(d not in judged for d in chosen)
@@ -206,6 +222,7 @@ def build_groups(
         out_lmask.append(lmask)
         out_mask.append(mask)
         out_teach.append(teach)
+        out_tmask.append(tmask)
     stats["groups"] = len(out_qids)
     G = len(out_qids)
     groups = {
@@ -217,7 +234,30 @@ def build_groups(
         "teacher_scores": np.stack(out_teach) if G else np.zeros((0, T, n), np.float32),
         "teacher_names": teacher_names,
     }
+    if missing_scores == "absent":
+        groups["teacher_mask"] = np.stack(out_tmask) if G else np.zeros((0, T, n), bool)
     return groups, stats
+
+
+def _teacher_rows(teachers, teacher_names, qid, chosen, n, sources, missing_scores):
+    """``(scores float32 [T, n], present bool [T, n])`` of one group's chosen docs."""
+    T = len(teacher_names)
+    teach = np.zeros((T, n), np.float32)
+    present = np.zeros((T, n), bool)
+    for t, name in enumerate(teacher_names):
+        per_query = teachers[name].get(qid, {})
+        for i, d in enumerate(chosen):
+            score = per_query.get(d)
+            if score is None:
+                if missing_scores == "absent":
+                    continue
+                where = f"teacher {name!r}" + (f" ({sources[name]})" if name in sources else "")
+                raise DataError(None, None, f"{where} has no score for query {qid!r} doc {d!r}")
+            if not math.isfinite(score):
+                raise DataError(None, None, f"teacher {name!r} score for query {qid!r} doc {d!r} is {score}")
+            teach[t, i] = score
+            present[t, i] = True
+    return teach, present
 
 
 def check_groups(groups: Mapping) -> tuple[int, int, int]:
@@ -249,6 +289,12 @@ def check_groups(groups: Mapping) -> tuple[int, int, int]:
         raise ValueError("doc_ids must be '' exactly on padding items (mask False)")
     if not np.all(np.isfinite(groups["labels"])) or not np.all(np.isfinite(groups["teacher_scores"])):
         raise ValueError("labels / teacher_scores contain NaN or Inf")
+    if groups.get("teacher_mask") is not None:
+        tm = np.asarray(groups["teacher_mask"])
+        if tm.dtype != np.bool_ or tm.shape != (G, T, n):
+            raise ValueError(f"teacher_mask must be bool {(G, T, n)}, got {tm.dtype} {tm.shape}")
+        if np.any(tm & ~mask[:, None, :]):
+            raise ValueError("teacher_mask is True on a padding item")
     return G, n, T
 
 
@@ -260,7 +306,8 @@ def num_groups(groups: Mapping) -> int:
 def take_groups(groups: Mapping, indices) -> dict:
     """The groups at ``indices`` (any int index array), as a new groups dict."""
     idx = np.asarray(indices, dtype=np.int64).reshape(-1)
-    out = {k: np.asarray(groups[k])[idx] for k in GROUP_ARRAY_KEYS}
+    out = {k: np.asarray(groups[k])[idx] for k in GROUP_ARRAY_KEYS + OPTIONAL_ARRAY_KEYS
+           if groups.get(k) is not None}
     out["query_id"] = [groups["query_id"][i] for i in idx]
     out["teacher_names"] = list(groups["teacher_names"])
     return out
@@ -268,8 +315,9 @@ def take_groups(groups: Mapping, indices) -> dict:
 
 def iter_group_examples(groups: Mapping) -> Iterator[dict]:
     """One dict per group: ``query_id`` str, ``doc_ids`` list[str] [n], and the arrays' rows."""
+    keys = [k for k in GROUP_ARRAY_KEYS + OPTIONAL_ARRAY_KEYS if k != "doc_ids" and groups.get(k) is not None]
     for g, qid in enumerate(groups["query_id"]):
-        ex = {k: np.asarray(groups[k][g]) for k in GROUP_ARRAY_KEYS if k != "doc_ids"}
+        ex = {k: np.asarray(groups[k][g]) for k in keys}
         ex["query_id"] = qid
         ex["doc_ids"] = [str(d) for d in groups["doc_ids"][g]]
         yield ex
@@ -282,7 +330,8 @@ def _as_str(value) -> str:
 def stack_group_examples(examples: Sequence[Mapping], teacher_names: Sequence[str] | None = None) -> dict:
     """Inverse of :func:`iter_group_examples` (also takes records read back from TFDS, whose
     strings are bytes): a groups dict / a train batch ``{query_id, doc_ids [B, n], labels [B, n],
-    label_mask, mask, teacher_scores [B, T, n]}`` (+ ``teacher_names`` when given)."""
+    label_mask, mask, teacher_scores [B, T, n]}`` (+ ``teacher_names`` when given; + ``teacher_mask``
+    when any example has one: examples without it count every real item as scored)."""
     if not examples:
         raise ValueError("no examples to stack")
     out = {
@@ -293,6 +342,11 @@ def stack_group_examples(examples: Sequence[Mapping], teacher_names: Sequence[st
         "mask": np.stack([np.asarray(ex["mask"], bool) for ex in examples]),
         "teacher_scores": np.stack([np.asarray(ex["teacher_scores"], np.float32) for ex in examples]),
     }
+    if any(ex.get("teacher_mask") is not None for ex in examples):
+        out["teacher_mask"] = np.stack([
+            np.asarray(ex["teacher_mask"], bool) if ex.get("teacher_mask") is not None
+            else np.broadcast_to(np.asarray(ex["mask"], bool)[None], np.shape(ex["teacher_scores"]))
+            for ex in examples])
     if teacher_names is not None:
         out["teacher_names"] = list(teacher_names)
     return out

@@ -15,6 +15,7 @@ T teachers)::
     label_mask      bool    [n]
     mask            bool    [n]
     teacher_scores  float32 [T, n]
+    teacher_mask    bool    [T, n]                only when the groups have one (absent scores False)
 
 Examples are written in the order of the groups (shuffling disabled), so record ``i`` of a split
 is group ``i``. Teacher names are kept in the dataset's metadata (``metadata.json``).
@@ -35,7 +36,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 from tensorflow_datasets.core import utils as tfds_utils
 
-from pile_jax.data.groups import check_groups, iter_group_examples, stack_group_examples
+from pile_jax.data.groups import check_groups, iter_group_examples, stack_group_examples, teacher_mask_of
 
 _log = logging.getLogger(__name__)
 
@@ -87,11 +88,12 @@ __all__ = [
 @dataclasses.dataclass(eq=False)
 class RankingGroupsConfig(tfds.core.BuilderConfig):
     """Fixes the static shapes: ``group_size`` (n) and ``num_teachers`` (T); ``teacher_names``
-    (length T) go to the metadata."""
+    (length T) go to the metadata; ``teacher_mask``: the examples carry a ``teacher_mask [T, n]``."""
 
     group_size: int = 0
     num_teachers: int = 0
     teacher_names: tuple[str, ...] = ()
+    teacher_mask: bool = False
 
 
 class RankingGroups(tfds.core.GeneratorBasedBuilder):
@@ -119,19 +121,24 @@ class RankingGroups(tfds.core.GeneratorBasedBuilder):
     def _info(self) -> tfds.core.DatasetInfo:
         cfg = self.builder_config
         n, T = cfg.group_size, cfg.num_teachers
+        features = {
+            "query_id": tfds.features.Text(),
+            "doc_ids": tfds.features.Sequence(tfds.features.Text(), length=n),
+            "labels": tfds.features.Tensor(shape=(n,), dtype=np.float32),
+            "label_mask": tfds.features.Tensor(shape=(n,), dtype=np.bool_),
+            "mask": tfds.features.Tensor(shape=(n,), dtype=np.bool_),
+            "teacher_scores": tfds.features.Tensor(shape=(T, n), dtype=np.float32),
+        }
+        extra = {}
+        if cfg.teacher_mask:
+            features["teacher_mask"] = tfds.features.Tensor(shape=(T, n), dtype=np.bool_)
+            extra["teacher_mask"] = True
         return tfds.core.DatasetInfo(
             builder=self,
             description="Ranking groups: candidates, graded labels and every teacher's score.",
-            features=tfds.features.FeaturesDict({
-                "query_id": tfds.features.Text(),
-                "doc_ids": tfds.features.Sequence(tfds.features.Text(), length=n),
-                "labels": tfds.features.Tensor(shape=(n,), dtype=np.float32),
-                "label_mask": tfds.features.Tensor(shape=(n,), dtype=np.bool_),
-                "mask": tfds.features.Tensor(shape=(n,), dtype=np.bool_),
-                "teacher_scores": tfds.features.Tensor(shape=(T, n), dtype=np.float32),
-            }),
+            features=tfds.features.FeaturesDict(features),
             metadata=tfds.core.MetadataDict(
-                teacher_names=list(cfg.teacher_names), group_size=n, num_teachers=T
+                teacher_names=list(cfg.teacher_names), group_size=n, num_teachers=T, **extra
             ),
             disable_shuffling=True,
         )
@@ -178,8 +185,12 @@ def build_ranking_groups_dataset(
     :func:`load_ranking_groups`.
     """
     n, T, names = _shape_of(groups_by_split)
+    has_mask = any(g.get("teacher_mask") is not None for g in groups_by_split.values())
+    if has_mask:   # every split carries the mask (a split without one: all real items scored)
+        groups_by_split = {s: dict(g, teacher_mask=teacher_mask_of(g)) for s, g in groups_by_split.items()}
     config = RankingGroupsConfig(
-        name=name, version=RankingGroups.VERSION, group_size=n, num_teachers=T, teacher_names=names
+        name=name, version=RankingGroups.VERSION, group_size=n, num_teachers=T, teacher_names=names,
+        teacher_mask=has_mask,
     )
     mode = (tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS if not overwrite
             else tfds.download.GenerateMode.FORCE_REDOWNLOAD)
@@ -193,14 +204,15 @@ def build_ranking_groups_dataset(
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(download_mode=mode))
     # A reused dataset must hold these groups' shapes and counts (catches stale data under `name`).
     meta = builder.info.metadata or {}
-    stored = (meta.get("group_size"), meta.get("num_teachers"), tuple(meta.get("teacher_names", ())))
+    stored = (meta.get("group_size"), meta.get("num_teachers"), tuple(meta.get("teacher_names", ())),
+              bool(meta.get("teacher_mask", False)))
     counts = {s: builder.info.splits[s].num_examples if s in builder.info.splits else None
               for s in groups_by_split}
     wanted = {s: len(g["query_id"]) for s, g in groups_by_split.items()}
-    if stored != (n, T, names) or counts != wanted:
+    if stored != (n, T, names, has_mask) or counts != wanted:
         raise ValueError(
-            f"dataset {builder.data_dir} already exists with (n, T, teachers)={stored}, "
-            f"examples={counts}; these groups have {(n, T, names)}, {wanted}. Use overwrite=True."
+            f"dataset {builder.data_dir} already exists with (n, T, teachers, teacher_mask)={stored}, "
+            f"examples={counts}; these groups have {(n, T, names, has_mask)}, {wanted}. Use overwrite=True."
         )
     return builder
 

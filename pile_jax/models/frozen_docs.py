@@ -139,7 +139,10 @@ class DocumentIndex:
     ``normalize``: L2-normalise (all-MiniLM-L6-v2's cosine). ``tokens``: the
     :class:`~pile_jax.models.tokenize.TwoTowerTokenizer` whose document layout it reads (it must be
     this checkpoint's tokenizer). Vectors are computed once per document content per process and
-    kept in memory (``H`` float32 per document: 1.5 kB for MiniLM, i.e. 1.5 GB per million).
+    kept in memory (``H`` float32 per document: 1.5 kB for MiniLM, i.e. 1.5 GB per million) --
+    except for a corpus in an on-disk token store (:mod:`pile_jax.models.token_store`): there the
+    table is a memory-mapped float32 file per encoder beside the tokens, filled in chunks for the
+    documents asked, and a batch reads only its candidates' rows.
     """
 
     def __init__(self, path, *, tokens: TwoTowerTokenizer, num_layers: Optional[int] = None, pooling: str = "mean",
@@ -186,10 +189,27 @@ class DocumentIndex:
         rows = rows[~have[rows]]
         if rows.size == 0 and not (distributed and jax.process_count() > 1):   # else: take part in process 0's work
             return
+        if _on_disk(store):
+            return self._index_on_disk(store, rows, mat, have, distributed, progress)
         # distributed: every process encodes its share of the same rows (processes call in the
         # same order on the same stores, so their caches lack the same documents)
         mat[rows] = self.encode_rows(store, rows, distributed=distributed, progress=progress)
         have[rows] = True
+
+    def _index_on_disk(self, store, rows, mat, have, distributed, progress) -> None:
+        """Encode ``rows`` (lacking) of a disk token store in chunks of :data:`DISK_CHUNK`, each
+        written to the memory-mapped table and flagged (vectors first, then ``have``) before the
+        next; distributed, process 0's list of rows decides the work (as :meth:`encode_rows`)."""
+        dist = bool(distributed and jax.process_count() > 1)
+        if dist:
+            rows = _rows_of_process_0(store, rows)
+        for start in range(0, len(rows), DISK_CHUNK):
+            part = rows[start:start + DISK_CHUNK]
+            mat[part] = self._encode_list(store, part, self.params, None, None, progress, dist)
+            mat.flush()
+            have[part] = True
+            have.flush()
+        log.debug("document index: encoded %d documents into %s", len(rows), getattr(mat, "filename", ""))
 
     def encode_rows(self, store: TokenStore, rows, *, params=None, batch_size: Optional[int] = None, devices=None,
                     distributed: Optional[bool] = False, progress: Optional[str] = None) -> np.ndarray:
@@ -239,9 +259,14 @@ class DocumentIndex:
         return map_sorted(lengths, size, make_batch, run, tail=(self.dim,), progress=progress, distributed=distributed)
 
     def _table(self, store: TokenStore):
+        """``(vectors float32 [len(store), H], have bool [len(store)])`` of this encoder for
+        ``store``: in memory for an in-memory store (it lives and dies with it); for a disk token
+        store (a corpus in a text store) two memory-mapped files beside its tokens,
+        ``vectors/<encoder hash>.f32.npy`` / ``.have.npy``, kept for later runs (sparse until filled)."""
         tables = store.__dict__.setdefault("_doc_vectors", {})
         if self.key not in tables:
-            tables[self.key] = (np.zeros((len(store), self.dim), np.float32), np.zeros(len(store), bool))
+            tables[self.key] = (_disk_table(store, self.key, self.dim) if _on_disk(store) else
+                                (np.zeros((len(store), self.dim), np.float32), np.zeros(len(store), bool)))
         return tables[self.key]
 
     def vectors(self, store: TokenStore, rows) -> np.ndarray:
@@ -250,7 +275,41 @@ class DocumentIndex:
         mat, have = self._table(store)
         if not have[rows].all():
             self.index(store, rows[~have[rows]])
-        return mat[rows]
+        return np.asarray(mat[rows])
+
+
+#: rows per encoded-and-written chunk of a disk store's document table
+DISK_CHUNK = 1 << 15
+
+
+def _on_disk(store) -> bool:
+    return hasattr(store, "folder") and hasattr(store, "fingerprint")
+
+
+def _disk_table(store, key: tuple, dim: int):
+    """The memory-mapped ``(vectors, have)`` files of encoder ``key`` in ``store.folder/vectors/``
+    (created zero-filled, i.e. sparse, on first use; checked against the store's size)."""
+    import hashlib
+    import json
+    import os
+
+    folder = os.path.join(store.folder, "vectors")
+    os.makedirs(folder, exist_ok=True)
+    name = hashlib.sha256(repr(key).encode()).hexdigest()[:16]
+    vec_path, have_path = os.path.join(folder, f"{name}.f32.npy"), os.path.join(folder, f"{name}.have.npy")
+    shape = (len(store), int(dim))
+    if os.path.exists(vec_path) and os.path.exists(have_path):
+        mat = np.load(vec_path, mmap_mode="r+")
+        have = np.load(have_path, mmap_mode="r+")
+        if mat.shape == shape and have.shape == shape[:1] and mat.dtype == np.float32:
+            return mat, have
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
+        json.dump({"encoder": [str(k) for k in key], "store": store.fingerprint}, f)
+    have = np.lib.format.open_memmap(have_path + ".tmp", mode="w+", dtype=bool, shape=shape[:1])
+    mat = np.lib.format.open_memmap(vec_path, mode="w+", dtype=np.float32, shape=shape)
+    del have
+    os.replace(have_path + ".tmp", have_path)   # the flags last: a table is never read without them
+    return mat, np.load(have_path, mmap_mode="r+")
 
 
 def _rows_of_process_0(store: TokenStore, rows: np.ndarray) -> np.ndarray:
@@ -260,8 +319,11 @@ def _rows_of_process_0(store: TokenStore, rows: np.ndarray) -> np.ndarray:
 
     from jax.experimental import multihost_utils
 
-    h = hashlib.sha256(np.ascontiguousarray(store.offsets, np.int64).tobytes())
-    h.update("\x00".join(map(str, store.keys)).encode("utf-8"))
+    if _on_disk(store):   # a disk token store: its fingerprint names texts, tokenizer and length
+        h = hashlib.sha256(str(store.fingerprint).encode("utf-8"))
+    else:
+        h = hashlib.sha256(np.ascontiguousarray(store.offsets, np.int64).tobytes())
+        h.update("\x00".join(map(str, store.keys)).encode("utf-8"))
     digest = np.frombuffer(h.digest()[:8], np.int32)
     digests = np.asarray(multihost_utils.process_allgather(digest)).reshape(-1, 2)
     if not (digests == digests[0]).all():

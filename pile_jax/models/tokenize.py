@@ -38,8 +38,11 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .token_store import encode_tokens  # noqa: F401 (re-exported: the one tokenizer call)
+
 __all__ = [
-    "PairTokenizer", "TwoTowerTokenizer", "TokenStore", "SpecialTemplate", "tokenize_texts", "load_or_tokenize",
+    "PairTokenizer", "TwoTowerTokenizer", "TokenStore", "SpecialTemplate", "tokenize_texts", "encode_tokens",
+    "load_or_tokenize",
     "store_fingerprint", "bucket_length",
     "bucket_set", "assemble_pairs", "assemble_texts", "bucketed_batches", "ragged_arange", "DEFAULT_BUCKETS",
     "TWO_TOWER_BUCKETS", "DEFAULT_MAX_LENGTH", "DEFAULT_MAX_QUERY_LENGTH", "DEFAULT_MAX_DOC_LENGTH",
@@ -200,13 +203,9 @@ def tokenize_texts(backend, texts: Sequence[str], keys: Sequence[str] | None = N
     keys = [str(i) for i in range(len(texts))] if keys is None else [str(k) for k in keys]
     if len(keys) != len(texts):
         raise ValueError(f"{len(keys)} keys for {len(texts)} texts")
-    encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
-    enc = encode(texts, add_special_tokens=False) if texts else []
-    lengths = np.fromiter((len(e.ids) for e in enc), np.int64, len(enc))
-    offsets = np.zeros(len(enc) + 1, np.int64)
+    tokens, lengths = encode_tokens(backend, texts)
+    offsets = np.zeros(len(texts) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
-    tokens = (np.concatenate([np.asarray(e.ids, np.int32) for e in enc]) if offsets[-1]
-              else np.zeros(0, np.int32))
     return TokenStore(tuple(keys), tokens, offsets)
 
 
@@ -221,14 +220,23 @@ def store_fingerprint(backend, keys: Sequence[str], texts: Sequence[str]) -> str
     return h.hexdigest()[:16]
 
 
-def load_or_tokenize(featurizer, texts: Mapping[str, str], path=None) -> TokenStore:
+def load_or_tokenize(featurizer, texts: Mapping[str, str], path=None, *, max_tokens: int | None = None) -> TokenStore:
     """The token store of ``texts`` (``{id: text}``) under ``featurizer``'s tokenizer: read from
     ``path`` (local or URL) when it holds the same texts and tokenizer, else tokenised once
     and (with ``path``, on process 0) saved there for the next run.
 
+    ``texts`` an on-disk :class:`~pile_jax.data.textstore.TextStore`: the corpus' own token
+    store instead (:func:`pile_jax.models.token_store.token_store_for`, kept beside the text
+    store, each text cut to ``max_tokens``; ``path`` is not used), memory-mapped: no in-memory
+    store of the corpus is built.
+
     On several processes (with ``path``; every process must call) only process 0 tokenises: it
     decides whether ``path`` is usable (broadcast), writes it if not, a barrier, and the other
     processes read what it wrote (``FileNotFoundError`` naming ``path`` if they cannot see it)."""
+    from .token_store import is_text_store, token_store_for
+
+    if is_text_store(texts):
+        return token_store_for(featurizer, texts, max_tokens=max_tokens)
     keys, values = list(texts), [str(texts[k]) for k in texts]
     if path is None:
         return featurizer.tokenize_texts(values, keys)

@@ -305,16 +305,9 @@ class TrainResult:
     steps: int
 
 
-PREEMPTED_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): "temporary failure, retry"; the CLI exits with it
-
-
-class Preempted(RuntimeError):
-    """Raised after a preemption (SIGTERM) checkpoint; rerun with resume to continue.
-
-    The CLI should print the one-line message and exit with :data:`PREEMPTED_EXIT_CODE`
-    (``Preempted.exit_code``), which a supervisor reads as "checkpoint saved, resume me"."""
-
-    exit_code = PREEMPTED_EXIT_CODE
+# Preempted / PREEMPTED_EXIT_CODE live in pile_jax.data.errors (a store build stopped by SIGTERM
+# raises it too); re-exported here for existing imports.
+from pile_jax.data.errors import PREEMPTED_EXIT_CODE, Preempted  # noqa: E402,F401
 
 
 # The Ranker, the collate and the scorers live in pile_jax.scoring (tokenise once, assemble from

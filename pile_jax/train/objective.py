@@ -12,6 +12,12 @@ An :class:`Objective` is data (parsed from the ``objective:`` YAML section)::
       loss_options: {listwise_kl: {temperature: 4.0}}   # per-loss keyword options (win)
       aux_losses: {}                              # name -> weight for score_fn's aux losses
 
+Absent teacher scores: a batch may carry ``teacher_mask bool [B, T, n]`` (False = teacher t did not
+score item i; missing = every real item scored). The ensembles get it as ``teacher_where`` and
+ignore absent scores; the distillation terms use only the items with a target
+(:func:`distill_mask`: for ``target: ensemble`` an item some teacher scores, for ``target:
+teacher`` an item that teacher scores), so an item no teacher scored gets no distillation loss.
+
 Reduction: every term is a per-list mean (over the list's valid items/pairs, the loss's own
 ``reduce_fn=jnp.mean`` on one list), then a mean over the lists that have at least one valid
 item. Each ranking group therefore weighs the same, and the value does not depend on how the
@@ -32,7 +38,7 @@ from pile_jax.config import Checker, ConfigError, did_you_mean
 
 __all__ = [
     "Objective", "as_objective", "resolve_target", "term_denominators", "compute_loss",
-    "TARGETS",
+    "TARGETS", "distill_mask",
 ]
 
 TARGETS = ("ensemble", "precomputed", "teacher")
@@ -151,6 +157,28 @@ def _masks(batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
     return mask, label_mask
 
 
+def _teacher_mask(batch: Mapping[str, Any], mask: jax.Array) -> jax.Array | None:
+    """``teacher_mask & mask`` ``[B, T, n]``, or None when the batch has no teacher_mask."""
+    tm = batch.get("teacher_mask")
+    if tm is None:
+        return None
+    return jnp.asarray(tm).astype(bool) & mask[:, None, :]
+
+
+def distill_mask(batch: Mapping[str, Any], objective: Objective | Mapping[str, Any]) -> jax.Array:
+    """``[B, n]`` bool: the items the distillation terms use -- ``mask``, and with a
+    ``teacher_mask``: an item at least one teacher scores (``target: ensemble``), an item teacher
+    ``teacher_index`` scores (``target: teacher``). ``target: precomputed``: ``mask``."""
+    obj = as_objective(objective)
+    mask = jnp.asarray(batch["mask"]).astype(bool)
+    tm = _teacher_mask(batch, mask)
+    if tm is None or obj.target == "precomputed":
+        return mask
+    if obj.target == "teacher":
+        return tm[:, obj.teacher_index, :]
+    return jnp.any(tm, axis=1)
+
+
 def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str, Any]) -> jax.Array | None:
     """The distillation target ``[B, n]`` (float32, under stop_gradient), or None if unused.
 
@@ -158,7 +186,9 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
     where=mask, **options)``, label-supervised ensembles with ``label_where=label_mask`` (items
     outside it, e.g. unjudged under "ignore", are in no labelled pair);
     "teacher": ``teacher_scores[:, teacher_index]``;
-    "precomputed": ``batch["target"]``. Padded items (``mask`` False) are zeroed first.
+    "precomputed": ``batch["target"]``. Padded items (``mask`` False) are zeroed first; with a
+    ``teacher_mask`` the ensemble gets ``teacher_where`` and absent scores are zeroed (items
+    outside :func:`distill_mask` get target 0 and no loss).
     """
     obj = as_objective(objective)
     if not obj.distill_losses:
@@ -172,7 +202,8 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
         if "teacher_scores" not in batch:
             raise KeyError(f"objective.target is {obj.target!r} but the batch has no 'teacher_scores'")
         teachers = _f32(batch["teacher_scores"])  # [B, T, n]
-        teachers = jnp.where(mask[:, None, :], teachers, 0.0)
+        tm = _teacher_mask(batch, mask)
+        teachers = jnp.where(mask[:, None, :] if tm is None else tm, teachers, 0.0)
         if obj.target == "teacher":
             num_t = teachers.shape[1]
             if not -num_t <= obj.teacher_index < num_t:
@@ -188,6 +219,8 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
             E = _ensemble_module()
             if name in E.LABEL_ENSEMBLES:
                 options["label_where"] = label_mask
+            if tm is not None:
+                options["teacher_where"] = jnp.transpose(tm, (1, 0, 2))
             target = E.ensemble(name, jnp.transpose(teachers, (1, 0, 2)), labels, where=mask, **options)
             if isinstance(target, tuple):
                 target = target[0]
@@ -198,9 +231,10 @@ def resolve_target(batch: Mapping[str, Any], objective: Objective | Mapping[str,
 def term_denominators(batch: Mapping[str, Any], objective: Objective | Mapping[str, Any]) -> dict[str, jax.Array]:
     """Number of lists taking part in label / distill terms (float32 scalars, this batch)."""
     mask, label_mask = _masks(batch)
+    dmask = distill_mask(batch, objective) if as_objective(objective).distill_losses else mask
     return {
         "label": jnp.sum(jnp.any(label_mask, axis=-1)).astype(jnp.float32),
-        "distill": jnp.sum(jnp.any(mask, axis=-1)).astype(jnp.float32),
+        "distill": jnp.sum(jnp.any(dmask, axis=-1)).astype(jnp.float32),
     }
 
 
@@ -239,7 +273,7 @@ def compute_loss(
     """Weighted objective for student ``scores [B, n]`` -> ``(loss, {term: unweighted value})``.
 
     Label losses use ``where=mask & label_mask`` against ``batch["labels"]``; distill losses
-    use ``where=mask`` against the target (``target`` if given, else :func:`resolve_target`).
+    use ``where=`` :func:`distill_mask` (``mask`` without a ``teacher_mask``) against the target (``target`` if given, else :func:`resolve_target`).
     ``aux_losses`` (scalars from ``score_fn``) are weighted by ``objective.aux_losses``.
     ``denominators`` ({"label", "distill"} list counts) default to this batch's counts; the
     train step passes global counts so micro-batch/device partial sums add up exactly.
@@ -266,9 +300,10 @@ def compute_loss(
             target = resolve_target(batch, obj)
         target = jax.lax.stop_gradient(_f32(target))
         den = jnp.maximum(denominators["distill"], 1.0)
+        dmask = distill_mask(batch, obj)
         for name, weight in obj.distill_losses.items():
             spec = registry[name]
-            value = _per_list_sum(spec.fn, scores, target, mask,
+            value = _per_list_sum(spec.fn, scores, target, dmask,
                                   _loss_kwargs(spec, name, obj, True)) / den
             terms[f"distill/{name}"] = value
             loss = loss + weight * value
@@ -299,7 +334,7 @@ def check_ensemble(name: Any, options: Mapping[str, Any], where: str, source: st
         c.fail(name_key or f"{where}.name",
                f"unknown ensemble {name!r}{did_you_mean(str(name), E.ENSEMBLES)} (known: {', '.join(E.ENSEMBLES)})")
     params = inspect.signature(E.ENSEMBLES[name]).parameters
-    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where")]
+    known = [k for k, p in params.items() if p.kind == p.KEYWORD_ONLY and k not in ("where", "label_where", "teacher_where")]
     c.keys(options, where, known)
     if trial and options:
         ts = np.array([[[2.0, 1.0, 0.0]], [[0.0, 1.0, 2.0]]], np.float32)
