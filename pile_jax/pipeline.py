@@ -36,6 +36,7 @@ from pile_jax.workfolders import groups_digest, prepare_student_folder, student_
 
 METRIC_NAMES = ("ndcg_cut_10", "recip_rank", "map", "pnr", "pnr_pooled")
 DEV_METRIC = "ndcg_cut_10"  # picks the exported seed of each student system
+SIGNIFICANCE_METRIC = "ndcg_cut_10"  # the per-query metric of the paired tests (results.json "significance")
 
 
 _log = logging.getLogger(__name__)
@@ -72,7 +73,8 @@ def ensemble_specs(methods: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, 
 #: the top-level sections of a ``pile-jax run`` config
 CONFIG_KEYS = ("data", "first_stage", "candidates", "train_groups", "model", "score_batch_size", "teachers",
                "teacher_train", "ensembles", "students", "eval", "transfer")
-STUDENTS_KEYS = ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init")
+STUDENTS_KEYS = ("kind", "options", "num_layers", "seeds", "select_on_dev", "train", "runs", "report_init",
+                 "reference", "test")
 
 
 def check_students(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
@@ -106,6 +108,12 @@ def check_students(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
                 c.fail(f"students.runs.{rname}.transfer", f"must be true or false, got {obj['transfer']!r}")
             obj = {k: v for k, v in obj.items() if k != "transfer"}
         check_objective(obj, f"students.runs.{rname}", c.source, teacher=["best"])
+    if s.get("reference") is not None and s["reference"] not in runs:
+        c.fail("students.reference", f"unknown run {s['reference']!r} (known: {', '.join(runs)})")
+    if "test" in s:
+        from pile_jax.significance import TESTS
+
+        c.choice(s, "test", "students", TESTS)
     transfer_settings(dict(cfg, _source=c.source))   # the transfer section's keys and values
 
 
@@ -181,16 +189,24 @@ class _RunBook:
     def __init__(self, runs_dir, eval_qids, qrels, log):
         self.runs_dir, self.eval_qids, self.qrels, self.log = runs_dir, eval_qids, qrels, log
         self.runs: dict[str, dict] = {}          # file name -> metrics
+        self.per_query: dict[str, dict] = {}     # file name -> {qid: SIGNIFICANCE_METRIC}
         self.systems: dict[str, list[str]] = {}  # system -> its files (one per seed)
 
     def add(self, system: str, seed: int | None, run_: Mapping[str, Mapping[str, float]]) -> dict:
         fname = f"{system}__seed{seed if seed is not None else 0}.trec"
         if pio.is_primary():
             write_run(self.runs_dir / fname, _subset(run_, self.eval_qids), tag=system)
-        self.runs[fname] = mean_metrics(run_metrics(_subset(run_, self.eval_qids), self.qrels, qids=self.eval_qids))
+        pq = run_metrics(_subset(run_, self.eval_qids), self.qrels, qids=self.eval_qids)
+        self.runs[fname] = mean_metrics(pq)
+        self.per_query[fname] = {q: float(pq[q][SIGNIFICANCE_METRIC]) for q in self.eval_qids}
         self.systems.setdefault(system, []).append(fname)
         self.log(f"{system:>28s} seed {seed}: " + " ".join(f"{k}={self.runs[fname][k]:.4f}" for k in METRIC_NAMES))
         return self.runs[fname]
+
+    def per_query_mean(self, system: str) -> dict[str, float]:
+        """``{qid: SIGNIFICANCE_METRIC}`` of ``system``, averaged over its seeds."""
+        files = self.systems[system]
+        return {q: float(np.mean([self.per_query[f][q] for f in files])) for q in self.eval_qids}
 
     def summary(self) -> dict:
         """Per system and metric: mean, std (ddof 1) and number of seeds."""
@@ -430,6 +446,33 @@ def _export_best(students, out_path, log) -> dict:
     return exported
 
 
+def _significance(scfg: Mapping[str, Any], book: _RunBook, log) -> dict:
+    """``students.reference`` (a run name): every other student system (``student_init``
+    included) against ``student_<reference>`` by a paired test (``students.test``, default
+    ``paired_t``) over the eval queries on the per-query NDCG@10 averaged over seeds, with Holm's
+    correction across those systems (:func:`pile_jax.significance.against_reference`). Returns
+    ``{"significance": {system: {reference, test, p, p_holm, mean_diff, ...}}, "per_query":
+    {system: {qid: NDCG@10}}}`` for results.json, or ``{}`` without a reference."""
+    from pile_jax import significance as S
+
+    if scfg.get("reference") is None:
+        return {}
+    ref = f"student_{scfg['reference']}"
+    test = str(scfg.get("test", "paired_t"))
+    pairs = {s: ref for s in book.systems if s.startswith("student_")}
+    per_query = {s: book.per_query_mean(s) for s in book.systems}
+    sig = S.against_reference(per_query, pairs, test)
+    for name, r in sig.items():
+        if r["p"] is not None:
+            log(f"{name} vs {ref}: NDCG@10 diff {r['mean_diff']:+.4f}, {test} p={r['p']:.4g}, "
+                f"Holm p={r['p_holm']:.4g}")
+    return {"significance": sig, "significance_setup": {
+                "reference": ref, "test": test, "metric": SIGNIFICANCE_METRIC, "correction": "holm",
+                "unit": "evaluation queries (per-query value: mean over seeds)",
+                "family": sorted(n for n, r in sig.items() if r["p"] is not None)},
+            "per_query": per_query}
+
+
 def _write_results(cfg, job, book: _RunBook, report, students, exported, clock: _Clock, out_path, log) -> dict:
     """``results.json``, ``results.md`` and ``results.png`` (process 0); returns the results."""
     from pile_jax.report import jsonable, write_report
@@ -446,6 +489,7 @@ def _write_results(cfg, job, book: _RunBook, report, students, exported, clock: 
         "seeds": students.seeds,
         "timings_s": timings,
         "exported_models": exported,
+        **_significance(C.require(cfg, "students"), book, log),
         "teacher_report": {k: jsonable(v) for k, v in report.items()},
         "config": {k: v for k, v in cfg.items() if not k.startswith("_")},
     }

@@ -19,13 +19,31 @@ def _cell(stats: Mapping[str, float]) -> str:
     return f"{stats['mean']:.4f}"
 
 
-def markdown_table(systems: Mapping[str, Mapping[str, Mapping[str, float]]]) -> str:
-    """One row per system: mean ± std over seeds (std: sample std, ddof=1)."""
-    lines = ["| system | seeds | " + " | ".join(t for _, t in COLUMNS) + " |",
-             "|---|---|" + "---|" * len(COLUMNS)]
+def _p(value) -> str:
+    return "" if value is None else (f"{value:.2g}" if value < 0.001 else f"{value:.3f}")
+
+
+def markdown_table(systems: Mapping[str, Mapping[str, Mapping[str, float]]],
+                   significance: Mapping[str, Mapping] | None = None) -> str:
+    """One row per system: mean ± std over seeds (std: sample std, ddof=1); with
+    ``significance`` (system -> ``{p, p_holm, reference}``), the paired test's p and Holm p
+    against the reference ("ref" on the reference's row, empty for untested systems)."""
+    sig = significance or {}
+    extra = " p | Holm p |" if sig else ""
+    lines = ["| system | seeds | " + " | ".join(t for _, t in COLUMNS) + " |" + extra,
+             "|---|---|" + "---|" * len(COLUMNS) + ("---|---|" if sig else "")]
     for name, stats in systems.items():
         n = next(iter(stats.values()))["n"]
-        lines.append(f"| {name} | {n} | " + " | ".join(_cell(stats[m]) for m, _ in COLUMNS) + " |")
+        row = f"| {name} | {n} | " + " | ".join(_cell(stats[m]) for m, _ in COLUMNS) + " |"
+        if sig:
+            s = sig.get(name)
+            if s is None:
+                row += " | |"
+            elif s.get("p") is None:
+                row += " ref | ref |"
+            else:
+                row += f" {_p(s['p'])} | {_p(s['p_holm'])} |"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -46,11 +64,16 @@ def write_report(results: Mapping, curves: Mapping[str, Sequence[Sequence[tuple[
     when ``dev_curves`` has points, NDCG@10 per system) into ``out`` (local or URL).
     ``curves`` / ``dev_curves``: per run name, one ``[(step, value), ...]`` per seed."""
     md = [f"# pile_jax run: {results['collection']} ({results['eval_split']}, {results['eval_queries']} queries)",
-          "", markdown_table(results["systems"]), "",
+          "", markdown_table(results["systems"], results.get("significance")), "",
           f"Teachers: {', '.join(results['teachers'])}; best single teacher on dev: {results['best_teacher']}.",
           f"Student seeds: {results['seeds']}. Timings (s): {results['timings_s']}.",
           "Metrics are trec_eval's (`ndcg_cut_10` with linear gains, `recip_rank`, `map`) plus PNR; "
           "run files are in `runs/`."]
+    setup = results.get("significance_setup")
+    if setup:
+        md.append(f"p: {setup['test']} over the {results['eval_queries']} eval queries ({setup['metric']} per query, "
+                  f"mean over seeds) against {setup['reference']}; Holm p: Holm's correction across "
+                  f"{', '.join(setup['family'])}.")
     pio.write_text(pio.as_path(out) / "results.md", "\n".join(md) + "\n")
 
     import matplotlib

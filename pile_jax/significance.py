@@ -12,6 +12,9 @@ on the same queries.
   (exact enumeration of all ``2^n`` sign vectors when ``2^n <= B``, then ``p = #{...} / 2^n``).
 * :func:`holm`: Holm–Bonferroni adjusted p-values, ``p_(i)^adj = max_{j <= i} min(1, (m - j + 1) p_(j))``
   over the p-values sorted ascending.
+* :func:`against_reference`: each system's paired test against its reference system on the same
+  queries, Holm-corrected across all the tested systems (the family); used by ``pile-jax study``
+  and the results table of ``pile-jax run``.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["paired_t_test", "permutation_test", "holm", "paired_test", "TESTS", "betainc"]
+__all__ = ["paired_t_test", "permutation_test", "holm", "paired_test", "against_reference", "TESTS", "betainc"]
 
 TESTS = ("paired_t", "permutation")
 
@@ -146,3 +149,35 @@ def holm(pvalues: Mapping[str, float] | Sequence[float]):
     if keys is not None:
         return {k: float(v) for k, v in zip(keys, adj)}
     return [float(v) for v in adj]
+
+
+def against_reference(per_query: Mapping[str, Mapping[str, float]], reference: Mapping[str, str],
+                      test: str = "paired_t", **kw) -> dict[str, dict]:
+    """Paired tests of systems against their references over the same queries, Holm-corrected.
+
+    ``per_query``: system -> {query id -> metric}; ``reference``: tested system -> its reference
+    system (a system mapped to itself is the reference: ``p`` and ``p_holm`` are None). Each
+    test pairs ``a_q`` (system) with ``b_q`` (reference) over the reference's queries, which the
+    system must have exactly. Returns system -> ``{reference, test, p, p_holm, mean_diff, ...}``
+    (the test's own fields), with ``p_holm`` by :func:`holm` over every tested system.
+    """
+    if test not in TESTS:
+        raise ValueError(f"unknown paired test {test!r} (known: {', '.join(TESTS)})")
+    out: dict[str, dict] = {}
+    raw: dict[str, float] = {}
+    for name, ref in reference.items():
+        out[name] = {"reference": ref, "test": test, "p": None, "p_holm": None}
+        if name == ref:
+            continue
+        for s in (name, ref):
+            if s not in per_query:
+                raise ValueError(f"paired test: no per-query values for system {s!r}")
+        qids = sorted(per_query[ref])
+        if sorted(per_query[name]) != qids:
+            raise ValueError(f"paired test: {name!r} and {ref!r} are not scored on the same queries")
+        r = paired_test(test, [per_query[name][q] for q in qids], [per_query[ref][q] for q in qids], **kw)
+        out[name].update(r)
+        raw[name] = r["p"]
+    for name, p in (holm(raw) if raw else {}).items():
+        out[name]["p_holm"] = p
+    return out

@@ -418,7 +418,7 @@ def add_significance(cell_out: dict, study: Mapping[str, Any], *, log: Callable[
     if test not in S.TESTS:
         raise C.ConfigError(f"study.test: unknown test {test!r} (known: {', '.join(S.TESTS)})")
     factor = next(iter(study.get("factors") or {}), None)
-    raw = {}
+    pairs = {}
     for name, c in cell_out.items():
         ref = next((n for n, r in cell_out.items() if r["student"] == c["student"] and factor is not None
                     and r["levels"].get(factor) == str(ref_level)), None)
@@ -426,20 +426,14 @@ def add_significance(cell_out: dict, study: Mapping[str, Any], *, log: Callable[
             log(f"study.reference: no cell of student {c['student']!r} has {factor}={ref_level} here; "
                 "no paired tests (run `pile-jax study --merge` over all parts)")
             return None
-        c["significance"] = {"reference": ref, "test": test, "p": None, "p_holm": None}
-        if name == ref:
-            continue
-        qids = sorted(c["per_query"])
-        a = [c["per_query"][q] for q in qids]
-        b = [cell_out[ref]["per_query"][q] for q in qids]
-        r = S.paired_test(test, a, b)
-        c["significance"].update({k: v for k, v in r.items()})
-        raw[name] = r["p"]
-    adj = S.holm(raw) if raw else {}
-    for name, p in adj.items():
-        cell_out[name]["significance"]["p_holm"] = p
-        s = cell_out[name]["significance"]
-        log(f"{name} vs {s['reference']}: NDCG@10 diff {s['mean_diff']:+.4f}, {test} p={s['p']:.4g}, Holm p={p:.4g}")
+        pairs[name] = ref
+    sig = S.against_reference({n: c["per_query"] for n, c in cell_out.items()}, pairs, test)
+    raw = [n for n in pairs if pairs[n] != n]
+    for name, s in sig.items():
+        cell_out[name]["significance"] = s
+        if s["p"] is not None:
+            log(f"{name} vs {s['reference']}: NDCG@10 diff {s['mean_diff']:+.4f}, {test} p={s['p']:.4g}, "
+                f"Holm p={s['p_holm']:.4g}")
     return {"reference_level": str(ref_level), "test": test, "metric": EXPORT_METRIC,
             "unit": "evaluation queries (per-query value: mean over seeds)", "correction": "holm",
             "family": sorted(raw)}

@@ -3,7 +3,8 @@
 ``pile-jax run`` trains every (student run, seed) in ``<out>/students/<run>__seed<k>/``
 (checkpoints, ``best_params.npz``, ``model.json``). The folder keeps the *spec* of the run that
 made it (``model.json: run_spec``, written before training): the job config less what cannot
-change the trained model (``eval``, ``ensembles.methods``, other runs and seeds, ``report_init``),
+change the trained model (``eval``, ``ensembles.methods``, other runs and seeds, ``report_init``,
+the paired tests' ``students.reference`` and ``students.test``),
 the run name, the seed, the ``--data`` folder and the sha256 of the training groups actually read
 (labels, teacher scores, candidates; transfer set included). On a rerun into the same ``--out``:
 
@@ -71,8 +72,8 @@ def student_run_spec(cfg: Mapping[str, Any], run_name: str, seed: int, *, data: 
     """What a student trained by ``pile-jax run`` depends on (module docstring), JSON-clean."""
     c = {k: v for k, v in cfg.items() if not str(k).startswith("_") and k != "eval"}
     students = dict(c.get("students") or {})
-    students.pop("seeds", None)
-    students.pop("report_init", None)
+    for key in ("seeds", "report_init", "reference", "test"):   # no effect on what a student learns
+        students.pop(key, None)
     students["runs"] = {run_name: (students.get("runs") or {}).get(run_name)}
     c["students"] = students
     if isinstance(c.get("ensembles"), Mapping):

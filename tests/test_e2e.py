@@ -59,6 +59,13 @@ def test_artifacts_exist_and_are_consistent(quick_run):
         assert stats["ndcg_cut_10"]["mean"] == pytest.approx(np.mean(vals), abs=1e-12)
     assert systems["student_hard_labels"]["ndcg_cut_10"]["n"] == len(results["seeds"]) >= 2
     assert systems["student_init"]["ndcg_cut_10"]["n"] == 1  # the untrained student is a system
+    # paired tests: every other student against students.reference (mean KD), on the per-query NDCG@10
+    # of the run files averaged over seeds, Holm across the students
+    sig, ref = results["significance"], "student_mean_margin_mse"
+    assert sig[ref]["p"] is None and set(sig) == {s for s in systems if s.startswith("student_")}
+    assert "student_mean_margin_mse_no_transfer" in sig and results["significance_setup"]["test"] == "paired_t"
+    assert all(0.0 <= sig[s]["p"] <= sig[s]["p_holm"] <= 1.0 for s in sig if s != ref)
+    assert "| p | Holm p |" in (out / "results.md").read_text()
     # the transfer set's pseudo-queries were scored by every teacher, and only test queries are in run files
     n_pq = results["config"]["transfer"]["queries"]
     for t in results["teachers"]:
@@ -79,6 +86,7 @@ def test_reported_metrics_match_core_metrics_and_trec_eval(quick_run):
     assert results["eval_queries"] == len(qids)
     qrels = {q: coll.qrels[q] for q in qids}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {"ndcg_cut_10", "recip_rank", "map"})
+    per_query: dict = {}   # system -> per seed, trec_eval's NDCG@10 of each eval query
     for fname, reported in results["runs"].items():
         run = {q: dict(v) for q, v in read_run(str(out / "runs" / fname)).items()}
         ours = mean_metrics(run_metrics(run, coll.qrels, qids=qids))
@@ -88,6 +96,16 @@ def test_reported_metrics_match_core_metrics_and_trec_eval(quick_run):
         for m in ("ndcg_cut_10", "recip_rank", "map"):
             trec = np.mean([ref[q][m] if q in ref else 0.0 for q in qids])
             assert reported[m] == pytest.approx(trec, abs=1e-5), (fname, m)
+        per_query.setdefault(fname.split("__seed")[0], []).append([ref.get(q, {}).get("ndcg_cut_10", 0.0) for q in qids])
+    # the paired tests read trec_eval's per-query NDCG@10, averaged over seeds (SciPy's paired t-test)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    mean_pq = {s: np.mean(v, axis=0) for s, v in per_query.items()}
+    for s, pq in mean_pq.items():
+        assert [results["per_query"][s][q] for q in qids] == pytest.approx(pq, abs=1e-6), s
+    ref_pq = mean_pq["student_mean_margin_mse"]
+    for s, r in results["significance"].items():
+        if r["p"] is not None and np.any(mean_pq[s] != ref_pq):
+            assert r["p"] == pytest.approx(float(scipy_stats.ttest_rel(mean_pq[s], ref_pq).pvalue), rel=1e-5), s
 
 
 def _teacher_pair_accuracy(scores, teacher):

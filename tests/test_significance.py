@@ -61,3 +61,84 @@ def test_holm_hand_computed():
     assert got == pytest.approx({"a": 0.06, "b": 0.04, "c": 0.5, "d": 0.06})
     assert S.holm([0.4, 0.9]) == pytest.approx([0.8, 0.9])
     assert S.holm([0.6, 0.7]) == pytest.approx([1.0, 1.0])
+
+
+def test_against_reference_matches_scipy_and_hand_holm():
+    rng = np.random.default_rng(7)
+    qids = [f"q{i}" for i in range(30)]
+    ref = {q: float(rng.random()) for q in qids}
+    sys_a = {q: ref[q] + 0.05 + float(rng.normal(0, 0.1)) for q in reversed(qids)}   # another key order
+    sys_b = {q: ref[q] + float(rng.normal(0, 0.1)) for q in qids}
+    got = S.against_reference({"ref": ref, "a": sys_a, "b": sys_b}, {"ref": "ref", "a": "ref", "b": "ref"})
+    p = {n: float(scipy_stats.ttest_rel([s[q] for q in qids], [ref[q] for q in qids]).pvalue)
+         for n, s in (("a", sys_a), ("b", sys_b))}
+    lo, hi = sorted(p, key=p.get)
+    holm_want = {lo: min(1.0, 2 * p[lo]), hi: max(min(1.0, 2 * p[lo]), min(1.0, p[hi]))}
+    assert got["ref"]["p"] is None and got["ref"]["p_holm"] is None and got["ref"]["reference"] == "ref"
+    for n in ("a", "b"):
+        assert got[n]["p"] == pytest.approx(p[n], rel=1e-8)
+        assert got[n]["p_holm"] == pytest.approx(holm_want[n], rel=1e-8)
+        assert got[n]["test"] == "paired_t" and got[n]["reference"] == "ref"
+    with pytest.raises(ValueError, match="same queries"):
+        S.against_reference({"ref": ref, "a": {q: 0.0 for q in qids[:-1]}}, {"a": "ref"})
+
+
+def test_run_results_significance_on_seed_averaged_ndcg(tmp_path):
+    """pile-jax run's paired tests: per-query NDCG@10 (one relevant document at rank r: 1/log2(r+1),
+    computed here by hand) averaged over seeds, each student vs the reference, Holm across them."""
+    from pile_jax.pipeline import _RunBook, _significance
+    from pile_jax.report import markdown_table
+
+    rng = np.random.default_rng(0)
+    qids = [f"q{i}" for i in range(12)]
+    qrels = {q: {"rel": 1} for q in qids}
+    book = _RunBook(tmp_path / "runs", qids, qrels, lambda m: None)
+    ranks = {}
+
+    def add(system, seed):
+        r = {q: int(rng.integers(1, 9)) for q in qids}   # the relevant document's rank (1-based, top 8)
+        run = {q: {**{f"d{j}": 10.0 - j for j in range(1, 9) if j < r[q]}, "rel": 10.0 - r[q],
+                   **{f"d{j}": 9.0 - j for j in range(r[q], 8)}} for q in qids}
+        ranks.setdefault(system, []).append(r)
+        book.add(system, seed, run)
+
+    book.add("bm25", None, {q: {"rel": 1.0} for q in qids})        # not a student: untested
+    for seed in (0, 1):
+        add("student_mean_margin_mse", seed)
+        add("student_pile_margin_mse", seed)
+    add("student_init", None)
+    out = _significance({"reference": "mean_margin_mse"}, book, lambda m: None)
+    ndcg = {s: {q: np.mean([1.0 / np.log2(r[q] + 1) for r in rs]) for q in qids} for s, rs in ranks.items()}
+    ref = [ndcg["student_mean_margin_mse"][q] for q in qids]
+    p = {s: float(scipy_stats.ttest_rel([ndcg[s][q] for q in qids], ref).pvalue)
+         for s in ("student_pile_margin_mse", "student_init")}
+    lo, hi = sorted(p, key=p.get)
+    holm_want = {lo: min(1.0, 2 * p[lo]), hi: max(min(1.0, 2 * p[lo]), min(1.0, p[hi]))}
+    sig = out["significance"]
+    assert set(sig) == {"student_mean_margin_mse", "student_pile_margin_mse", "student_init"}
+    assert sig["student_mean_margin_mse"]["p"] is None
+    for s in p:
+        # trec_eval's NDCG carries ~1e-8 rounding (its log2 and sums), hence 1e-6 here
+        assert sig[s]["p"] == pytest.approx(p[s], rel=1e-6) and sig[s]["p_holm"] == pytest.approx(holm_want[s], rel=1e-6)
+        assert out["per_query"][s] == pytest.approx(ndcg[s], rel=1e-6)
+    assert out["significance_setup"]["family"] == ["student_init", "student_pile_margin_mse"]
+    assert _significance({}, book, lambda m: None) == {}
+    table = markdown_table(book.summary(), sig).splitlines()
+    assert table[0].endswith("| p | Holm p |")
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in table[2:]}
+    assert rows["student_mean_margin_mse"].endswith("| ref | ref |") and rows["bm25"].endswith("| | |")
+    assert rows["student_init"].endswith(f"| {sig['student_init']['p']:.3f} | {sig['student_init']['p_holm']:.3f} |") \
+        or sig["student_init"]["p"] < 0.001
+
+
+def test_paired_test_settings_do_not_change_a_students_run_spec():
+    """students.reference / students.test only choose the report's tests: a rerun that adds them (or
+    another run) resumes the finished students instead of training them again; a training key does not."""
+    from pile_jax.workfolders import student_run_spec
+
+    base = {"students": {"seeds": [0, 1], "train": {"steps": 4}, "runs": {"a": {"label_losses": {"x": 1.0}}}}}
+    more = {"students": dict(base["students"], reference="a", test="permutation",
+                             runs={**base["students"]["runs"], "b": {"label_losses": {"y": 1.0}}})}
+    assert student_run_spec(more, "a", 0) == student_run_spec(base, "a", 0)
+    changed = {"students": dict(base["students"], train={"steps": 5})}
+    assert student_run_spec(changed, "a", 0) != student_run_spec(base, "a", 0)
