@@ -3,7 +3,7 @@
 A config may start from another (``extends: base.yaml``) and hold preset sections (e.g. ``presets: {quick: {...}, large: {...}}``) that are
 deep-merged over the base when selected, and any key can be overridden from the command line
 with ``--set a.b.c=value`` (the value is parsed as YAML, so ``3``, ``0.5``, ``true``,
-``[1, 2]`` work).  Errors name the file and the key.
+``[1, 2]`` work; a number indexes a list: ``teachers.0.path=scores.tsv``).  Errors name the file and the key.
 
 A leaf module: it imports no behaviour of pile_jax (only :mod:`pile_jax.io` to read files and
 :mod:`pile_jax.data.errors` for a data error), so every layer may import :class:`ConfigError`,
@@ -88,7 +88,8 @@ def load_config(path: str | os.PathLike, *, presets: Iterable[str] = (), overrid
 
 
 def apply_override(cfg: dict[str, Any], item: str, *, source: str = "command line") -> dict[str, Any]:
-    """Applies one ``a.b.c=value`` override (value parsed as YAML)."""
+    """Applies one ``a.b.c=value`` override (value parsed as YAML); a number after a list indexes
+    it (``teachers.0.path=scores.tsv`` sets the first teacher's path)."""
     if "=" not in item:
         raise ConfigError(f"{source}: override {item!r} must look like key.path=value")
     key, raw = item.split("=", 1)
@@ -102,14 +103,28 @@ def apply_override(cfg: dict[str, Any], item: str, *, source: str = "command lin
     node = cfg
     parts = key.strip().split(".")
     for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
+        if isinstance(node, list):
+            child = node[_list_index(node, part, item, source)]
+        else:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+        if not isinstance(child, (dict, list)):
             raise ConfigError(f"{source}: override {item!r}: {part!r} is not a section")
         node = child
-    node[parts[-1]] = value
+    if isinstance(node, list):
+        node[_list_index(node, parts[-1], item, source)] = value
+    else:
+        node[parts[-1]] = value
     return cfg
+
+
+def _list_index(node: list, part: str, item: str, source: str) -> int:
+    """A list element in an override path: ``teachers.0.path=...`` (0-based, existing elements)."""
+    if not part.strip().isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{source}: override {item!r}: {part!r} is not an index of a list of {len(node)} "
+                          f"(0..{len(node) - 1})")
+    return int(part)
 
 
 def require(cfg: Mapping[str, Any], key: str, *, source: str | None = None) -> Any:

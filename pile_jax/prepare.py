@@ -694,13 +694,13 @@ def prepare(cfg: Mapping[str, Any], *, out: str, data: str | None = None, log: C
 SECTION_KEYS = {
     "data": ("collection", "qrels_file", "unjudged", "max_queries_per_split"),
     "first_stage": ("depth",),
-    "candidates": ("bm25_depth", "run", "depth"),
+    "candidates": ("bm25_depth", "run", "depth", "from", "eval_run"),
     "train_groups": ("size", "policy", "seed"),
     "model": ("base", "max_length", "max_query_length", "max_doc_length", "dtype", "num_layers", "remat"),
     "teacher": ("name", "kind", "model", "path", "num_layers", "seed", "folds", "eval_scored_by", "objective", "train",
                 "outliers", "student", "format", "transform", "allow_pickle", "duplicates"),
     "ensembles": ("standardize", "methods"),
-    "eval": ("split",),
+    "eval": ("split", "max_queries"),
 }
 
 
@@ -747,17 +747,64 @@ def check_inputs(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:
         c.fail("candidates.run", f"{cand['run']}: file not found")
     if not cand and "depth" not in fs:
         c.fail("first_stage.depth", "required (or a candidates section)")
+    large = _check_teacher_candidates(c, cfg, cand)
     tg = c.section(cfg.get("train_groups"), "train_groups", SECTION_KEYS["train_groups"])
     c.number(tg, "size", "train_groups", integer=True, low=1, nullable=False)
     c.number(tg, "seed", "train_groups", integer=True, low=0, nullable=False)
     c.choice(tg, "policy", "train_groups", POLICIES)
     c.number(cfg, "score_batch_size", "", integer=True, low=1, nullable=False)
     ev = c.section(cfg.get("eval"), "eval", SECTION_KEYS["eval"])
-    c.choice(ev, "split", "eval", C.SPLITS)
+    if large:   # a collection's own split names (MS MARCO: train, dev.small), checked when it is loaded
+        if "split" in ev and (not isinstance(ev["split"], str) or not ev["split"]):
+            c.fail("eval.split", f"must be a split name, got {ev['split']!r}")
+    else:
+        c.choice(ev, "split", "eval", C.SPLITS)
+    c.number(ev, "max_queries", "eval", integer=True, low=1)
+    if "max_queries" in ev and not large:
+        c.fail("eval.max_queries", "only with candidates: {from: teachers} (use data.max_queries_per_split)")
     if "teacher_train" in cfg:
         check_train_section(cfg["teacher_train"], "teacher_train", c.source)
     if cfg.get("teachers_from") is not None and not isinstance(cfg["teachers_from"], str):
         c.fail("teachers_from", f"must be a folder, got {cfg['teachers_from']!r}")
+
+
+def large_collection(cfg: Mapping[str, Any]) -> bool:
+    """True for the large-collection path: ``candidates: {from: teachers, eval_run: FILE}``."""
+    cand = cfg.get("candidates")
+    return isinstance(cand, Mapping) and cand.get("from") is not None
+
+
+def _check_teacher_candidates(c: C.Checker, cfg: Mapping[str, Any], cand: Mapping[str, Any]) -> bool:
+    """``candidates: {from: teachers, eval_run: FILE}`` (train groups from the teacher files, the
+    eval split re-ranks the TREC run ``eval_run``): no BM25/run depth beside it, every teacher of
+    kind ``file``, no ``first_stage`` / ``transfer``. Returns whether the section asks for it."""
+    if "eval_run" in cand and "from" not in cand:
+        c.fail("candidates.eval_run", "goes with from: teachers (the BM25 / run path evaluates candidates.run)")
+    if "from" not in cand:
+        return False
+    if cand["from"] != "teachers":
+        c.fail("candidates.from", f"must be teachers, got {cand['from']!r}")
+    mixed = [k for k in ("bm25_depth", "run", "depth") if k in cand]
+    if mixed:
+        c.fail(f"candidates.{mixed[0]}", "not with from: teachers (the teachers' files are the training candidates)")
+    if not cand.get("eval_run"):
+        c.fail("candidates.eval_run", "required with from: teachers (a first-stage TREC run of the eval queries)")
+    if not _exists(cand["eval_run"]):
+        c.fail("candidates.eval_run", f"{cand['eval_run']}: file not found")
+    for key in ("first_stage", "transfer"):
+        if cfg.get(key):
+            c.fail(key, "not with candidates: {from: teachers}")
+    tg = cfg.get("train_groups") or {}
+    if isinstance(tg, Mapping) and "policy" in tg:
+        c.fail("train_groups.policy", "not with candidates: {from: teachers} (every positive + sampled others)")
+    teachers = cfg.get("teachers") or []
+    if not teachers:
+        c.fail("teachers", "candidates: {from: teachers} needs at least one teacher of kind file")
+    for i, spec in enumerate(teachers):
+        if isinstance(spec, Mapping) and spec.get("kind") != "file":
+            c.fail(f"teachers[{i}].kind", f"candidates: {{from: teachers}} reads teacher files (kind: file), "
+                                          f"got {spec.get('kind')!r}")
+    return True
 
 
 def check_model(c: C.Checker, cfg: Mapping[str, Any], context: dict) -> None:

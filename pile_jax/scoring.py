@@ -31,7 +31,8 @@ import numpy as np
 from pile_jax.models.tokenize import pair_batches
 from pile_jax.parallel import cached_scorer, data_parallel, map_sorted, scorer_first_column
 
-__all__ = ["Ranker", "Featurize", "make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_candidates", "map_sorted",
+__all__ = ["Ranker", "Featurize", "make_collate", "lookup_texts", "cached_scorer", "score_pairs", "score_store_pairs",
+           "score_candidates", "map_sorted",
            "data_parallel", "pair_batches", "GROUP_KEYS"]
 
 GROUP_KEYS = ("labels", "label_mask", "mask", "teacher_scores")
@@ -195,6 +196,51 @@ def score_pairs(
         return scorer_first_column(run(batch))
 
     return map_sorted(lengths, rows, make_batch, score, progress=progress, distributed=distributed)
+
+
+def score_store_pairs(
+    ranker,
+    params: Any,
+    qids: Sequence[str],
+    doc_ids: Sequence[str],
+    queries,
+    docs,
+    *,
+    batch_size: int = 64,
+    progress: str | None = None,
+    distributed: bool | None = None,
+) -> np.ndarray | None:
+    """:func:`score_pairs` of the pairs ``(queries[qids[i]], docs[doc_ids[i]])`` read from the
+    collections' token stores (:func:`~pile_jax.models.tokenize.load_or_tokenize`: for an on-disk
+    :class:`~pile_jax.data.textstore.TextStore` the corpus' memory-mapped token store, built once
+    and shared with training), so no text is tokenised again; float32 [N] in input order, the
+    same scores as :func:`score_pairs` on the texts. None when the ranker has no tokenise-once
+    featuriser or a frozen document index (use :func:`score_candidates` then)."""
+    from pile_jax.models.token_store import document_budget
+    from pile_jax.models.tokenize import load_or_tokenize, pad_rows
+
+    feats = features_of(ranker)
+    if feats is None or hasattr(feats, "index_documents"):
+        return None
+    if len(qids) == 0:
+        return np.zeros(0, np.float32)
+    # the same stores as the train collate (make_collate): documents cut to the featuriser's budget
+    q_store = load_or_tokenize(feats, queries)
+    d_store = load_or_tokenize(feats, docs, max_tokens=document_budget(feats))
+    q_rows, d_rows = q_store.rows(list(qids)), d_store.rows(list(doc_ids))
+    scorer = cached_scorer(ranker.score_fn)
+    run, multiple = data_parallel(scorer, params, None)
+    rows = -(-batch_size // multiple) * multiple
+
+    def make_batch(idx, size):
+        q, d = pad_rows(q_store, q_rows, idx, size), pad_rows(d_store, d_rows, idx, size)
+        batch = feats.assemble(q_store, q, d_store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+
+    lengths = feats.item_lengths(q_store, q_rows, d_store, d_rows)
+    return map_sorted(lengths, rows, make_batch, lambda b: scorer_first_column(run(b)), progress=progress,
+                      distributed=distributed)
 
 
 def _text_pair_batches(ranker, pairs):

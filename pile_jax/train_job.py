@@ -188,6 +188,10 @@ def train_job(cfg: Mapping[str, Any], *, out: str, resume: bool = False, force_r
 
     check_shared_folder(out_path)   # several hosts: process 0's files must reach the others
     with log_to_file(out_path / "log.txt", enabled=primary):
+        from pile_jax.prepare import large_collection
+
+        if large_collection(cfg):
+            return _train_job_table(cfg, out=out, resume=resume)
         return _train_job(cfg, out=out, resume=resume)
 
 
@@ -248,6 +252,115 @@ def _train_job(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
     pio.barrier("train_job_results")
     log(f"{split}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     return metrics
+
+
+def _teacher_objective(cfg: Mapping[str, Any], names: list) -> dict:
+    """The ``objective:`` section with a named ``teacher:`` turned into its index."""
+    obj = dict(C.require(cfg, "objective"))
+    if isinstance(obj.get("teacher"), str):
+        if obj["teacher"] not in names:
+            raise C.ConfigError(f"{cfg.get('_source', 'config')}: objective.teacher: unknown teacher "
+                                f"{obj['teacher']!r} (teachers: {names})")
+        obj["target"], obj["teacher_index"] = "teacher", names.index(obj.pop("teacher"))
+    return obj
+
+
+def _train_job_table(cfg: Mapping[str, Any], *, out: str, resume: bool) -> dict:
+    """``candidates: {from: teachers, eval_run: FILE}`` (:mod:`pile_jax.prepare_table`): the
+    collection's on-disk stores, the teacher table read and joined once, groups drawn on the fly
+    from it, training (no dev evaluation during training: the final params are evaluated), then
+    the eval split's queries re-rank ``eval_run`` (:func:`rerank_eval_run`) into
+    ``<out>/<split>.trec`` and ``<out>/<split>_metrics.json`` (with each phase's seconds)."""
+    import time
+
+    from pile_jax.data import load_collection
+    from pile_jax.prepare import standardize_setting
+    from pile_jax.prepare_table import eval_candidates, table_group_source, teacher_table_for
+    from pile_jax.train.loop import train
+
+    primary = pio.is_primary()
+    out_path = pio.as_path(out)
+    log, source_name = _log.info, cfg.get("_source", "config")
+    scfg, tcfg = C.require(cfg, "student"), dict(cfg.get("train") or {})
+    split = C.get(cfg, "eval.split", "dev.small")
+    seconds, t0 = {}, time.perf_counter()
+    coll = load_collection(C.require(cfg, "data.collection"))
+    seconds["collection"] = round(time.perf_counter() - t0, 1)
+    for key, name in (("eval.split", split), ("data.collection", "train")):
+        if name not in coll.splits:
+            raise C.ConfigError(f"{source_name}: {key}: the collection {coll.path} has no split {name!r} "
+                                f"(its splits: {', '.join(coll.splits)})")
+    train_qids = list(coll.split_qids("train"))
+    log(f"collection {coll.name} ({getattr(coll, 'layout', 'pile_jax')} layout): {len(coll.docs)} docs, "
+        f"{len(coll.queries)} queries; " + ", ".join(f"{s} {len(q)}" for s, q in coll.splits.items()))
+    t0 = time.perf_counter()
+    table, table_dir = teacher_table_for(cfg, coll, out=out, log=log)
+    source, _, _ = table_group_source(cfg, coll, table, train_qids, folder=table_dir, log=log,
+                                      standardize=standardize_setting(cfg, "standardize", "global"))
+    seconds["teachers"] = round(time.perf_counter() - t0, 1)
+    names = list(table.names)
+    obj = _teacher_objective(cfg, names)
+    seed = int(tcfg.get("seed", 0))
+    ranker = _student_ranker(scfg, seed)
+    if primary:
+        pio.write_json(out_path / "model.json", {"student": dict(scfg), "seed": seed, "train": tcfg,
+                                                 "run_spec": run_spec(cfg)})
+    pio.barrier("train_job_model_json")
+    t0 = time.perf_counter()
+    result = train(ranker, source=source, objective=obj, queries=coll.queries, docs=coll.docs, config=tcfg,
+                   workdir=str(out_path), resume=resume, evaluate=None, log=log)
+    seconds["train"] = round(time.perf_counter() - t0, 1)
+    t0 = time.perf_counter()
+    cands = eval_candidates(cfg, coll, split)
+    metrics, pairs = rerank_eval_run(ranker, result.params, cands, coll, out_path / f"{split}.trec", log=log)
+    seconds["eval"] = round(time.perf_counter() - t0, 1)
+    if primary:
+        pio.write_json(out_path / f"{split}_metrics.json",
+                       {"metrics": metrics, "queries": len(cands), "pairs": pairs, "seconds": seconds,
+                        "best_step": result.best_step, "best_dev": result.best_metric})
+        export_params(ranker, result.params, str(out_path / "export"),
+                      card=_card(source_name, scfg, obj, names, coll.name, metrics, split))
+    pio.barrier("train_job_results")
+    log(f"{split} ({len(cands)} queries, {pairs} pairs re-ranked): " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    return metrics
+
+
+def rerank_eval_run(ranker, params, candidates: Mapping[str, Any], coll, path, *, chunk: int = 256,
+                    log=None) -> tuple[dict, int]:
+    """``(mean metrics, pairs)``: re-ranks each query's candidates (``{qid: doc ids}``) with the
+    student, ``chunk`` queries at a time (memory: one chunk's pairs; token ids read from the
+    collection's token stores, :func:`pile_jax.scoring.score_store_pairs`), writes the run to ``path``
+    (TREC, :func:`pile_jax.data.trec.write_run`'s format and order, process 0) and averages the
+    per-query trec_eval metrics (:func:`pile_jax.train.evaluate.run_metrics`) over the queries."""
+    from pile_jax.data.trec import rank_order
+    from pile_jax.train.evaluate import mean_metrics, run_metrics
+    from pile_jax.scoring import score_store_pairs
+    from pile_jax.train.loop import score_candidates
+
+    qids = list(candidates)
+    per_query, lines, pairs = {}, [], 0
+    for i in range(0, len(qids), chunk):
+        part = {q: [str(d) for d in candidates[q]] for q in qids[i:i + chunk]}
+        flat_q = [q for q, c in part.items() for _ in c]
+        flat_d = [d for c in part.values() for d in c]
+        scores = score_store_pairs(ranker, params, flat_q, flat_d, coll.queries, coll.docs,
+                                   progress=f"eval {i}/{len(qids)} queries")
+        if scores is None:   # a frozen document index: each query's list as one group
+            run = score_candidates(ranker, params, {q: c for q, c in part.items() if c}, coll.queries, coll.docs,
+                                   progress=f"eval {i}/{len(qids)} queries")
+        else:
+            run = {q: {} for q in part}
+            for q, d, s in zip(flat_q, flat_d, scores.tolist()):
+                run[q][d] = s
+        run = {q: run.get(q, {}) for q in part}
+        pairs += sum(map(len, part.values()))
+        per_query.update(run_metrics(run, coll.qrels, qids=list(part)))
+        lines.extend(f"{q} Q0 {d} {r} {s!r} pile_jax\n" for q in part for r, (d, s) in enumerate(rank_order(run[q]), 1))
+        if log and i + chunk < len(qids):
+            log(f"eval: {i + chunk}/{len(qids)} queries re-ranked")
+    if pio.is_primary():
+        pio.write_text(path, "".join(lines))
+    return mean_metrics(per_query), pairs
 
 
 def _card(source, scfg, objective, teachers, data, metrics=None, split="test") -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import os
 
 
@@ -53,7 +55,12 @@ class sigterm_stops:
     (``"preempted (SIGTERM): <what>"``) at once, in the main thread, so the work in progress (a
     chunk being built) is dropped; what the block committed before stays. The previous handler
     is restored on exit. Off the main thread this does nothing (Python delivers signals to the
-    main thread only); nested guards keep the outermost handler."""
+    main thread only); nested guards keep the outermost handler.
+
+    Where Python swallows the handler's exception (it can land in a gc callback such as JAX's
+    ``_xla_gc_callback``, reported to ``sys.unraisablehook`` and dropped), the guard sends the signal
+    again 50 ms later (the handler then runs in ordinary code), and leaving the block after a
+    swallowed SIGTERM raises :class:`Preempted` all the same."""
 
     _active = 0
 
@@ -66,18 +73,36 @@ class sigterm_stops:
         import threading
 
         if threading.current_thread() is threading.main_thread() and sigterm_stops._active == 0:
+            self.signalled = False
+
             def handler(signum, frame):
+                self.signalled = True
                 raise Preempted(f"preempted (SIGTERM): {self.what}")
 
             self._previous = signal.signal(signal.SIGTERM, handler)
+            self._hook = sys.unraisablehook
+
+            def unraisable(info):
+                # The handler's exception can land where Python swallows exceptions (a gc callback,
+                # e.g. JAX's ``_xla_gc_callback``, or a ``__del__``): send the signal again, 50 ms later, from
+                # another thread, so the handler runs at the main thread's next ordinary bytecode.
+                if isinstance(info.exc_value, Preempted) and self.signalled:
+                    threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGTERM)).start()
+                    return
+                self._hook(info)
+
+            sys.unraisablehook = unraisable
         sigterm_stops._active += 1
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
         import signal
 
         sigterm_stops._active -= 1
         if self._previous is not None:
             signal.signal(signal.SIGTERM, self._previous)
+            sys.unraisablehook = self._hook
             self._previous = None
+            if exc is None and self.signalled:   # swallowed on the way: stop now, the block's work kept
+                raise Preempted(f"preempted (SIGTERM): {self.what}")
         return False

@@ -9,7 +9,8 @@
     loader.close()
 
 ``source`` is any random-access sequence of group records (``len(source)``, ``source[i]``, and
-``source.__getitems__(list)`` when present): the TFDS ArrayRecord split
+``source.__getitems__(list)`` when present; ``__getitems__(list, epoch=e)`` for a source with
+``epoch_aware = True``): the TFDS ArrayRecord split
 (``builder.as_data_source()["train"]``) or a list of examples. Which groups form each batch is the
 order contract of :mod:`pile_jax.data.sampler` (a pure function of seed, epoch and step); this
 module reads them, runs ``collate(records) -> batch`` and keeps ``prefetch`` batches ready.
@@ -49,9 +50,13 @@ __all__ = ["TrainLoader", "DevicePrefetch", "ColumnarSource", "make_train_loader
 _HORIZON = 2 ** 52  # global steps addressable from a start position (never reached)
 
 
-def _read(source, indices: Sequence[int]) -> list:
+def _read(source, indices: Sequence[int], epoch: int = 0) -> list:
+    """``source``'s records ``indices``; a source with ``epoch_aware = True`` (groups drawn anew
+    each epoch, :class:`pile_jax.data.table_groups.TableGroupSource`) gets ``epoch=`` too."""
     if not indices:
         return []
+    if getattr(source, "epoch_aware", False):
+        return list(source.__getitems__(list(indices), epoch=int(epoch)))
     if hasattr(source, "__getitems__"):
         return list(source.__getitems__(list(indices)))
     return [source[i] for i in indices]
@@ -222,7 +227,7 @@ class TrainLoader:
         indices = [int(i) for i in self.batch_indices(epoch, step)]
         real = [i for i in indices if i != PAD_INDEX]
         try:
-            records = dict(zip(real, _read(self.source, real)))
+            records = dict(zip(real, _read(self.source, real, epoch)))
             if len(real) < len(indices):
                 pad = padding_record(records[real[0]] if real else self.source[0])
                 records = [records[i] if i != PAD_INDEX else pad for i in indices]

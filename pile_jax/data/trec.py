@@ -44,6 +44,7 @@ __all__ = [
     "write_triples",
     "candidates_from_run",
     "rank_order",
+    "read_run_queries",
 ]
 
 PathLike = str | os.PathLike
@@ -239,6 +240,63 @@ def read_run(
             continue
         run.setdefault(qid, {})[docid] = score
     return _ret({q: rank_order(s) for q, s in run.items()}, check, return_skipped)
+
+
+def read_run_queries(path: PathLike, qids: Iterable[str], *, chunk: int = 1 << 16) -> dict[str, np.ndarray]:
+    """Streaming read of a (large) TREC run ``qid Q0 docid rank score tag`` keeping only the
+    queries ``qids``: ``{qid: doc ids np.str_ [k]}`` ranked as :func:`rank_order` (score
+    descending, ties by doc id descending), queries in the order of ``qids`` (those the run lacks
+    are left out).
+
+    Every line is checked (column count, integer rank, finite decimal score): a malformed line
+    raises :class:`DataError` naming the file and line; a doc listed twice for a kept query too.
+    Memory: the kept queries' entries only, packed into NumPy arrays every ``chunk`` kept lines
+    (an MS MARCO dev run of 7M lines is read for the 7k dev queries, or just the first K)."""
+    keep = {str(q) for q in qids}
+    parts: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    buf_q: list[str] = []
+    buf_d: list[str] = []
+    buf_s: list[float] = []
+    buf_l: list[int] = []
+
+    def flush():
+        if not buf_q:
+            return
+        q_arr, d_arr = np.asarray(buf_q), np.asarray(buf_d)
+        s_arr, l_arr = np.asarray(buf_s, np.float64), np.asarray(buf_l, np.int64)
+        for q in np.unique(q_arr).tolist():
+            sel = q_arr == q
+            parts.setdefault(q, []).append((d_arr[sel], s_arr[sel], l_arr[sel]))
+        for b in (buf_q, buf_d, buf_s, buf_l):
+            b.clear()
+
+    for lineno, fields in _lines(path):
+        _ncols(path, lineno, fields, 6, "qid Q0 docid rank score tag")
+        _integer(path, lineno, fields[3], "rank")
+        score = _score(path, lineno, fields[4], "score")
+        if fields[0] in keep:
+            buf_q.append(fields[0])
+            buf_d.append(fields[2])
+            buf_s.append(score)
+            buf_l.append(lineno)
+            if len(buf_q) >= chunk:
+                flush()
+    flush()
+    out = {}
+    for q in dict.fromkeys(str(q) for q in qids):
+        if q not in parts:
+            continue
+        docs, scores, lines = (np.concatenate(a) for a in zip(*parts.pop(q)))
+        order = np.lexsort((docs, scores))[::-1]          # score descending, ties doc id descending
+        docs, lines = docs[order], lines[order]
+        by_doc = np.argsort(docs, kind="stable")
+        dup = np.nonzero(docs[by_doc][1:] == docs[by_doc][:-1])[0]
+        if len(dup):
+            a, b = sorted((int(lines[by_doc][dup[0]]), int(lines[by_doc][dup[0] + 1])))
+            raise DataError(path, b, f"doc {str(docs[by_doc][dup[0]])!r} listed twice for query {q!r} "
+                                     f"(first at line {a})")
+        out[q] = docs
+    return out
 
 
 def _check_id(value: str, what: str) -> None:

@@ -394,8 +394,11 @@ def _make_loader(ranker, source, queries, docs, cfg: TrainConfig, placement, wor
     index_ids = source_doc_ids(source) if hasattr(features_of(ranker), "index_documents") else None
     collate = make_collate(ranker, queries, docs, store_dir=as_path(workdir) / "tokens" if workdir else None,
                            index_doc_ids=index_ids)
+    # a source that samples its groups on the fly (TableGroupSource) says length_aware = False:
+    # reading every group once for its length would cost O(dataset) before the first step
     return make_train_loader(source, global_batch_size=cfg.batch_size, seed=cfg.seed, process_index=pi,
-                             process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size)
+                             process_count=pc, collate=collate, drop_remainder=len(source) >= cfg.batch_size,
+                             length_aware=getattr(source, "length_aware", True))
 
 
 class _Training:
