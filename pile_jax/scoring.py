@@ -217,7 +217,7 @@ def score_store_pairs(
     same scores as :func:`score_pairs` on the texts. None when the ranker has no tokenise-once
     featuriser or a frozen document index (use :func:`score_candidates` then)."""
     from pile_jax.models.token_store import document_budget
-    from pile_jax.models.tokenize import load_or_tokenize, pad_rows
+    from pile_jax.models.tokenize import load_or_tokenize
 
     feats = features_of(ranker)
     if feats is None or hasattr(feats, "index_documents"):
@@ -229,18 +229,8 @@ def score_store_pairs(
     d_store = load_or_tokenize(feats, docs, max_tokens=document_budget(feats))
     q_rows, d_rows = q_store.rows(list(qids)), d_store.rows(list(doc_ids))
     scorer = cached_scorer(ranker.score_fn)
-    run, multiple = data_parallel(scorer, params, None)
-    rows = -(-batch_size // multiple) * multiple
-
-    def make_batch(idx, size):
-        q, d = pad_rows(q_store, q_rows, idx, size), pad_rows(d_store, d_rows, idx, size)
-        batch = feats.assemble(q_store, q, d_store, d[:, None])
-        batch["mask"] = np.ones((size, 1), bool)
-        return batch
-
-    lengths = feats.item_lengths(q_store, q_rows, d_store, d_rows)
-    return map_sorted(lengths, rows, make_batch, lambda b: scorer_first_column(run(b)), progress=progress,
-                      distributed=distributed)
+    return _score_row_pairs(feats, scorer, params, None, q_store, q_rows, d_store, d_rows, batch_size=batch_size,
+                            progress=progress, distributed=distributed)
 
 
 def _text_pair_batches(ranker, pairs):
@@ -314,30 +304,38 @@ def _stored_rows(feats, candidates, queries, docs):
     return q_store, q_store.rows(qids), d_store, d_rows, counts
 
 
+def _score_row_pairs(feats, scorer, params, devices, q_store, q_rows, d_store, d_rows, *, batch_size, progress,
+                     distributed) -> np.ndarray:
+    """float32 [N] scores of the pairs ``(q_rows[i], d_rows[i])`` of two token stores: batches
+    assembled by ``feats``, length-sorted and data-parallel (:func:`~pile_jax.parallel.map_sorted`)."""
+    from pile_jax.models.tokenize import pad_rows
+
+    run, multiple = data_parallel(scorer, params, devices)
+    rows = -(-batch_size // multiple) * multiple
+
+    def make_batch(idx, size):
+        q, d = pad_rows(q_store, q_rows, idx, size), pad_rows(d_store, d_rows, idx, size)
+        batch = feats.assemble(q_store, q, d_store, d[:, None])
+        batch["mask"] = np.ones((size, 1), bool)
+        return batch
+
+    lengths = feats.item_lengths(q_store, q_rows, d_store, d_rows)
+    return map_sorted(lengths, rows, make_batch, lambda b: scorer_first_column(run(b)), progress=progress,
+                      distributed=distributed)
+
+
 def _score_stored_candidates(ranker, params, candidates, queries, docs, *, batch_size, scorer, progress, devices,
                              distributed):
     """:func:`score_candidates` for documents in a text store: pairs assembled from the corpus'
     disk token store, scored as :func:`score_pairs` does (length-sorted, data-parallel)."""
-    from pile_jax.models.tokenize import pad_rows
-
     feats = features_of(ranker)
     scorer = scorer or cached_scorer(ranker.score_fn)
     q_store, q_rows, d_store, d_rows, counts = _stored_rows(feats, candidates, queries, docs)
     pair_q = np.repeat(q_rows, counts)
     if len(pair_q) == 0:
         return {q: {} for q in candidates}
-    run, multiple = data_parallel(scorer, params, devices)
-    rows = -(-batch_size // multiple) * multiple
-
-    def make_batch(idx, size):
-        q, d = pad_rows(q_store, pair_q, idx, size), pad_rows(d_store, d_rows, idx, size)
-        batch = feats.assemble(q_store, q, d_store, d[:, None])
-        batch["mask"] = np.ones((size, 1), bool)
-        return batch
-
-    lengths = feats.item_lengths(q_store, pair_q, d_store, d_rows)
-    scores = map_sorted(lengths, rows, make_batch, lambda b: scorer_first_column(run(b)), progress=progress,
-                        distributed=distributed)
+    scores = _score_row_pairs(feats, scorer, params, devices, q_store, pair_q, d_store, d_rows,
+                              batch_size=batch_size, progress=progress, distributed=distributed)
     out, pos = {}, 0
     values = scores.tolist()
     for q, k in zip(candidates, counts.tolist()):

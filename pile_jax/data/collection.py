@@ -29,6 +29,7 @@ from etils import epath
 
 from pile_jax import io as pio
 from pile_jax.data.errors import DataError
+from pile_jax.data.layouts import _json_record
 from pile_jax.data.trec import read_qrels
 
 __all__ = ["Collection", "load_collection", "SHIPPED_COLLECTIONS", "DataError", "STORE_THRESHOLD_BYTES"]
@@ -80,28 +81,6 @@ class Collection:
         )
 
 
-def _id(value, path, lineno, field) -> str:
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
-        raise DataError(path, lineno, f"field {field!r} must be a string, got {type(value).__name__}")
-    value = str(value)
-    if not value or any(c.isspace() for c in value):
-        raise DataError(path, lineno, f"field {field!r} {value!r} must be non-empty, without whitespace")
-    return value
-
-
-def _text(record, path, lineno, field, required=True) -> str:
-    if field not in record:
-        if required:
-            raise DataError(path, lineno, f"missing field {field!r}")
-        return ""
-    value = record[field]
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise DataError(path, lineno, f"field {field!r} must be a string, got {type(value).__name__}")
-    return value
-
-
 def _read_jsonl(path: epath.Path, id_field: str, text_fields: tuple[str, ...], optional: tuple[str, ...]):
     """``{id: text}`` from a JSON-lines file; text = the text fields joined by a space, stripped."""
     out: dict[str, str] = {}
@@ -112,20 +91,11 @@ def _read_jsonl(path: epath.Path, id_field: str, text_fields: tuple[str, ...], o
         for lineno, line in enumerate(handle, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(path, lineno, f"malformed JSON ({exc.msg}, column {exc.colno})") from None
-            if not isinstance(record, dict):
-                raise DataError(path, lineno, f"expected a JSON object, got {type(record).__name__}")
-            if id_field not in record:
-                raise DataError(path, lineno, f"missing field {id_field!r}")
-            key = _id(record[id_field], path, lineno, id_field)
+            key, text = _json_record(path, lineno, line, id_field, text_fields, optional)
             if key in first:
                 raise DataError(path, lineno, f"duplicate {id_field} {key!r} (first at line {first[key]})")
             first[key] = lineno
-            parts = [_text(record, path, lineno, f, required=f not in optional) for f in text_fields]
-            out[key] = " ".join(parts).strip()
+            out[key] = text
     if not out:
         raise DataError(path, None, "no records (the file is empty)")
     if not any(out.values()):

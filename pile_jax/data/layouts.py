@@ -277,6 +277,9 @@ def read_jsonl_texts(path: str, id_field: str, text_fields: tuple, optional: tup
 
 
 def _json_record(path, lineno, line, id_field, text_fields, optional):
+    """``(id, text)`` of one JSON line: the id a non-empty string (or integer) without whitespace,
+    the text the ``text_fields`` joined by a space, stripped (``optional`` ones may be missing or
+    null); DataError naming ``path:lineno`` otherwise."""
     try:
         record = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -288,6 +291,9 @@ def _json_record(path, lineno, line, id_field, text_fields, optional):
     key = record[id_field]
     if isinstance(key, bool) or not isinstance(key, (str, int)):
         raise DataError(path, lineno, f"field {id_field!r} must be a string, got {type(key).__name__}")
+    key = str(key)
+    if not key or any(c.isspace() for c in key):
+        raise DataError(path, lineno, f"field {id_field!r} {key!r} must be non-empty, without whitespace")
     parts = []
     for f in text_fields:
         value = record.get(f)

@@ -67,7 +67,7 @@ from typing import Any, Callable, Iterator, Mapping
 import numpy as np
 
 from pile_jax.data.errors import DataError, check_on_unknown
-from pile_jax.data.trec import _FLOAT_RE, _INT_RE, OUTLIER_K, OUTLIERS, score_outlier
+from pile_jax.data.trec import _INT_RE, OUTLIER_K, OUTLIERS, _score, score_outlier
 
 __all__ = ["FORMATS", "TRANSFORMS", "ScoreTriples", "read_teacher_file", "apply_transform", "RowIndex",
            "row_index"]
@@ -232,17 +232,8 @@ def _open_binary(path: str):
     return gzip.open(handle) if str(path).endswith(".gz") else handle
 
 
-def _number(path, lineno, text: str, column: str) -> float:
-    """A finite plain decimal number (the rules of :mod:`pile_jax.data.trec`) or DataError."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise DataError(path, lineno, f"{column} {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise DataError(path, lineno, f"{column} {text!r} is not finite (NaN/Inf not allowed)")
-    if not _FLOAT_RE.match(text):
-        raise DataError(path, lineno, f"{column} {text!r} is not a plain decimal number")
-    return value
+#: a finite plain decimal number or DataError (the rules of :mod:`pile_jax.data.trec`)
+_number = _score
 
 
 def _parse_line(path, fmt: str, lineno: int, raw: bytes) -> list[tuple[str, str, float]]:
